@@ -29,6 +29,11 @@ class BackendKind(str, enum.Enum):
     ORT_TENSORRT = "ort-tensorrt"
     ORT_CUDA = "ort-cuda"
     ORT_CPU = "ort-cpu"
+    TRITON = "triton"  # graphs served by Triton Inference Server, called from its Python (BLS) backend
+
+
+#: The backends ``choose_backend`` can open in this process.
+LOCAL_KINDS = (BackendKind.TENSORRT, BackendKind.ORT_TENSORRT, BackendKind.ORT_CUDA, BackendKind.ORT_CPU)
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,7 @@ def matching_engines(manifest: Manifest, env: Environment, bundle: Path | None) 
 
 def choose_backend(manifest: Manifest, env: Environment, requested: str = "auto", bundle: Path | None = None) -> BackendChoice:
     """The backend to use; ``requested`` is "auto" or a :class:`BackendKind` value (then it must be possible)."""
-    kinds = [k.value for k in BackendKind]
+    kinds = [k.value for k in LOCAL_KINDS]
     if requested != "auto" and requested not in kinds:
         raise ValueError(f"unknown backend {requested!r}; choose auto or one of {kinds}")
     engines, rejected = matching_engines(manifest, env, bundle)

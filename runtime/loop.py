@@ -78,6 +78,18 @@ class DenoisingLoop:
         self.stats.denoiser_calls += 1
         return out["x_next"], maths.velocity_from_x0(x, out["x0_hat"], t_cur)
 
+    def step_noise(
+        self, sampler: SamplerConfig, rngs: list[np.random.Generator], rows: int = 1
+    ) -> list[np.ndarray] | None:
+        """The Euler-Maruyama step noise (None for deterministic samplers): per noisy step, ``rows`` draws from
+        each generator, stacked in order (so one sample's noise does not depend on its batch)."""
+        if sampler.kind != SamplerKind.EULER_MARUYAMA:
+            return None
+        shape = (rows, self.manifest.model.in_channels, self.manifest.latent.height, self.manifest.latent.width)
+        noisy = sum(1 for t in sampler.timesteps()[1:] if t > 0)
+        per_rng = [[rng.standard_normal(shape, dtype=np.float32) for _ in range(noisy)] for rng in rngs]
+        return [np.concatenate([draws[i] for draws in per_rng]) for i in range(noisy)]
+
     def sample(
         self,
         noise: np.ndarray,
@@ -105,10 +117,8 @@ class DenoisingLoop:
         def timesteps(t: float) -> np.ndarray:
             return maths.step_timesteps(t, n, model.num_modalities, condition_index, config.condition_t)
 
-        noisy = sum(1 for t in schedule[1:] if t > 0)
-        if config.kind == SamplerKind.EULER_MARUYAMA and step_noise is None:
-            rng = rng or np.random.default_rng()
-            step_noise = [rng.standard_normal(x.shape, dtype=np.float32) for _ in range(noisy)]
+        if step_noise is None:
+            step_noise = self.step_noise(config, [rng or np.random.default_rng()], n)
         for i in range(config.num_steps):
             t_cur, t_next = timesteps(schedule[i]), timesteps(schedule[i + 1])
             scale = cfg_scale if config.guidance_active(float(schedule[i])) else 1.0

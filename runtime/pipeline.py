@@ -6,14 +6,14 @@ Images here are already at the model's resolution; resizing, validation and post
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .backend import BackendChoice, Environment, choose_backend, detect_environment, open_runners
+from .backend import RUNTIME_GRAPHS, BackendChoice, Environment, choose_backend, detect_environment, open_runners
 from .loop import DenoisingLoop
 from .manifest import BATCH_DIM, DECODE_DIM, Manifest, read_manifest
 from .runner import Runner
@@ -54,6 +54,23 @@ class Pipeline:
             self.bundle, self.manifest, self.choice, threads=threads, cuda_graph=cuda_graph
         )
         self.loop = DenoisingLoop(self.manifest, self.runners)
+
+    @classmethod
+    def from_runners(cls, manifest: Manifest, runners: Mapping[str, Runner], choice: BackendChoice) -> "Pipeline":
+        """A pipeline over runners opened elsewhere (e.g. graphs served by Triton, called from a BLS model).
+
+        ``runners`` must hold every graph of ``RUNTIME_GRAPHS``, already active; ``choice`` says where they run.
+        """
+        missing = [g for g in RUNTIME_GRAPHS if g not in runners]
+        if missing:
+            raise ValueError(f"a pipeline needs runners for {list(RUNTIME_GRAPHS)}; missing {missing}")
+        pipeline = cls.__new__(cls)
+        pipeline.bundle = None  # type: ignore[assignment]
+        pipeline.manifest = manifest
+        pipeline.choice = choice
+        pipeline.runners = dict(runners)
+        pipeline.loop = DenoisingLoop(manifest, pipeline.runners)
+        return pipeline
 
     def __enter__(self) -> "Pipeline":
         return self

@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -103,6 +105,9 @@ class MMGenModel:
     def num_classes(self) -> int:
         return self.manifest.model.num_classes
 
+    def latent_shape(self, n: int) -> tuple[int, int, int, int]:
+        return self.pipeline.latent_shape(n)
+
     # ----------------------------------------------------------------- helpers
     def _sampler(self, steps: int | None) -> SamplerConfig:
         k = self.steps if steps is None else steps
@@ -110,10 +115,10 @@ class MMGenModel:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
         return self.manifest.sampler.model_copy(update={"num_steps": k})
 
-    def _noise(self, n: int, seed: int | None, noise: np.ndarray | None) -> np.ndarray:
+    def _noise(self, n: int, seed: int | None, noise: np.ndarray | None, rng: np.random.Generator | None = None) -> np.ndarray:
         shape = self.pipeline.latent_shape(n)
         if noise is None:
-            return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+            return (rng or np.random.default_rng(seed)).standard_normal(shape, dtype=np.float32)
         noise = np.asarray(noise, dtype=np.float32)
         if noise.shape == shape[1:]:
             noise = np.broadcast_to(noise, shape)
@@ -129,21 +134,6 @@ class MMGenModel:
         if n > self.manifest.max_batch:
             raise ValueError(f"batch of {n} is larger than the bundle's maximum {self.manifest.max_batch}; split it")
 
-    def _maps(self, images: dict[str, np.ndarray], size: tuple[int, int]) -> dict[str, object]:
-        """Decoded modality images (model resolution) -> typed maps at ``size``."""
-        out: dict[str, object] = {}
-        if "depth" in images:
-            out["depth"] = to_input_size(processors.depth_from_image(images["depth"]), size)
-        if "normal" in images:
-            normals = to_input_size(processors.normals_from_image(images["normal"]), size)
-            out["normals"] = normals / np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-6)
-        if "mask" in images:
-            seg = processors.segment_from_image(images["mask"])
-            out["segmentation"] = SegmentationMap(
-                labels=to_input_size(seg.labels, size, nearest=True).astype(np.int32), colours=seg.colours
-            )
-        return out
-
     # -------------------------------------------------------------- perceive
     def perceive(
         self,
@@ -155,20 +145,31 @@ class MMGenModel:
         return_latents: bool = False,
     ) -> PerceptionResult | list[PerceptionResult]:
         """Depth, normals and/or segmentation of an image (or a list of images, run as one batch)."""
-        tasks = tuple(tasks)
-        unknown = [t for t in tasks if t not in PERCEPTION_TASKS]
-        if unknown or not tasks:
-            raise ValueError(f"unknown tasks {unknown or tasks}; choose from {list(PERCEPTION_TASKS)}")
+        tasks = check_tasks(tasks)
         batched = isinstance(image, (list, tuple))
         inputs = [load_image(im, f"image[{i}]" if batched else "image") for i, im in enumerate(image if batched else [image])]  # type: ignore[arg-type]
         self._check_batch(len(inputs))
+        start = time.perf_counter()
+        model_images = np.stack([to_model_size(im, self.resolution) for im in inputs])
+        preprocess = time.perf_counter() - start
+        raw = self.perceive_model_images(model_images, tasks, steps, self._noise(len(inputs), seed, noise))
+        raw.timings["preprocess"] = preprocess
+        results = [
+            perception_result(raw, i, inputs[i].shape[:2], self.backend, return_latents) for i in range(len(inputs))
+        ]
+        return results if batched else results[0]
+
+    def perceive_model_images(
+        self, images: np.ndarray, tasks: Sequence[str], steps: int | None, noise: np.ndarray
+    ) -> "ModelOutput":
+        """The model part of ``perceive``: (N, R, R, 3) uint8 images at the model resolution and (N, 16, h, w)
+        noise -> the decoded modality images per input (no post-processing). Used by servers."""
+        tasks = check_tasks(tasks)
+        self._check_batch(len(images))
         sampler = self._sampler(steps)
         timings = Timings()
-        with timings.stage("preprocess"):
-            model_images = np.stack([to_model_size(im, self.resolution) for im in inputs])
         with timings.stage("encode"):
-            rgb_latent = self.pipeline.encode(model_images)
-        noise = self._noise(len(inputs), seed, noise)
+            rgb_latent = self.pipeline.encode(images)
         rgb = self.manifest.model.modality_index("rgb")
         with timings.stage("steps"):
             latents = self.pipeline.loop.sample(noise, condition=rgb_latent, condition_index=rgb, sampler=sampler)
@@ -176,23 +177,9 @@ class MMGenModel:
         with timings.stage("decode"):
             parts = self.pipeline.split_modalities(latents)
             decoded = self.pipeline.decode(np.concatenate([parts[m] for m in modalities]))  # (T*N, H, W, 3)
-        results = []
-        n = len(inputs)
-        with timings.stage("postprocess"):
-            per_image = [{m: decoded[j * n + i] for j, m in enumerate(modalities)} for i in range(n)]
-            maps = [self._maps(images, inputs[i].shape[:2]) for i, images in enumerate(per_image)]
-        for i in range(n):
-            results.append(
-                PerceptionResult(
-                    **maps[i],  # type: ignore[arg-type]
-                    images=per_image[i],
-                    timings=dict(timings.stages),
-                    steps=sampler.num_steps,
-                    backend=self.backend,
-                    latents=latents[i] if return_latents else None,
-                )
-            )
-        return results if batched else results[0]
+        n = len(images)
+        per_image = [{m: decoded[j * n + i] for j, m in enumerate(modalities)} for i in range(n)]
+        return ModelOutput(per_image, latents, timings.stages, sampler.num_steps)
 
     # ---------------------------------------------------------------- stream
     def stream(self, sources: object, **options: object) -> "Stream":
@@ -220,47 +207,175 @@ class MMGenModel:
         {"normals": unit normals (H, W, 3) float or an encoded image}, or {"segmentation": labels (H, W) int
         or a colour-painted image}. The class label is null (unconditional) when None.
         """
-        from .conditions import condition_image
+        start = time.perf_counter()
+        request = self.generation_request(class_label, condition, cfg_scale, steps, seed, noise)
+        preprocess = time.perf_counter() - start
+        raw = self.generate_model_images([request])
+        raw.timings["preprocess"] = preprocess
+        return generation_result(raw, 0, request, self.backend, return_latents)
 
-        if class_label is not None and not (isinstance(class_label, (int, np.integer)) and 0 <= class_label < self.num_classes):
-            raise ValueError(f"class_label must be an int in 0..{self.num_classes - 1} or None, got {class_label!r}")
-        if not np.isfinite(cfg_scale) or cfg_scale < 0:
-            raise ValueError(f"cfg_scale must be a finite number >= 0, got {cfg_scale!r}")
-        sampler = self._sampler(steps)
+    def generation_request(
+        self,
+        class_label: int | None = None,
+        condition: Mapping[str, object] | None = None,
+        cfg_scale: float = 1.0,
+        steps: int | None = None,
+        seed: int | None = None,
+        noise: np.ndarray | None = None,
+    ) -> "GenerationRequest":
+        """Check ``generate``'s arguments and encode the condition map at the model resolution."""
+        return generation_request(self.resolution, self.num_classes, class_label, condition, cfg_scale, steps, seed, noise)
+
+    def generate_model_images(self, requests: Sequence["GenerationRequest"]) -> "ModelOutput":
+        """The model part of ``generate`` for one batch of requests that share steps, guidance and condition kind
+        (each keeps its own label, seed, noise and condition map). Used by ``generate`` (one request) and servers."""
+        if not requests:
+            raise ValueError("no generation requests given")
+        first = requests[0]
+        key = (first.steps, first.cfg_scale, first.condition)
+        if any((r.steps, r.cfg_scale, r.condition) != key for r in requests):
+            raise ValueError("requests in one batch must share steps, cfg_scale and the condition kind")
+        self._check_batch(len(requests))
+        sampler = self._sampler(first.steps)
         timings = Timings()
-        cond_latent = cond_index = cond_name = None
-        if condition:
-            if len(condition) != 1:
-                raise ValueError(f"give exactly one condition map, got {sorted(condition)}")
-            ((cond_name, value),) = condition.items()
-            if cond_name not in ("depth", "normals", "segmentation"):
-                raise ValueError(f"unknown condition {cond_name!r}; choose depth, normals or segmentation")
-            with timings.stage("preprocess"):
-                image = to_model_size(condition_image(cond_name, value, seed or 0), self.resolution)
+        cond_latent = cond_index = None
+        if first.condition is not None:
             with timings.stage("encode"):
-                cond_latent = self.pipeline.encode(image[None])
-            cond_index = self.manifest.model.modality_index(MAPS[cond_name])
-        labels = np.array([self.manifest.model.null_label if class_label is None else class_label], np.int64)
+                cond_latent = self.pipeline.encode(np.stack([r.condition_image for r in requests]))  # type: ignore[misc]
+            cond_index = self.manifest.model.modality_index(MAPS[first.condition])
+        null = self.manifest.model.null_label
+        labels = np.array([null if r.class_label is None else r.class_label for r in requests], np.int64)
+        # One generator per request: its start noise, then its SDE step noise (so a request's sample does not
+        # depend on what it was batched with).
+        rngs = [np.random.default_rng(r.seed) for r in requests]
+        noise = np.concatenate([self._noise(1, None, r.noise, rng) for r, rng in zip(requests, rngs)])
+        step_noise = self.pipeline.loop.step_noise(sampler, rngs)
         with timings.stage("steps"):
             latents = self.pipeline.loop.sample(
-                self._noise(1, seed, noise), labels=labels, condition=cond_latent, condition_index=cond_index,
-                sampler=sampler, cfg_scale=float(cfg_scale), rng=np.random.default_rng(seed),
+                noise, labels=labels, condition=cond_latent, condition_index=cond_index, sampler=sampler,
+                cfg_scale=float(first.cfg_scale), step_noise=step_noise,
             )  # fmt: skip
-        outputs = [m for m in MAPS if m != cond_name]
+        outputs = [m for m in MAPS if m != first.condition]
+        n = len(requests)
         with timings.stage("decode"):
             parts = self.pipeline.split_modalities(latents)
             decoded = self.pipeline.decode(np.concatenate([parts[MAPS[m]] for m in outputs]))
-        images = {MAPS[m]: decoded[i] for i, m in enumerate(outputs)}
-        with timings.stage("postprocess"):
-            maps = self._maps({k: v for k, v in images.items() if k != "rgb"}, (self.resolution, self.resolution))
-        return GenerationResult(
-            rgb=images["rgb"],
-            **maps,  # type: ignore[arg-type]
-            images=images,
-            condition=cond_name,
-            class_label=class_label,
-            timings=dict(timings.stages),
-            steps=sampler.num_steps,
-            backend=self.backend,
-            latents=latents[0] if return_latents else None,
+        per_sample = [{MAPS[m]: decoded[j * n + i] for j, m in enumerate(outputs)} for i in range(n)]
+        return ModelOutput(per_sample, latents, timings.stages, sampler.num_steps)
+
+
+# ------------------------------------------------------------------------------------------------ shared parts
+# The pieces below are shared by the local model and the served one (``mmgen_edge.serve``): the server runs the
+# model part, the remote client the pre- and post-processing, so both return the same results.
+
+
+@dataclass
+class ModelOutput:
+    """What the model part of perceive/generate returns: decoded modality images (R, R, 3) uint8 per sample."""
+
+    images: list[dict[str, np.ndarray]]
+    latents: np.ndarray | None
+    timings: dict[str, float]
+    steps: int
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One ``generate`` call, checked, with its condition map encoded at the model resolution."""
+
+    class_label: int | None = None
+    condition: str | None = None  # "depth", "normals" or "segmentation"
+    condition_image: np.ndarray | None = None  # (R, R, 3) uint8
+    cfg_scale: float = 1.0
+    steps: int | None = None
+    seed: int | None = None
+    noise: np.ndarray | None = None
+
+
+def check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
+    tasks = tuple(tasks)
+    unknown = [t for t in tasks if t not in PERCEPTION_TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"unknown tasks {unknown or tasks}; choose from {list(PERCEPTION_TASKS)}")
+    return tasks
+
+
+def generation_request(
+    resolution: int,
+    num_classes: int,
+    class_label: int | None = None,
+    condition: Mapping[str, object] | None = None,
+    cfg_scale: float = 1.0,
+    steps: int | None = None,
+    seed: int | None = None,
+    noise: np.ndarray | None = None,
+) -> GenerationRequest:
+    from .conditions import condition_image
+
+    if class_label is not None and not (isinstance(class_label, (int, np.integer)) and 0 <= class_label < num_classes):
+        raise ValueError(f"class_label must be an int in 0..{num_classes - 1} or None, got {class_label!r}")
+    if not isinstance(cfg_scale, (int, float, np.floating, np.integer)) or not np.isfinite(cfg_scale) or cfg_scale < 0:
+        raise ValueError(f"cfg_scale must be a finite number >= 0, got {cfg_scale!r}")
+    name = image = None
+    if condition:
+        if len(condition) != 1:
+            raise ValueError(f"give exactly one condition map, got {sorted(condition)}")
+        ((name, value),) = condition.items()
+        if name not in ("depth", "normals", "segmentation"):
+            raise ValueError(f"unknown condition {name!r}; choose depth, normals or segmentation")
+        image = to_model_size(condition_image(name, value, seed or 0), resolution)
+    label = None if class_label is None else int(class_label)
+    return GenerationRequest(label, name, image, float(cfg_scale), steps, seed, noise)
+
+
+def maps_from_images(images: Mapping[str, np.ndarray], size: tuple[int, int]) -> dict[str, object]:
+    """Decoded modality images (model resolution) -> typed maps (depth, normals, segmentation) at ``size``."""
+    out: dict[str, object] = {}
+    if "depth" in images:
+        out["depth"] = to_input_size(processors.depth_from_image(images["depth"]), size)
+    if "normal" in images:
+        normals = to_input_size(processors.normals_from_image(images["normal"]), size)
+        out["normals"] = normals / np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-6)
+    if "mask" in images:
+        seg = processors.segment_from_image(images["mask"])
+        out["segmentation"] = SegmentationMap(
+            labels=to_input_size(seg.labels, size, nearest=True).astype(np.int32), colours=seg.colours
         )
+    return out
+
+
+def perception_result(raw: ModelOutput, i: int, size: tuple[int, int], backend: str, return_latents: bool) -> PerceptionResult:
+    """Sample ``i`` of a perceive batch, post-processed at the input's ``size`` (H, W)."""
+    start = time.perf_counter()
+    maps = maps_from_images(raw.images[i], size)
+    timings = dict(raw.timings)
+    timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - start
+    return PerceptionResult(
+        **maps,  # type: ignore[arg-type]
+        images=raw.images[i],
+        timings=timings,
+        steps=raw.steps,
+        backend=backend,
+        latents=raw.latents[i] if return_latents and raw.latents is not None else None,
+    )
+
+
+def generation_result(raw: ModelOutput, i: int, request: GenerationRequest, backend: str, return_latents: bool) -> GenerationResult:
+    """Sample ``i`` of a generate batch as the typed result (maps at the model resolution)."""
+    images = raw.images[i]
+    start = time.perf_counter()
+    resolution = images["rgb"].shape[0]
+    maps = maps_from_images({k: v for k, v in images.items() if k != "rgb"}, (resolution, resolution))
+    timings = dict(raw.timings)
+    timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - start
+    return GenerationResult(
+        rgb=images["rgb"],
+        **maps,  # type: ignore[arg-type]
+        images=images,
+        condition=request.condition,
+        class_label=request.class_label,
+        timings=timings,
+        steps=raw.steps,
+        backend=backend,
+        latents=raw.latents[i] if return_latents and raw.latents is not None else None,
+    )

@@ -111,15 +111,12 @@ class _Manifest(Protocol):
     max_batch: int
 
 
-class _Pipeline(Protocol):
-    def latent_shape(self, n: int) -> tuple[int, ...]: ...
-
-
 class PerceptionModel(Protocol):
-    """What a stream needs of a model (``MMGenModel`` fits)."""
+    """What a stream needs of a model (``MMGenModel`` and the served ``RemoteModel`` fit)."""
 
     manifest: _Manifest
-    pipeline: _Pipeline
+
+    def latent_shape(self, n: int) -> tuple[int, ...]: ...
 
     def perceive(self, image: Any, **kwargs: Any) -> Any: ...
 
@@ -525,7 +522,7 @@ def _as_source_list(sources: object) -> list[object]:
 
 def _stream_noise(model: PerceptionModel, seed: int | None) -> np.ndarray:
     """One latent's noise, drawn once from ``seed``; ``perceive`` broadcasts it to every batch."""
-    shape = tuple(model.pipeline.latent_shape(1))[1:]
+    shape = tuple(model.latent_shape(1))[1:]
     return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
 
 

@@ -28,10 +28,12 @@ class FakeModel:
     def __init__(self, delay: float = 0.0, max_batch: int = 4):
         self.delay = delay
         self.manifest = SimpleNamespace(max_batch=max_batch)
-        self.pipeline = SimpleNamespace(latent_shape=lambda n: (n, *LATENT_SHAPE))
         self.batches: list[list[np.ndarray]] = []
         self.noises: list[np.ndarray] = []
         self.kwargs: list[dict[str, object]] = []
+
+    def latent_shape(self, n: int) -> tuple[int, ...]:
+        return (n, *LATENT_SHAPE)
 
     def perceive(self, images: list[np.ndarray], noise: np.ndarray | None = None, **kwargs: object) -> list[SimpleNamespace]:
         assert isinstance(images, list), "a stream must call perceive with a list (one batch)"
