@@ -7,6 +7,7 @@ import importlib.util
 import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -120,13 +121,22 @@ def _write_views(result: object, out: Path, stem: str) -> dict[str, str]:
     return written
 
 
-def cmd_perceive(args: argparse.Namespace) -> int:
+def _open_model(args: argparse.Namespace) -> Any:
+    """The local bundle, or the served model with --server (same API)."""
     import mmgen_edge
 
+    if getattr(args, "server", None):
+        if args.bundle:
+            raise ValueError("give --bundle or --server, not both")
+        return mmgen_edge.connect(args.server)
+    return mmgen_edge.load(args.bundle, backend=args.backend)
+
+
+def cmd_perceive(args: argparse.Namespace) -> int:
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     out = Path(args.out)
     summary = []
-    with mmgen_edge.load(args.bundle, backend=args.backend) as model:
+    with _open_model(args) as model:
         for path in tqdm(args.images, desc="perceive", unit="image", disable=args.json or not sys.stderr.isatty()):
             result = model.perceive(path, tasks=tasks, steps=args.steps, seed=args.seed)
             written = _write_views(result, out, Path(path).stem)
@@ -143,7 +153,6 @@ def cmd_perceive(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import mmgen_edge
     from mmgen_edge.sdk.images import load_image
 
     if (args.condition is None) != (args.condition_image is None):
@@ -153,7 +162,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     condition = {args.condition: load_image(args.condition_image, "--condition-image")} if args.condition else None
     out = Path(args.out)
     summary = []
-    with mmgen_edge.load(args.bundle, backend=args.backend) as model:
+    with _open_model(args) as model:
         for i in range(args.num):
             seed = args.seed + i
             result = model.generate(
@@ -388,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("perceive", help="depth, normals and segmentation of images (writes PNGs, or --json)")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--bundle", help="bundle directory (default: the demo model's)")
+    p.add_argument("--server", help="use a served model instead of a bundle (grpc://host:port or http://host:port)")
     p.add_argument("--backend", default="auto", help="auto, tensorrt, ort-tensorrt, ort-cuda or ort-cpu")
     p.add_argument("--tasks", default="depth,normals,segmentation", help="comma-separated subset")
     p.add_argument("--steps", type=int, help="sampler steps (default: the bundle's)")
@@ -398,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="class-conditioned or map-conditioned generation (writes PNGs)")
     p.add_argument("--bundle", help="bundle directory (default: the demo model's)")
+    p.add_argument("--server", help="use a served model instead of a bundle (grpc://host:port or http://host:port)")
     p.add_argument("--backend", default="auto")
     p.add_argument("--class-label", type=int, help="class label (default: unconditional)")
     p.add_argument("--condition", choices=["depth", "normals", "segmentation"], help="kind of --condition-image")
@@ -437,6 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     # `mmgen-edge bench ...` is handed whole to the benchmark's own parser (see main()); listed here for --help.
     sub.add_parser("bench", help="benchmarks as ratios in one run (mmgen-edge bench --help)", add_help=False)
+
+    from mmgen_edge.serve.cli import add_serve_parsers
+
+    add_serve_parsers(sub)
 
     p = sub.add_parser("doctor", help="what this machine offers (backends, GPU, TensorRT) and what a bundle needs")
     p.add_argument("--bundle", help="bundle directory (default: the demo model's)")

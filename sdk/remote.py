@@ -1,0 +1,290 @@
+"""The SDK against a served model: same ``perceive`` / ``generate`` / ``stream`` as the local one, over Triton.
+
+Moving from local to served changes one line::
+
+    model = mmgen_edge.load()                                        # local
+    model = mmgen_edge.connect("grpc://127.0.0.1:8001")              # served (mmgen-edge serve, or a Triton repo)
+
+The server runs only the model part (VAE encode, denoising loop, VAE decode) and batches concurrent clients;
+this client resizes/encodes the inputs and post-processes the decoded images with the same code as the local
+model, so both return the same results for the same noise. Needs ``tritonclient`` (``pip install
+'mmgen-edge[client]'``), not torch and not the server. One ``RemoteModel`` per thread (like ``MMGenModel``);
+its batched ``perceive([...])`` sends one request per image concurrently.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from mmgen_edge.runtime.manifest import Manifest
+from mmgen_edge.serve.protocol import (
+    GENERATE_MODEL,
+    IMAGE_OUTPUTS,
+    INFO_MODEL,
+    NO_LABEL,
+    NO_STEPS,
+    PERCEIVE_MODEL,
+    RANDOM_SEED,
+    ModelSpec,
+    model_specs,
+    read_text,
+)
+
+from .api import (
+    PERCEPTION_TASKS,
+    GenerationRequest,
+    ModelOutput,
+    check_tasks,
+    generation_request,
+    generation_result,
+    perception_result,
+)
+from .images import load_image, to_model_size
+from .results import GenerationResult, PerceptionResult
+
+DEFAULT_URL = "grpc://127.0.0.1:8001"
+
+
+class RemoteError(RuntimeError):
+    """The server refused or failed a request; the message is the server's."""
+
+
+def connect(url: str = DEFAULT_URL, steps: int | None = None, timeout: float = 60.0) -> "RemoteModel":
+    """Connect to a served bundle (``grpc://host:port`` or ``http://host:port``) and read its manifest."""
+    return RemoteModel(url, steps=steps, timeout=timeout)
+
+
+def _client_module(scheme: str) -> Any:
+    try:
+        if scheme == "grpc":
+            import tritonclient.grpc as module
+        else:
+            import tritonclient.http as module
+    except ImportError as e:
+        raise ImportError(f"the remote SDK needs tritonclient ({e}); pip install 'mmgen-edge[client]'") from None
+    return module
+
+
+class RemoteModel:
+    """A bundle served by Triton. ``manifest``, ``resolution``, ``num_classes`` as on the local model."""
+
+    def __init__(self, url: str = DEFAULT_URL, steps: int | None = None, timeout: float = 60.0):
+        parsed = urlparse(url if "://" in url else f"grpc://{url}")
+        if parsed.scheme not in ("grpc", "http") or not parsed.hostname or not parsed.port:
+            raise ValueError(f"url must look like grpc://host:port or http://host:port, got {url!r}")
+        self.url = url
+        self.timeout = timeout
+        self._grpc = parsed.scheme == "grpc"
+        self._module = _client_module(parsed.scheme)
+        self._address = f"{parsed.hostname}:{parsed.port}"
+        self._client = self._new_client()
+        self._pool: ThreadPoolExecutor | None = None
+        try:
+            self._wait_ready()
+            manifest_text = read_text(self._infer(INFO_MODEL, {"query": np.array([[b"manifest"]], dtype=np.bytes_)})["manifest"])
+        except BaseException:
+            self.close()
+            raise
+        self.manifest: Manifest = Manifest.model_validate_json(manifest_text)
+        self.specs: dict[str, ModelSpec] = model_specs(self.manifest)
+        self.steps = steps
+        self.backend = "remote"
+
+    def _new_client(self) -> Any:
+        if self._grpc:
+            return self._module.InferenceServerClient(self._address)
+        return self._module.InferenceServerClient(self._address, connection_timeout=self.timeout, network_timeout=self.timeout)
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                if all(self._client.is_model_ready(m) for m in (INFO_MODEL, PERCEIVE_MODEL, GENERATE_MODEL)):
+                    return
+            except Exception as e:  # connection refused while the server starts
+                last = e
+            time.sleep(0.2)
+        raise ConnectionError(f"no mmgen-edge models ready at {self.url} after {self.timeout:.0f} s ({last or 'not ready'})")
+
+    # ------------------------------------------------------------------------------------------------ plumbing
+    def __enter__(self) -> "RemoteModel":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    @property
+    def resolution(self) -> int:
+        return self.manifest.model.resolution
+
+    @property
+    def num_classes(self) -> int:
+        return self.manifest.model.num_classes
+
+    def latent_shape(self, n: int) -> tuple[int, int, int, int]:
+        m = self.manifest
+        return (n, m.model.in_channels, m.latent.height, m.latent.width)
+
+    def _infer(self, model: str, inputs: Mapping[str, np.ndarray], client: Any = None) -> dict[str, np.ndarray]:
+        m = self._module
+        tensors = []
+        for name, array in inputs.items():
+            kind = "BYTES" if array.dtype.kind in "SOU" else {np.uint8: "UINT8", np.int32: "INT32", np.int64: "INT64", np.float32: "FP32"}[array.dtype.type]
+            tensor = m.InferInput(name, list(array.shape), kind)
+            tensor.set_data_from_numpy(array.astype(np.object_) if kind == "BYTES" else np.ascontiguousarray(array))
+            tensors.append(tensor)
+        client = client or self._client
+        if client is None:
+            raise RuntimeError("the remote model is closed")
+        try:
+            if self._grpc:
+                result = client.infer(model, tensors, client_timeout=self.timeout)
+            else:
+                result = client.infer(model, tensors)
+        except Exception as e:  # tritonclient's InferenceServerException and transport errors
+            raise RemoteError(f"{model} at {self.url}: {e}") from e
+        response = result.get_response()
+        names = [o.name for o in response.outputs] if self._grpc else [o["name"] for o in response["outputs"]]
+        outputs = {name: result.as_numpy(name) for name in names}
+        if "error" in outputs and read_text(outputs["error"]):
+            raise RemoteError(f"{model} at {self.url}: {read_text(outputs['error'])}")
+        return outputs
+
+    def _map(self, model: str, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """Send requests concurrently (one sample each) so the server can batch them; results in order."""
+        if len(requests) == 1:
+            return [self._infer(model, requests[0])]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.manifest.max_batch, thread_name_prefix="mmgen-remote")
+        # gRPC clients are thread-safe; an HTTP client is not, so each HTTP request gets its own.
+        def send(request: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            if self._grpc:
+                return self._infer(model, request)
+            client = self._new_client()
+            try:
+                return self._infer(model, request, client)
+            finally:
+                client.close()
+
+        return list(self._pool.map(send, requests))
+
+    @staticmethod
+    def _sampling(steps: int | None, seed: int | None, noise: np.ndarray | None) -> dict[str, np.ndarray]:
+        if steps is not None and (not isinstance(steps, (int, np.integer)) or steps < 1):
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        if seed is not None and (not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+        out = {
+            "steps": np.array([[NO_STEPS if steps is None else steps]], np.int32),
+            "seed": np.array([[RANDOM_SEED if seed is None else seed]], np.int64),
+        }
+        if noise is not None:
+            out["noise"] = np.ascontiguousarray(noise, dtype=np.float32)[None]
+        return out
+
+    def _noise_rows(self, n: int, noise: np.ndarray | None) -> list[np.ndarray | None]:
+        if noise is None:
+            return [None] * n
+        shape = self.latent_shape(n)
+        noise = np.asarray(noise, dtype=np.float32)
+        if noise.shape == shape[1:]:
+            return [noise] * n
+        if noise.shape != shape:
+            raise ValueError(f"noise must have shape {shape[1:]} or {shape}, got {noise.shape}")
+        return list(noise)
+
+    @staticmethod
+    def _output(outputs: list[dict[str, np.ndarray]]) -> ModelOutput:
+        """Responses -> the same ``ModelOutput`` the local model part returns (timings of the first)."""
+        names = {v: k for k, v in IMAGE_OUTPUTS.items()}
+        images = [{names[k]: v[0] for k, v in o.items() if k in names} for o in outputs]
+        info = json.loads(read_text(outputs[0]["info"]))
+        latents = np.concatenate([o["latents"] for o in outputs])
+        return ModelOutput(images, latents, dict(info["timings"]), int(info["steps"]))
+
+    # ------------------------------------------------------------------------------------------------ the API
+    def perceive(
+        self,
+        image: object,
+        tasks: Sequence[str] = PERCEPTION_TASKS,
+        steps: int | None = None,
+        seed: int | None = None,
+        noise: np.ndarray | None = None,
+        return_latents: bool = False,
+    ) -> PerceptionResult | list[PerceptionResult]:
+        """As :meth:`mmgen_edge.sdk.api.MMGenModel.perceive`; a list is sent as concurrent requests."""
+        tasks = check_tasks(tasks)
+        batched = isinstance(image, (list, tuple))
+        inputs = [load_image(im, f"image[{i}]" if batched else "image") for i, im in enumerate(image if batched else [image])]  # type: ignore[arg-type]
+        if not inputs:
+            raise ValueError("no images given")
+        start = time.perf_counter()
+        model_images = [to_model_size(im, self.resolution) for im in inputs]
+        preprocess = time.perf_counter() - start
+        noises = self._noise_rows(len(inputs), noise)
+        steps = self.steps if steps is None else steps
+        if seed is not None and noise is None and len(inputs) > 1:
+            # the local model draws one (N, ...) array from the seed; send each sample its row of it
+            noises = list(np.random.default_rng(seed).standard_normal(self.latent_shape(len(inputs)), dtype=np.float32))
+        requests = []
+        for i, im in enumerate(model_images):
+            request = {"image": im[None], "tasks": np.array([[",".join(tasks).encode()]], dtype=np.bytes_)}
+            request.update(self._sampling(steps, seed if noises[i] is None else None, noises[i]))
+            requests.append(request)
+        start = time.perf_counter()
+        outputs = self._map(PERCEIVE_MODEL, requests)
+        raw = self._output(outputs)
+        raw.timings = {"preprocess": preprocess, "remote": time.perf_counter() - start, **raw.timings}
+        results = [perception_result(raw, i, inputs[i].shape[:2], self.backend, return_latents) for i in range(len(inputs))]
+        return results if batched else results[0]
+
+    def generate(
+        self,
+        class_label: int | None = None,
+        condition: Mapping[str, object] | None = None,
+        cfg_scale: float = 1.0,
+        steps: int | None = None,
+        seed: int | None = None,
+        noise: np.ndarray | None = None,
+        return_latents: bool = False,
+    ) -> GenerationResult:
+        """As :meth:`mmgen_edge.sdk.api.MMGenModel.generate`."""
+        request: GenerationRequest = generation_request(
+            self.resolution, self.num_classes, class_label, condition, cfg_scale, steps, seed, noise
+        )
+        if noise is not None:
+            noise = self._noise_rows(1, noise)[0]
+        inputs: dict[str, np.ndarray] = {
+            "class_label": np.array([[NO_LABEL if request.class_label is None else request.class_label]], np.int64),
+            "cfg_scale": np.array([[request.cfg_scale]], np.float32),
+            **self._sampling(self.steps if steps is None else steps, seed, noise),
+        }
+        if request.condition is not None:
+            inputs["condition"] = np.array([[request.condition.encode()]], dtype=np.bytes_)
+            inputs["condition_image"] = request.condition_image[None]  # type: ignore[index]
+        start = time.perf_counter()
+        raw = self._output([self._infer(GENERATE_MODEL, inputs)])
+        raw.timings = {"remote": time.perf_counter() - start, **raw.timings}
+        return generation_result(raw, 0, request, self.backend, return_latents)
+
+    def stream(self, sources: object, **options: object) -> Any:
+        """As :meth:`mmgen_edge.sdk.api.MMGenModel.stream` (each round's frames go as concurrent requests)."""
+        from .stream import stream_frames
+
+        return stream_frames(self, sources, **options)  # type: ignore[arg-type]

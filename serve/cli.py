@@ -1,0 +1,93 @@
+"""``mmgen-edge serve`` and ``mmgen-edge triton-repo``.
+
+    mmgen-edge serve [BUNDLE] [--host 127.0.0.1] [--http-port 8000] [--grpc-port 8001] [--metrics-port 8002]
+        [--backend auto] [--instances 1] [--max-queue-delay-us 2000] [--threads N] [--steps K]
+    mmgen-edge triton-repo BUNDLE --out REPO [--instances 1] [--max-queue-delay-us 2000] [--engines auto|none|require]
+
+``sdk/cli.py`` wires them in with ``add_serve_parsers(subparsers)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mmgen_edge.sdk.api import default_bundle
+
+    from .server import Server, ServerOptions, serve
+
+    options = ServerOptions(
+        host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+        backend=args.backend, instances=args.instances, max_queue_delay_us=args.max_queue_delay_us,
+        threads=args.threads, steps=args.steps,
+    )  # fmt: skip
+    bundle = args.bundle or default_bundle()
+    logging.basicConfig(level=logging.INFO, format="mmgen-edge serve: %(message)s")
+
+    def ready(server: Server) -> None:
+        backend = server.handlers[0].model.backend
+        print(
+            f"mmgen-edge serve: {bundle} ({backend}, {options.instances} instance(s)) ready at {server.grpc_url} "
+            f"(gRPC) and {server.http_url} (HTTP); Ctrl-C or SIGTERM stops",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    serve(bundle, options, on_ready=ready)
+    print("mmgen-edge serve: stopped", file=sys.stderr)
+    return 0
+
+
+def cmd_triton_repo(args: argparse.Namespace) -> int:
+    from .triton_repo import write_model_repository
+
+    out = write_model_repository(
+        args.bundle, args.out, max_queue_delay_us=args.max_queue_delay_us, instances=args.instances, engines=args.engines
+    )
+    models = sorted(p.name for p in out.iterdir() if p.is_dir())
+    if args.json:
+        print(json.dumps({"repository": str(out), "models": models}, indent=2))
+    else:
+        print(f"wrote a Triton model repository with {len(models)} models to {out}: {', '.join(models)}")
+        print(f"serve it with: tritonserver --model-repository {out}  (mmgen-edge must be installed for the Python backend)")
+    return 0
+
+
+def add_serve_parsers(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a bundle through Triton Inference Server (PyTriton; dynamic batching across clients)",
+        description="Start Triton (via nvidia-pytriton) with the mmgen_info / mmgen_perceive / mmgen_generate models "
+        "bound to this bundle; clients use mmgen_edge.connect(URL). Loopback only unless --host says otherwise.",
+    )
+    p.add_argument("bundle", nargs="?", help="bundle directory (default: the demo model's)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--backend", default="auto", help="auto, tensorrt, ort-tensorrt, ort-cuda or ort-cpu")
+    p.add_argument("--instances", type=int, default=1, help="model copies serving batches concurrently (default: 1)")
+    p.add_argument("--max-queue-delay-us", type=int, default=2000, help="how long the batcher waits to fill a batch")
+    p.add_argument("--threads", type=int, help="ONNX Runtime CPU threads per instance")
+    p.add_argument("--steps", type=int, help="default sampler steps (default: the bundle's)")
+    p.set_defaults(func=cmd_serve)
+
+    p = subparsers.add_parser(
+        "triton-repo",
+        help="write a Triton model repository (ONNX Runtime / TensorRT graphs + Python BLS entry models)",
+        description="Write REPO for tritonserver: the VAE encoder/decoder, conditioning and denoiser as ONNX Runtime "
+        "(or TensorRT, where the bundle has engines) models, and mmgen_perceive / mmgen_generate / mmgen_info as "
+        "Python-backend models running the denoising loop over them (same wire protocol as mmgen-edge serve).",
+    )
+    p.add_argument("bundle")
+    p.add_argument("--out", required=True, help="repository directory to write (must not exist or be empty)")
+    p.add_argument("--instances", type=int, default=1, help="instances per model (default: 1)")
+    p.add_argument("--max-queue-delay-us", type=int, default=2000)
+    p.add_argument("--engines", choices=["auto", "none", "require"], default="auto", help="use the bundle's TensorRT engines")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_triton_repo)

@@ -1,0 +1,207 @@
+"""Serving one batch of requests: the part every server shares (PyTriton, Triton's Python backend). Torch-free.
+
+A request is a mapping of input name -> numpy array with the batch axis (size 1) in front, as Triton delivers it;
+a response is a mapping of output name -> array, also with the batch axis. Each request is checked on its own: a
+bad one gets an ``error`` response naming the problem while the others are served. Requests that can share an
+engine batch (same tasks and steps; for generation also guidance and condition kind) run as one batch.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mmgen_edge.sdk.api import GenerationRequest, MMGenModel, ModelOutput, check_tasks
+
+from .protocol import (
+    GENERATE_MODEL,
+    IMAGE_OUTPUTS,
+    NO_LABEL,
+    NO_STEPS,
+    PERCEIVE_MODEL,
+    RANDOM_SEED,
+    ModelSpec,
+    info_json,
+    model_specs,
+    read_text,
+    text,
+)
+
+Request = Mapping[str, np.ndarray]
+Response = dict[str, np.ndarray]
+
+
+class RequestError(ValueError):
+    """A request that cannot be served; the message goes back to its client."""
+
+
+def error_response(message: str) -> Response:
+    return {"error": text(message)}
+
+
+@dataclass(frozen=True)
+class PerceiveItem:
+    image: np.ndarray  # (R, R, 3) uint8
+    tasks: tuple[str, ...]
+    steps: int | None
+    noise: np.ndarray  # (1, C, h, w)
+
+
+class RequestHandler:
+    """Serves the info, perceive and generate models of one loaded bundle (one instance per model instance)."""
+
+    def __init__(self, model: MMGenModel):
+        self.model = model
+        self.specs: dict[str, ModelSpec] = model_specs(model.manifest)
+        self.manifest_json = model.manifest.model_dump_json()
+        self.batch_sizes: Counter[int] = Counter()  # engine batch size -> times run (shows the batcher working)
+
+    # ------------------------------------------------------------------------------------------ request parsing
+    def _inputs(self, model: str, request: Request) -> dict[str, np.ndarray]:
+        """The request's tensors without the batch axis, checked against the model's wire spec."""
+        spec = self.specs[model]
+        known = {t.name: t for t in spec.inputs}
+        unknown = sorted(set(request) - set(known))
+        if unknown:
+            raise RequestError(f"{model}: unknown inputs {unknown}; it takes {sorted(known)}")
+        out: dict[str, np.ndarray] = {}
+        for name, wire in known.items():
+            if name not in request:
+                if not wire.optional:
+                    raise RequestError(f"{model}: input {name!r} is required")
+                continue
+            array = np.asarray(request[name])
+            if array.ndim == 0 or array.shape[0] != 1:
+                raise RequestError(f"{model}: send one sample per request (input {name!r} has batch {array.shape[:1]}); the server batches requests")
+            array = array[0]
+            if wire.dtype is not np.bytes_ and array.dtype != np.dtype(wire.dtype):
+                raise RequestError(f"{model}: input {name!r} is {array.dtype}, expected {np.dtype(wire.dtype)}")
+            if len(array.shape) != len(wire.shape) or any(w not in (-1, s) for s, w in zip(array.shape, wire.shape)):
+                raise RequestError(f"{model}: input {name!r} has shape {array.shape}, expected {wire.shape}")
+            out[name] = array
+        return out
+
+    @staticmethod
+    def _steps(inputs: Mapping[str, np.ndarray]) -> int | None:
+        if "steps" not in inputs:
+            return None
+        steps = int(inputs["steps"][0])
+        if steps == NO_STEPS:
+            return None
+        if steps < 0:
+            raise RequestError(f"steps must be a positive integer (or {NO_STEPS} for the default), got {steps}")
+        return steps
+
+    @staticmethod
+    def _seed(inputs: Mapping[str, np.ndarray]) -> int | None:
+        seed = int(inputs["seed"][0]) if "seed" in inputs else RANDOM_SEED
+        if seed < RANDOM_SEED:
+            raise RequestError(f"seed must be >= 0 (or {RANDOM_SEED} for a random one), got {seed}")
+        return None if seed == RANDOM_SEED else seed
+
+    def _noise(self, inputs: Mapping[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        try:
+            return self.model._noise(1, None, inputs.get("noise"), rng)
+        except ValueError as e:
+            raise RequestError(str(e)) from None
+
+    def parse_perceive(self, request: Request) -> PerceiveItem:
+        inputs = self._inputs(PERCEIVE_MODEL, request)
+        tasks_text = read_text(inputs["tasks"]) if "tasks" in inputs else "depth,normals,segmentation"
+        try:
+            tasks = check_tasks([t.strip() for t in tasks_text.split(",") if t.strip()])
+        except ValueError as e:
+            raise RequestError(str(e)) from None
+        rng = np.random.default_rng(self._seed(inputs))
+        return PerceiveItem(inputs["image"], tasks, self._steps(inputs), self._noise(inputs, rng))
+
+    def parse_generate(self, request: Request) -> GenerationRequest:
+        inputs = self._inputs(GENERATE_MODEL, request)
+        label = int(inputs["class_label"][0]) if "class_label" in inputs else NO_LABEL
+        classes = self.model.num_classes
+        if not (label == NO_LABEL or 0 <= label < classes):
+            raise RequestError(f"class_label must be in 0..{classes - 1} (or {NO_LABEL} for none), got {label}")
+        condition = read_text(inputs["condition"]) if "condition" in inputs else ""
+        if condition not in ("", "depth", "normals", "segmentation"):
+            raise RequestError(f"unknown condition {condition!r}; choose depth, normals or segmentation")
+        if bool(condition) != ("condition_image" in inputs):
+            raise RequestError("condition and condition_image go together (give both or neither)")
+        cfg_scale = float(inputs["cfg_scale"][0]) if "cfg_scale" in inputs else 1.0
+        if not np.isfinite(cfg_scale) or cfg_scale < 0:
+            raise RequestError(f"cfg_scale must be a finite number >= 0, got {cfg_scale}")
+        seed = self._seed(inputs)
+        noise = inputs.get("noise")
+        if noise is not None:
+            noise = self._noise(inputs, np.random.default_rng(seed))
+        return GenerationRequest(
+            class_label=None if label == NO_LABEL else label,
+            condition=condition or None,
+            condition_image=inputs.get("condition_image"),
+            cfg_scale=cfg_scale,
+            steps=self._steps(inputs),
+            seed=seed,
+            noise=noise,
+        )
+
+    # ------------------------------------------------------------------------------------------------- serving
+    def info(self, requests: Sequence[Request]) -> list[Response]:
+        return [{"manifest": text(self.manifest_json)} for _ in requests]
+
+    def perceive(self, requests: Sequence[Request]) -> list[Response]:
+        def run(items: list[PerceiveItem]) -> ModelOutput:
+            images = np.stack([item.image for item in items])
+            noise = np.concatenate([item.noise for item in items])
+            return self.model.perceive_model_images(images, items[0].tasks, items[0].steps, noise)
+
+        return self._serve(requests, self.parse_perceive, lambda item: (item.tasks, item.steps), run)
+
+    def generate(self, requests: Sequence[Request]) -> list[Response]:
+        return self._serve(
+            requests,
+            self.parse_generate,
+            lambda r: (r.steps, r.cfg_scale, r.condition),
+            self.model.generate_model_images,
+        )
+
+    def _serve(
+        self,
+        requests: Sequence[Request],
+        parse: Callable[[Request], object],
+        group_key: Callable[[object], object],
+        run: Callable[[list], ModelOutput],  # type: ignore[type-arg]
+    ) -> list[Response]:
+        responses: list[Response | None] = [None] * len(requests)
+        groups: dict[object, list[tuple[int, object]]] = {}
+        for i, request in enumerate(requests):
+            try:
+                item = parse(request)
+            except RequestError as e:
+                responses[i] = error_response(str(e))
+                continue
+            groups.setdefault(group_key(item), []).append((i, item))
+        limit = self.model.manifest.max_batch
+        for members in groups.values():
+            for start in range(0, len(members), limit):
+                chunk = members[start : start + limit]
+                self.batch_sizes[len(chunk)] += 1
+                try:
+                    out = run([item for _, item in chunk])
+                except ValueError as e:  # a request the model refuses (checked in the SDK); the server is fine
+                    for i, _ in chunk:
+                        responses[i] = error_response(str(e))
+                    continue
+                for j, (i, _) in enumerate(chunk):
+                    responses[i] = self._response(out, j)
+        return [r if r is not None else error_response("internal error: no response") for r in responses]
+
+    def _response(self, out: ModelOutput, j: int) -> Response:
+        response: Response = {IMAGE_OUTPUTS[m]: image[None] for m, image in out.images[j].items()}
+        if out.latents is not None:
+            response["latents"] = np.ascontiguousarray(out.latents[j : j + 1], dtype=np.float32)
+        response["info"] = info_json(out.steps, self.model.backend, out.timings)
+        response["error"] = text("")
+        return response
+

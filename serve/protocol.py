@@ -1,0 +1,131 @@
+"""The wire contract of the served models: names, element types and shapes of every tensor (torch-free).
+
+Three models are served, by ``mmgen-edge serve`` (PyTriton) and by the model repository of ``mmgen-edge
+triton-repo`` (Triton's Python backend) alike, so one client (:mod:`mmgen_edge.sdk.remote`) talks to both:
+
+``mmgen_info``     query (1,) BYTES                                  -> manifest (1,) BYTES (the bundle's JSON)
+``mmgen_perceive`` image (R, R, 3) UINT8 at the model resolution,
+                   [tasks (1,) BYTES "depth,normals,segmentation"], [steps (1,) INT32, 0 = default],
+                   [seed (1,) INT64, -1 = random], [noise (C, h, w) FP32]
+                   -> image_depth / image_normal / image_mask (R, R, 3) UINT8 (those asked for), latents (C, h, w)
+                   FP32, info (1,) BYTES JSON {steps, backend, timings}, error (1,) BYTES ("" when it worked)
+``mmgen_generate`` [class_label (1,) INT64, -1 = none], [condition (1,) BYTES "depth"|"normals"|"segmentation"],
+                   [condition_image (R, R, 3) UINT8, encoded], [cfg_scale (1,) FP32], [steps], [seed], [noise]
+                   -> image_rgb and the other images, latents, info, error
+
+Every model batches (Triton adds a leading batch axis to each tensor); a request carries ONE sample (batch 1) and
+the server's dynamic batcher merges concurrent requests into one engine batch. The client resizes and encodes
+inputs and post-processes the decoded images (segment clustering, resizing back) with the same SDK code as the
+local model, so the server runs only the model part and both give the same results. A request the server cannot
+serve gets a non-empty ``error`` (and no other outputs); the other requests of its batch are unaffected.
+
+R, C, h, w and the batch limit come from the bundle manifest (:func:`model_specs`), never re-typed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from mmgen_edge.runtime.manifest import Manifest
+
+INFO_MODEL = "mmgen_info"
+PERCEIVE_MODEL = "mmgen_perceive"
+GENERATE_MODEL = "mmgen_generate"
+MODELS = (INFO_MODEL, PERCEIVE_MODEL, GENERATE_MODEL)
+
+#: Output image tensor per modality (release names).
+IMAGE_OUTPUTS = {"rgb": "image_rgb", "depth": "image_depth", "normal": "image_normal", "mask": "image_mask"}
+NO_STEPS, RANDOM_SEED, NO_LABEL = 0, -1, -1
+
+
+@dataclass(frozen=True)
+class WireTensor:
+    """One tensor of a served model, per sample (without the batch axis); -1 is any size."""
+
+    name: str
+    dtype: type  # numpy scalar type; np.bytes_ for Triton BYTES
+    shape: tuple[int, ...]
+    optional: bool = False
+
+    @property
+    def triton_dtype(self) -> str:
+        """The Triton data type name ("UINT8", "FP32", "BYTES", ...)."""
+        return TRITON_DTYPES[self.dtype]
+
+
+TRITON_DTYPES: dict[type, str] = {
+    np.uint8: "UINT8",
+    np.int32: "INT32",
+    np.int64: "INT64",
+    np.float32: "FP32",
+    np.bytes_: "BYTES",
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    inputs: tuple[WireTensor, ...]
+    outputs: tuple[WireTensor, ...]
+    max_batch_size: int
+
+
+def model_specs(manifest: Manifest) -> dict[str, ModelSpec]:
+    """The three served models' tensors for a bundle."""
+    r = manifest.model.resolution
+    image = (r, r, 3)
+    latent = (manifest.model.in_channels, manifest.latent.height, manifest.latent.width)
+    scalar = (1,)
+    sampling = (
+        WireTensor("steps", np.int32, scalar, optional=True),
+        WireTensor("seed", np.int64, scalar, optional=True),
+        WireTensor("noise", np.float32, latent, optional=True),
+    )
+    results = (
+        WireTensor("latents", np.float32, latent),
+        WireTensor("info", np.bytes_, scalar),
+        WireTensor("error", np.bytes_, scalar),
+    )
+    images = {m: WireTensor(IMAGE_OUTPUTS[m], np.uint8, image) for m in manifest.modalities}
+    batch = manifest.max_batch
+    return {
+        INFO_MODEL: ModelSpec(
+            INFO_MODEL, (WireTensor("query", np.bytes_, scalar),), (WireTensor("manifest", np.bytes_, scalar),), batch
+        ),
+        PERCEIVE_MODEL: ModelSpec(
+            PERCEIVE_MODEL,
+            (WireTensor("image", np.uint8, image), WireTensor("tasks", np.bytes_, scalar, optional=True), *sampling),
+            tuple(images[m] for m in manifest.modalities if m != "rgb") + results,
+            batch,
+        ),
+        GENERATE_MODEL: ModelSpec(
+            GENERATE_MODEL,
+            (
+                WireTensor("class_label", np.int64, scalar, optional=True),
+                WireTensor("condition", np.bytes_, scalar, optional=True),
+                WireTensor("condition_image", np.uint8, image, optional=True),
+                WireTensor("cfg_scale", np.float32, scalar, optional=True),
+                *sampling,
+            ),
+            tuple(images.values()) + results,
+            batch,
+        ),
+    }
+
+
+def text(value: str) -> np.ndarray:
+    """A string as one request's BYTES tensor (batch axis included)."""
+    return np.array([[value.encode()]], dtype=np.bytes_)
+
+
+def read_text(array: np.ndarray) -> str:
+    """The string in a (1, 1) BYTES tensor (bytes, numpy bytes or object arrays)."""
+    value = np.asarray(array).reshape(-1)[0]
+    return value.decode() if isinstance(value, (bytes, np.bytes_)) else str(value)
+
+
+def info_json(steps: int, backend: str, timings: dict[str, float]) -> np.ndarray:
+    return text(json.dumps({"steps": steps, "backend": backend, "timings": timings}))

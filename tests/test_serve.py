@@ -1,0 +1,216 @@
+"""Serving through Triton on CPU: `mmgen-edge serve` (PyTriton) on 127.0.0.1 and the remote SDK client.
+
+Needs the ``serve`` extra (nvidia-pytriton, tritonclient). Without it these tests skip, unless
+MMGEN_EDGE_REQUIRE_SERVE=1 (set by CI), where a missing extra is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+if os.environ.get("MMGEN_EDGE_REQUIRE_SERVE") != "1":
+    pytest.importorskip("pytriton", reason="the serve extra is not installed (pip install 'mmgen-edge[serve]')")
+    pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed")
+
+import mmgen_edge  # noqa: E402
+from mmgen_edge.sdk.remote import RemoteError, RemoteModel, connect  # noqa: E402
+from mmgen_edge.serve.server import Server  # noqa: E402
+
+pytestmark = pytest.mark.slow
+REQUEST_TIMEOUT_S = 60.0
+CLIENT_THREADS, REQUESTS_PER_THREAD = 6, 3
+BATCH_WINDOW_US = 200_000  # long enough that concurrent requests surely meet in the batcher
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def image(seed: int, h: int = 40, w: int = 56) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle):
+    http, grpc, metrics = free_ports(3)
+    with Server(tiny_bundle, http_port=http, grpc_port=grpc, metrics_port=metrics, max_queue_delay_us=BATCH_WINDOW_US, threads=1) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def local(tiny_bundle):
+    with mmgen_edge.load(tiny_bundle, backend="ort-cpu", threads=1) as model:
+        yield model
+
+
+def assert_same_perception(remote, local) -> None:
+    assert remote.images.keys() == local.images.keys()
+    for key in local.images:
+        assert np.abs(remote.images[key].astype(int) - local.images[key]).max() <= 1, key
+    np.testing.assert_allclose(remote.depth, local.depth, atol=2e-2)
+    np.testing.assert_allclose(remote.normals, local.normals, atol=2e-2)
+    assert remote.depth.shape == local.depth.shape
+
+
+def test_concurrent_clients_get_the_local_results_and_are_batched(server, local):
+    handler = server.handlers[0]
+    before = sum(n * k for n, k in handler.batch_sizes.items())
+
+    def client(thread: int) -> list[tuple[int, object]]:
+        with connect(server.grpc_url, timeout=REQUEST_TIMEOUT_S) as model:
+            return [(s, model.perceive(image(s), seed=s)) for s in range(thread * 10, thread * 10 + REQUESTS_PER_THREAD)]
+
+    with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+        futures = [pool.submit(client, t) for t in range(CLIENT_THREADS)]
+        results = [r for f in futures for r in f.result(timeout=REQUEST_TIMEOUT_S * 2)]
+    assert len(results) == CLIENT_THREADS * REQUESTS_PER_THREAD
+    for seed, remote in results:
+        assert_same_perception(remote, local.perceive(image(seed), seed=seed))
+        assert remote.backend == "remote" and remote.steps == local.steps
+    served = sum(n * k for n, k in handler.batch_sizes.items()) - before
+    assert served == CLIENT_THREADS * REQUESTS_PER_THREAD
+    assert max(handler.batch_sizes) > 1, f"the dynamic batcher never merged requests: {dict(handler.batch_sizes)}"
+
+
+def test_http_batched_perceive_and_noise_match_local(server, local):
+    images = [image(1, 30, 30), image(2, 64, 48), image(3, 20, 90)]
+    noise = np.random.default_rng(9).standard_normal(local.latent_shape(3), dtype=np.float32)
+    with connect(server.http_url, timeout=REQUEST_TIMEOUT_S) as model:
+        assert model.manifest == local.manifest
+        remote = model.perceive(images, tasks=("depth", "segmentation"), noise=noise, steps=2, return_latents=True)
+        seeded = model.perceive(images, seed=4, tasks=("depth",))
+    here = local.perceive(images, tasks=("depth", "segmentation"), noise=noise, steps=2, return_latents=True)
+    for r, h in zip(remote, here):
+        np.testing.assert_allclose(r.latents, h.latents, atol=1e-4)
+        np.testing.assert_allclose(r.depth, h.depth, atol=2e-2)
+        assert r.normals is None and r.segmentation is not None and r.steps == 2
+        assert r.segmentation.labels.shape == h.segmentation.labels.shape
+    for r, h in zip(seeded, local.perceive(images, seed=4, tasks=("depth",))):
+        np.testing.assert_allclose(r.depth, h.depth, atol=2e-2)
+
+
+def test_generate_matches_local(server, local):
+    disparity = np.linspace(0, 1, 30 * 40, dtype=np.float32).reshape(30, 40)
+    with connect(server.grpc_url, timeout=REQUEST_TIMEOUT_S) as model:
+        by_class = model.generate(class_label=1, cfg_scale=2.0, seed=5, return_latents=True)
+        by_depth = model.generate(condition={"depth": disparity}, seed=6, return_latents=True)
+    np.testing.assert_allclose(by_class.latents, local.generate(class_label=1, cfg_scale=2.0, seed=5, return_latents=True).latents, atol=1e-4)
+    here = local.generate(condition={"depth": disparity}, seed=6, return_latents=True)
+    np.testing.assert_allclose(by_depth.latents, here.latents, atol=1e-4)
+    assert by_class.rgb.shape == here.rgb.shape and by_depth.condition == "depth" and by_depth.depth is None
+    assert by_class.class_label == 1
+
+
+def test_malformed_requests_get_clear_errors_and_the_server_keeps_serving(server, local):
+    r = local.resolution
+    with connect(server.grpc_url, timeout=REQUEST_TIMEOUT_S) as model:
+        bad_task = {"image": np.zeros((1, r, r, 3), np.uint8), "tasks": np.array([[b"depth,colour"]], dtype=np.bytes_)}
+        with pytest.raises(RemoteError, match="unknown tasks"):
+            model._infer("mmgen_perceive", bad_task)
+        with pytest.raises(RemoteError, match="shape"):  # refused by Triton itself (wrong resolution)
+            model._infer("mmgen_perceive", {"image": np.zeros((1, r // 2, r, 3), np.uint8)})
+        with pytest.raises(RemoteError, match="class_label"):
+            model._infer("mmgen_generate", {"class_label": np.array([[10_000]], np.int64)})
+        with pytest.raises(RemoteError, match="condition_image"):
+            model._infer("mmgen_generate", {"condition": np.array([[b"depth"]], dtype=np.bytes_)})
+        with pytest.raises(RemoteError, match="one sample per request"):
+            model._infer("mmgen_perceive", {"image": np.zeros((2, r, r, 3), np.uint8)})
+        with pytest.raises(ValueError, match="class_label"):  # checked client-side before sending
+            model.generate(class_label=-3)
+        # a bad request batched with good ones fails alone
+        good = {"image": image(7, r, r)[None], "seed": np.array([[7]], np.int64)}
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(model._infer, "mmgen_perceive", req) for req in (good, bad_task, good, good)]
+            outcomes = [f.exception(timeout=REQUEST_TIMEOUT_S) for f in futures]
+        assert [o is None for o in outcomes] == [True, False, True, True]
+        assert_same_perception(model.perceive(image(8), seed=8), local.perceive(image(8), seed=8))
+
+
+def test_remote_stream_runs_the_served_model(server, local):
+    frames = [image(20 + i, 36, 36) for i in range(4)]
+    with connect(server.grpc_url, timeout=REQUEST_TIMEOUT_S) as model:
+        with model.stream(iter(frames), tasks=("depth",), seed=3) as stream:
+            results = [result for result in stream]
+    noise = np.random.default_rng(3).standard_normal(local.latent_shape(1)[1:], dtype=np.float32)
+    assert len(results) == len(frames)
+    for frame, item in zip(frames, results):
+        np.testing.assert_array_equal(item.image, frame)
+        result = item.result
+        np.testing.assert_allclose(result.depth, local.perceive(frame, noise=noise, tasks=("depth",)).depth, atol=2e-2)
+
+
+def test_connect_fails_clearly(tmp_path):
+    (port,) = free_ports(1)
+    with pytest.raises(ConnectionError, match="no mmgen-edge models ready"):
+        connect(f"grpc://127.0.0.1:{port}", timeout=1.0)
+    with pytest.raises(ValueError, match="grpc://host:port"):
+        RemoteModel("ftp://somewhere")
+
+
+def _session_processes(sid: int) -> list[int]:
+    """PIDs of live processes in session ``sid`` (the server and anything it started)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, session = fields[0], int(fields[3])
+        if session == sid and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process accounting reads /proc (Linux)")
+def test_cli_serve_shuts_down_on_sigterm_and_leaves_no_process(tiny_bundle, tmp_path):
+    http, grpc, metrics = free_ports(3)
+    cli = [sys.executable, "-m", "mmgen_edge.sdk.cli", "serve", str(tiny_bundle), "--http-port", str(http),
+           "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--threads", "1"]  # fmt: skip
+    log = open(tmp_path / "serve.log", "w+")
+    process = subprocess.Popen(cli, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        with connect(f"grpc://127.0.0.1:{grpc}", timeout=REQUEST_TIMEOUT_S) as model:
+            assert model.perceive(image(1), seed=1).depth.shape == (40, 56)
+        assert len(_session_processes(process.pid)) >= 2, "expected the CLI and its tritonserver"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=REQUEST_TIMEOUT_S) == 0
+        deadline = time.monotonic() + 10
+        while _session_processes(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _session_processes(process.pid) == [], "processes left behind after shutdown"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        for pid in _session_processes(process.pid):
+            os.kill(pid, signal.SIGKILL)
+        log.seek(0)
+        output = log.read()
+        log.close()
+    assert "ready at grpc://127.0.0.1" in output and "stopped" in output, output[-2000:]
+
+
+def test_server_options_are_checked(tiny_bundle):
+    with pytest.raises(ValueError, match="ports must differ"):
+        Server(tiny_bundle, http_port=9000, grpc_port=9000)
+    with pytest.raises(ValueError, match="instances"):
+        Server(tiny_bundle, instances=0)
+
