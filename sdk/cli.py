@@ -178,7 +178,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
-    import mmgen_edge
     from mmgen_edge.sdk.stream import write_video
 
     sources: list[object] = [int(s) if s.isdigit() else s for s in args.sources]
@@ -188,7 +187,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         import cv2
     frames: list[np.ndarray] = []
     latencies: list[float] = []
-    with mmgen_edge.load(args.bundle, backend=args.backend) as model:
+    with _open_model(args) as model:
         stream = model.stream(sources, tasks=tasks, steps=args.steps, seed=args.seed,
                               realtime=None if args.realtime is None else args.realtime == "on")  # fmt: skip
         with stream:
@@ -424,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stream", help="perceive a camera, video file, URL (or several) into a video file or a window")
     p.add_argument("sources", nargs="+", help="camera index (0), video file or rtsp:// / http:// URL")
     p.add_argument("--bundle")
+    p.add_argument("--server", help="use a served model instead of a bundle (grpc://host:port or http://host:port)")
     p.add_argument("--backend", default="auto")
     p.add_argument("--tasks", default="depth,normals,segmentation")
     p.add_argument("--steps", type=int)

@@ -214,3 +214,18 @@ def test_server_options_are_checked(tiny_bundle):
     with pytest.raises(ValueError, match="instances"):
         Server(tiny_bundle, instances=0)
 
+
+
+def test_cli_perceive_and_generate_with_server(server, tmp_path, capsys):
+    import cv2
+
+    from mmgen_edge.sdk.cli import main
+
+    path = tmp_path / "frame.png"
+    cv2.imwrite(str(path), image(5))
+    assert main(["perceive", str(path), "--server", server.grpc_url, "--out", str(tmp_path / "p"), "--json"]) == 0
+    assert '"backend": "remote"' in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["frame_depth.png", "frame_normals.png", "frame_segmentation.png"]
+    assert main(["generate", "--server", server.http_url, "--class-label", "2", "--out", str(tmp_path / "g")]) == 0
+    assert any(p.name.startswith("sample0000") for p in (tmp_path / "g").iterdir())
+    assert main(["perceive", str(path), "--server", server.grpc_url, "--bundle", "x"]) == 2
