@@ -1,0 +1,496 @@
+"""The Triton model repository writer and its Python-backend (BLS) entry models, on CPU without Triton.
+
+The BLS model runs against a stand-in for ``triton_python_backend_utils`` that acts like Triton for the written
+repository: a BLS request is checked against the component model's config.pbtxt (name, inputs, data types, dims,
+batch limit, reshape) and then runs that model's ``1/model.onnx`` with ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import shutil
+import sys
+import types
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+
+import mmgen_edge
+from mmgen_edge.runtime.backend import RUNTIME_GRAPHS
+from mmgen_edge.runtime.manifest import BundleError, DimRange, EngineEntry, file_entry, read_manifest, write_manifest
+from mmgen_edge.sdk.api import GenerationRequest
+from mmgen_edge.serve import triton_repo
+from mmgen_edge.serve.protocol import IMAGE_OUTPUTS, model_specs, read_text, text
+from mmgen_edge.serve.triton_bls import BlsRunner, TritonPythonModel
+from mmgen_edge.serve.triton_repo import component_model_name, write_model_repository
+
+ENTRY_MODELS = ("mmgen_info", "mmgen_perceive", "mmgen_generate")
+TYPE_TO_NUMPY = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_INT64": np.int64, "TYPE_INT32": np.int32, "TYPE_UINT8": np.uint8}  # fmt: skip
+
+
+def parse_config(model_dir: Path) -> model_config_pb2.ModelConfig:
+    """config.pbtxt parsed as Triton's ModelConfig (fails on anything that is not valid Triton config syntax)."""
+    return text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+
+
+def type_name(config_type: int) -> str:
+    return model_config_pb2.DataType.Name(config_type)
+
+
+@pytest.fixture(scope="module")
+def manifest(tiny_bundle):
+    return read_manifest(tiny_bundle)
+
+
+@pytest.fixture(scope="module")
+def repo(tiny_bundle, tmp_path_factory):
+    return write_model_repository(tiny_bundle, tmp_path_factory.mktemp("triton") / "repo", instances=2)
+
+
+@pytest.fixture(scope="module")
+def local(tiny_bundle):
+    with mmgen_edge.load(tiny_bundle, backend="ort-cpu") as model:
+        yield model
+
+
+# ------------------------------------------------------------------------------------------ repository layout
+def test_layout_and_component_configs(repo, manifest, tiny_bundle):
+    names = {component_model_name(g) for g in RUNTIME_GRAPHS} | set(ENTRY_MODELS)
+    assert {p.name for p in repo.iterdir() if p.is_dir()} == names
+    assert (repo / "README.md").is_file() and "pip install mmgen-edge" in (repo / "README.md").read_text()
+    assert not list(repo.parent.glob(".repo.*")), "temporary folders left behind"
+    for graph in RUNTIME_GRAPHS:
+        entry = manifest.graphs[graph]
+        model_dir = repo / component_model_name(graph)
+        config = parse_config(model_dir)
+        assert config.name == model_dir.name and config.backend == "onnxruntime" and not config.platform
+        assert [(i.count, i.kind) for i in config.instance_group] == [(2, model_config_pb2.ModelInstanceGroup.KIND_AUTO)]
+        onnx = model_dir / "1" / "model.onnx"
+        assert filecmp.cmp(onnx, tiny_bundle / entry.file, shallow=False)
+        session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == [s.name for s in entry.inputs]
+        specs = {s.name: s for s in (*entry.inputs, *entry.outputs)}
+        tensors = [*config.input, *config.output]
+        assert [t.name for t in tensors] == [s.name for s in (*entry.inputs, *entry.outputs)]
+        for tensor in tensors:
+            spec = specs[tensor.name]
+            assert TYPE_TO_NUMPY[type_name(tensor.data_type)] == np.dtype(spec.dtype)
+            if graph == "denoiser_cached":  # mixes N and B, and cfg_scale is (1,): unbatched, -1 for every symbol
+                assert tuple(tensor.dims) == tuple(-1 if isinstance(d, str) else d for d in spec.shape)
+                continue
+            assert tuple(tensor.dims) == (tuple(spec.shape[1:]) or (1,))
+            assert tensor.HasField("reshape") == (len(spec.shape) == 1)  # (B,) travels as (B, 1)
+            if tensor.HasField("reshape"):
+                assert list(tensor.reshape.shape) == []
+        symbol = {"vae_encoder": "N", "vae_decoder": "V", "conditioning": "B"}.get(graph)
+        if symbol:
+            assert config.max_batch_size == manifest.dims[symbol].max
+            assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+        else:
+            assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
+
+
+def test_entry_model_configs_follow_the_protocol(repo, manifest, tiny_bundle):
+    specs = model_specs(manifest)
+    for name in ENTRY_MODELS:
+        spec, model_dir = specs[name], repo / name
+        config = parse_config(model_dir)
+        assert config.name == name and config.backend == "python"
+        assert config.max_batch_size == spec.max_batch_size == manifest.max_batch
+        assert config.HasField("dynamic_batching") == (name != "mmgen_info")
+        for tensors, wires in ((config.input, spec.inputs), (config.output, spec.outputs)):
+            assert [t.name for t in tensors] == [w.name for w in wires]
+            for tensor, wire in zip(tensors, wires):
+                assert tuple(tensor.dims) == wire.shape
+                want = "TYPE_STRING" if wire.triton_dtype == "BYTES" else f"TYPE_{wire.triton_dtype}"
+                assert type_name(tensor.data_type) == want
+                assert getattr(tensor, "optional", False) == wire.optional  # (outputs have no such field)
+        assert config.parameters["manifest"].string_value == "manifest.json"
+        assert filecmp.cmp(model_dir / "1" / "manifest.json", tiny_bundle / "manifest.json", shallow=False)
+        assert read_manifest(model_dir / "1", verify="none") == manifest
+        source = (model_dir / "1" / "model.py").read_text()
+        assert "from mmgen_edge.serve.triton_bls import TritonPythonModel" in source
+        compile(source, "model.py", "exec")
+
+
+def test_refuses_a_non_empty_out_and_accepts_an_empty_one(tiny_bundle, tmp_path):
+    out = tmp_path / "repo"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=f"{out}.*not an empty folder"):
+        write_model_repository(tiny_bundle, out)
+    assert (out / "keep.txt").read_text() == "mine"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert write_model_repository(tiny_bundle, empty, engines="none") == empty
+    assert (empty / "mmgen_perceive" / "config.pbtxt").is_file()
+    with pytest.raises(ValueError, match="engines must be one of"):
+        write_model_repository(tiny_bundle, tmp_path / "other", engines="always")
+
+
+def test_a_damaged_bundle_or_a_failed_copy_leaves_nothing(tiny_bundle, tmp_path, monkeypatch):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bundle, broken)
+    data = bytearray((broken / "vae_encoder.onnx").read_bytes())
+    data[-1] ^= 0xFF
+    (broken / "vae_encoder.onnx").write_bytes(bytes(data))
+    out = tmp_path / "out" / "repo"
+    with pytest.raises(BundleError, match="vae_encoder.onnx has SHA-256"):
+        write_model_repository(broken, out)
+    assert not out.exists()
+
+    copies = []
+
+    real_copy = triton_repo._copy
+
+    def failing_copy(source, target):
+        copies.append(target)
+        if len(copies) == 3:
+            raise OSError("disk full")
+        real_copy(source, target)
+
+    monkeypatch.setattr(triton_repo, "_copy", failing_copy)
+    with pytest.raises(OSError, match="disk full"):
+        write_model_repository(tiny_bundle, out)
+    assert len(copies) == 3 and not out.exists()
+    assert list(out.parent.iterdir()) == [], "a temporary folder was left behind"
+
+
+# ------------------------------------------------------------------------------------------------- engines
+def _with_engines(tiny_bundle: Path, target: Path, engines: list[tuple[str, str, str, bytes]], dims=None) -> Path:
+    """A copy of the bundle whose manifest lists dummy engine files: (graph, compute capability, precision, bytes)."""
+    shutil.copytree(tiny_bundle, target)
+    manifest = read_manifest(target)
+    entries, files = [], []
+    for graph, cc, precision, payload in engines:
+        relative = f"engines/{graph}.sm{cc.replace('.', '')}.{precision}.engine"
+        (target / relative).parent.mkdir(exist_ok=True)
+        (target / relative).write_bytes(payload)
+        entries.append(
+            EngineEntry(
+                graph=graph, file=relative, precision=precision, trt_version="10.13.0", device_name=f"GPU sm{cc}",
+                compute_capability=cc, strongly_typed=True, layer_precisions={}, dims=dims or dict(manifest.dims),
+                built="2026-11-24",
+            )  # fmt: skip
+        )
+        files.append(file_entry(target, relative))
+    write_manifest(target, manifest.model_copy(update={"engines": tuple(entries), "files": manifest.files + tuple(files)}))
+    return target
+
+
+def test_engines_become_tensorrt_plan_models_per_compute_capability(tiny_bundle, tmp_path, manifest):
+    bundle = _with_engines(
+        tiny_bundle,
+        tmp_path / "bundle",
+        [
+            ("vae_decoder", "9.0", "fp32", b"plan sm90 fp32"),
+            ("vae_decoder", "9.0", "fp16", b"plan sm90 fp16"),  # the bundle is fp32: its fp32 engine is preferred
+            ("vae_decoder", "8.9", "fp16", b"plan sm89 fp16"),  # the only one for 8.9
+        ],
+    )
+    repo = write_model_repository(bundle, tmp_path / "repo")
+    model_dir = repo / "mmgen_vae_decoder"
+    config = parse_config(model_dir)
+    assert config.platform == "tensorrt_plan" and not config.backend
+    assert dict(config.cc_model_filenames) == {"9.0": "model.sm90.plan", "8.9": "model.sm89.plan"}
+    assert config.max_batch_size == manifest.dims["V"].max and config.HasField("dynamic_batching")
+    assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["model.sm89.plan", "model.sm90.plan"]
+    assert filecmp.cmp(model_dir / "1" / "model.sm90.plan", bundle / "engines/vae_decoder.sm90.fp32.engine", shallow=False)
+    assert filecmp.cmp(model_dir / "1" / "model.sm89.plan", bundle / "engines/vae_decoder.sm89.fp16.engine", shallow=False)
+    for graph in ("conditioning", "denoiser_cached", "vae_encoder"):
+        assert parse_config(repo / component_model_name(graph)).backend == "onnxruntime"
+    readme = (repo / "README.md").read_text()
+    assert "compute capability 8.9" in readme and "TensorRT 10.13.0" in readme
+
+    plain = write_model_repository(bundle, tmp_path / "plain", engines="none")
+    assert parse_config(plain / "mmgen_vae_decoder").backend == "onnxruntime"
+    assert (plain / "mmgen_vae_decoder" / "1" / "model.onnx").is_file()
+    with pytest.raises(ValueError, match=r"no TensorRT engines for \['conditioning', 'denoiser_cached', 'vae_encoder'\]"):
+        write_model_repository(bundle, tmp_path / "strict", engines="require")
+    assert not (tmp_path / "strict").exists()
+
+
+def test_engines_built_for_smaller_batches_are_refused(tiny_bundle, tmp_path, manifest):
+    small = {k: DimRange(min=1, opt=1, max=1) for k in manifest.dims}
+    bundle = _with_engines(tiny_bundle, tmp_path / "bundle", [("vae_encoder", "9.0", "fp32", b"plan")], dims=small)
+    with pytest.raises(ValueError, match=r"built for N = 1\.\.1 but the bundle serves 1\.\.4"):
+        write_model_repository(bundle, tmp_path / "repo")
+
+
+def test_external_data_is_copied_next_to_the_model(tiny_bundle, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    model = onnx.load(str(bundle / "vae_encoder.onnx"))
+    onnx.save_model(model, str(bundle / "vae_encoder.onnx"), save_as_external_data=True, location="vae_encoder.onnx.data", size_threshold=0)  # fmt: skip
+    manifest = read_manifest(bundle, verify="none")
+    graphs = dict(manifest.graphs)
+    graphs["vae_encoder"] = graphs["vae_encoder"].model_copy(update={"external_data": "vae_encoder.onnx.data"})
+    files = tuple(f for f in manifest.files if f.path != "vae_encoder.onnx")
+    files += (file_entry(bundle, "vae_encoder.onnx"), file_entry(bundle, "vae_encoder.onnx.data"))
+    write_manifest(bundle, manifest.model_copy(update={"graphs": graphs, "files": files}))
+
+    repo = write_model_repository(bundle, tmp_path / "repo")
+    version = repo / "mmgen_vae_encoder" / "1"
+    assert filecmp.cmp(version / "vae_encoder.onnx.data", bundle / "vae_encoder.onnx.data", shallow=False)
+    session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
+    reference = ort.InferenceSession(str(tiny_bundle / "vae_encoder.onnx"), providers=["CPUExecutionProvider"])
+    image = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
+    np.testing.assert_array_equal(session.run(None, {"image": image})[0], reference.run(None, {"image": image})[0])
+
+
+# --------------------------------------------------------------------------------- the BLS model, no Triton
+class FakeTriton:
+    """Acts as Triton serving the component models of a written repository (ONNX Runtime on CPU)."""
+
+    def __init__(self, repo: Path):
+        self.repo = repo
+        self.sessions: dict[str, ort.InferenceSession] = {}
+        self.calls: Counter[str] = Counter()
+        self.batches: dict[str, list[int]] = {}
+
+    def infer(self, model_name: str, requested: list[str], inputs: list) -> dict[str, np.ndarray]:
+        model_dir = self.repo / model_name
+        if not (model_dir / "config.pbtxt").is_file():
+            raise LookupError(f"Request for unknown model: '{model_name}' is not found")
+        config = parse_config(model_dir)
+        if config.backend != "onnxruntime":
+            raise LookupError(f"{model_name}: only ONNX Runtime models run here")
+        batched = config.max_batch_size > 0
+        given = {t.name(): t.as_numpy() for t in inputs}
+        if sorted(given) != sorted(i.name for i in config.input):
+            raise ValueError(f"{model_name}: inputs {sorted(given)}, the config has {[i.name for i in config.input]}")
+        feeds = {}
+        for spec in config.input:
+            array = given[spec.name]
+            self._check(model_name, spec, array, config.max_batch_size)
+            if spec.HasField("reshape"):
+                array = array.reshape(((array.shape[0],) if batched else ()) + tuple(spec.reshape.shape))
+            feeds[spec.name] = array
+        outputs = {o.name: o for o in config.output}
+        if not set(requested) <= set(outputs):
+            raise ValueError(f"{model_name}: unknown outputs requested {sorted(set(requested) - set(outputs))}")
+        if model_name not in self.sessions:
+            self.sessions[model_name] = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+        results = dict(zip(requested, self.sessions[model_name].run(requested, feeds)))
+        for name, array in results.items():
+            if outputs[name].HasField("reshape"):
+                results[name] = array.reshape(((array.shape[0],) if batched else ()) + tuple(outputs[name].dims))
+            self._check(model_name, outputs[name], results[name], config.max_batch_size)
+        self.calls[model_name] += 1
+        if batched:
+            self.batches.setdefault(model_name, []).append(next(iter(given.values())).shape[0])
+        return results
+
+    @staticmethod
+    def _check(model_name: str, spec, array: np.ndarray, max_batch_size: int) -> None:
+        if array.dtype != TYPE_TO_NUMPY[type_name(spec.data_type)]:
+            raise ValueError(f"{model_name}.{spec.name}: {array.dtype}, the config says {type_name(spec.data_type)}")
+        shape = array.shape
+        if max_batch_size > 0:
+            if not shape or not 1 <= shape[0] <= max_batch_size:
+                raise ValueError(f"{model_name}.{spec.name}: batch {shape[:1]} outside 1..{max_batch_size}")
+            shape = shape[1:]
+        if len(shape) != len(spec.dims) or any(d not in (-1, s) for s, d in zip(shape, spec.dims)):
+            raise ValueError(f"{model_name}.{spec.name}: shape {array.shape} does not match dims {list(spec.dims)}")
+
+
+def fake_pb_utils(triton: FakeTriton) -> types.ModuleType:
+    """A stand-in ``triton_python_backend_utils`` whose BLS requests run on ``triton``."""
+    pb = types.ModuleType("triton_python_backend_utils")
+
+    class Tensor:
+        def __init__(self, name, array):
+            assert isinstance(array, np.ndarray) and array.dtype.kind != "S", f"{name}: send numbers or object BYTES"
+            self._name, self._array = name, array
+
+        def name(self):
+            return self._name
+
+        def as_numpy(self):
+            return self._array
+
+    class TritonError:
+        def __init__(self, message):
+            self._message = message
+
+        def message(self):
+            return self._message
+
+    class InferenceResponse:
+        def __init__(self, output_tensors=(), error=None):
+            self._outputs, self._error = list(output_tensors), error
+
+        def output_tensors(self):
+            return self._outputs
+
+        def has_error(self):
+            return self._error is not None
+
+        def error(self):
+            return self._error
+
+    class InferenceRequest:
+        def __init__(self, model_name=None, requested_output_names=(), inputs=()):
+            self.model_name, self.requested, self._inputs = model_name, list(requested_output_names), list(inputs)
+
+        def inputs(self):
+            return self._inputs
+
+        def exec(self):
+            try:
+                outputs = triton.infer(self.model_name, self.requested, self._inputs)
+            except (LookupError, ValueError) as e:
+                return InferenceResponse(error=TritonError(str(e)))
+            return InferenceResponse([Tensor(name, array) for name, array in outputs.items()])
+
+    def get_input_tensor_by_name(request, name):
+        return next((t for t in request.inputs() if t.name() == name), None)
+
+    def get_output_tensor_by_name(response, name):
+        return next((t for t in response.output_tensors() if t.name() == name), None)
+
+    for item in (Tensor, TritonError, InferenceResponse, InferenceRequest, get_input_tensor_by_name, get_output_tensor_by_name):
+        setattr(pb, item.__name__, item)
+    return pb
+
+
+@pytest.fixture()
+def triton(repo, monkeypatch):
+    fake = FakeTriton(repo)
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_pb_utils(fake))
+    return fake
+
+
+def entry_model(repo: Path, name: str) -> TritonPythonModel:
+    """Initialize an entry model as Triton does (the config goes in as JSON, the paths are the model's folder)."""
+    config = json_format.MessageToJson(parse_config(repo / name), preserving_proto_field_name=True)
+    model = TritonPythonModel()
+    model.initialize(
+        {"model_name": name, "model_repository": str(repo / name), "model_version": "1", "model_config": config,
+         "model_instance_kind": "CPU", "model_instance_name": f"{name}_0", "model_instance_device_id": "0"}
+    )  # fmt: skip
+    return model
+
+
+def request(**tensors: np.ndarray):
+    """An incoming request with the batch axis of 1; strings arrive as object arrays of bytes, as from Triton."""
+    pb = sys.modules["triton_python_backend_utils"]
+    inputs = []
+    for name, value in tensors.items():
+        array = text(value).astype(np.object_) if isinstance(value, str) else np.asarray(value)[None]
+        inputs.append(pb.Tensor(name, array))
+    return pb.InferenceRequest(inputs=inputs)
+
+
+def outputs(response) -> dict[str, np.ndarray]:
+    assert not response.has_error(), response.error().message()
+    return {t.name(): t.as_numpy() for t in response.output_tensors()}
+
+
+def _images(n: int, r: int, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).random((n, r, r, 3)) * 255).astype(np.uint8)
+
+
+def assert_same(served: dict[str, np.ndarray], images: dict[str, np.ndarray], latents: np.ndarray) -> None:
+    assert read_text(served["error"]) == ""
+    assert set(served) == {IMAGE_OUTPUTS[m] for m in images} | {"latents", "info", "error"}
+    np.testing.assert_allclose(served["latents"][0], latents, atol=1e-4)
+    for modality, image in images.items():
+        got = served[IMAGE_OUTPUTS[modality]]
+        assert got.shape == (1, *image.shape) and got.dtype == np.uint8
+        assert np.abs(got[0].astype(int) - image.astype(int)).max() <= 2, modality
+
+
+def test_bls_perceive_equals_the_local_sdk(triton, repo, local, manifest):
+    model = entry_model(repo, "mmgen_perceive")
+    r = manifest.model.resolution
+    images = _images(3, r)
+    noise = np.random.default_rng(1).standard_normal((2, *local.pipeline.latent_shape(1)[1:]), dtype=np.float32)
+    requests = [
+        request(image=images[0], tasks="depth,normals", steps=np.array([2], np.int32), noise=noise[0]),
+        request(image=images[1], tasks="bogus", steps=np.array([2], np.int32)),
+        request(image=images[1], tasks="depth,normals", steps=np.array([2], np.int32), noise=noise[1]),
+        request(image=images[2], tasks="segmentation", seed=np.array([5], np.int64)),  # default steps, seeded noise
+    ]
+    responses = model.execute(requests)
+    assert len(responses) == 4
+    bad = outputs(responses[1])
+    assert set(bad) == {"error"} and "bogus" in read_text(bad["error"])
+
+    pair = local.perceive_model_images(images[:2], ("depth", "normals"), 2, noise)
+    for i, j in ((0, 0), (2, 1)):
+        assert_same(outputs(responses[i]), pair.images[j], pair.latents[j])
+    seeded = np.random.default_rng(5).standard_normal(local.pipeline.latent_shape(1), dtype=np.float32)
+    single = local.perceive_model_images(images[2:], ("segmentation",), None, seeded)
+    assert_same(outputs(responses[3]), single.images[0], single.latents[0])
+    info = json.loads(read_text(outputs(responses[0])["info"]))
+    assert info["backend"] == "triton" and info["steps"] == 2
+
+    assert set(triton.calls) == {component_model_name(g) for g in RUNTIME_GRAPHS}
+    assert 2 in triton.batches["mmgen_vae_encoder"]  # the two depth,normals requests ran as one batch
+    model.finalize()
+
+
+def test_bls_generate_equals_the_local_sdk(triton, repo, local, manifest):
+    model = entry_model(repo, "mmgen_generate")
+    condition = _images(1, manifest.model.resolution, seed=3)[0]
+    steps = np.array([2], np.int32)
+    guided = dict(steps=steps, cfg_scale=np.array([2.0], np.float32))
+    requests = [
+        request(class_label=np.array([3]), seed=np.array([1]), **guided),
+        request(class_label=np.array([manifest.model.num_classes]), seed=np.array([1]), **guided),  # out of range
+        request(class_label=np.array([5]), seed=np.array([2]), **guided),
+        request(condition="depth", condition_image=condition, seed=np.array([3]), steps=steps),
+    ]
+    responses = model.execute(requests)
+    assert "class_label must be in" in read_text(outputs(responses[1])["error"])
+
+    pair = local.generate_model_images(
+        [GenerationRequest(class_label=3, cfg_scale=2.0, steps=2, seed=1), GenerationRequest(class_label=5, cfg_scale=2.0, steps=2, seed=2)]
+    )  # fmt: skip
+    for i, j in ((0, 0), (2, 1)):
+        assert_same(outputs(responses[i]), pair.images[j], pair.latents[j])
+    conditioned = local.generate_model_images([GenerationRequest(condition="depth", condition_image=condition, steps=2, seed=3)])
+    served = outputs(responses[3])
+    assert "image_depth" not in served  # the condition is not generated
+    assert_same(served, conditioned.images[0], conditioned.latents[0])
+    assert max(triton.batches["mmgen_conditioning"]) == 4  # guidance: [cond; uncond] rows for two samples
+    model.finalize()
+
+
+def test_bls_info_and_component_failures(triton, repo, manifest, tmp_path):
+    info = entry_model(repo, "mmgen_info")
+    (response,) = info.execute([request(query="manifest")])
+    assert json.loads(read_text(outputs(response)["manifest"])) == json.loads(manifest.model_dump_json())
+
+    broken = tmp_path / "repo"
+    shutil.copytree(repo, broken)
+    shutil.rmtree(broken / "mmgen_vae_encoder")
+    triton.repo = broken
+    model = entry_model(broken, "mmgen_perceive")
+    image = _images(1, manifest.model.resolution)[0]
+    responses = model.execute([request(image=image), request(image=image, tasks="depth")])
+    assert len(responses) == 2
+    for response in responses:
+        assert response.has_error() and "mmgen_vae_encoder" in response.error().message()
+
+    runner = BlsRunner("vae_decoder", manifest.graphs["vae_decoder"], manifest.dims, sys.modules["triton_python_backend_utils"])
+    runner.model_name = "mmgen_vae_decoderx"  # a name the repository does not have fails, naming it
+    with runner, pytest.raises(RuntimeError, match="'mmgen_vae_decoderx' failed: .*not found"):
+        runner.infer({"latent": np.zeros((1, *manifest.graphs["vae_decoder"].inputs[0].shape[1:]), np.float32)})
+
+
+def test_entry_model_needs_triton_and_a_known_name(repo, monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", None)
+    with pytest.raises(ImportError, match="runs inside Triton's Python backend"):
+        entry_model(repo, "mmgen_perceive")
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_pb_utils(FakeTriton(repo)))
+    with pytest.raises(ValueError, match="not 'mmgen_other'"):
+        TritonPythonModel().initialize({"model_name": "mmgen_other", "model_repository": str(repo), "model_version": "1"})
