@@ -146,8 +146,7 @@ class MMGenModel:
     ) -> PerceptionResult | list[PerceptionResult]:
         """Depth, normals and/or segmentation of an image (or a list of images, run as one batch)."""
         tasks = check_tasks(tasks)
-        batched = isinstance(image, (list, tuple))
-        inputs = [load_image(im, f"image[{i}]" if batched else "image") for i, im in enumerate(image if batched else [image])]  # type: ignore[arg-type]
+        inputs, batched = load_images(image)
         self._check_batch(len(inputs))
         start = time.perf_counter()
         model_images = np.stack([to_model_size(im, self.resolution) for im in inputs])
@@ -208,23 +207,11 @@ class MMGenModel:
         or a colour-painted image}. The class label is null (unconditional) when None.
         """
         start = time.perf_counter()
-        request = self.generation_request(class_label, condition, cfg_scale, steps, seed, noise)
+        request = generation_request(self.resolution, self.num_classes, class_label, condition, cfg_scale, steps, seed, noise)
         preprocess = time.perf_counter() - start
         raw = self.generate_model_images([request])
         raw.timings["preprocess"] = preprocess
         return generation_result(raw, 0, request, self.backend, return_latents)
-
-    def generation_request(
-        self,
-        class_label: int | None = None,
-        condition: Mapping[str, object] | None = None,
-        cfg_scale: float = 1.0,
-        steps: int | None = None,
-        seed: int | None = None,
-        noise: np.ndarray | None = None,
-    ) -> "GenerationRequest":
-        """Check ``generate``'s arguments and encode the condition map at the model resolution."""
-        return generation_request(self.resolution, self.num_classes, class_label, condition, cfg_scale, steps, seed, noise)
 
     def generate_model_images(self, requests: Sequence["GenerationRequest"]) -> "ModelOutput":
         """The model part of ``generate`` for one batch of requests that share steps, guidance and condition kind
@@ -290,6 +277,13 @@ class GenerationRequest:
     steps: int | None = None
     seed: int | None = None
     noise: np.ndarray | None = None
+
+
+def load_images(image: object) -> tuple[list[np.ndarray], bool]:
+    """One image or a list of them -> (validated RGB uint8 images, whether a list was given)."""
+    batched = isinstance(image, (list, tuple))
+    items = image if batched else [image]
+    return [load_image(im, f"image[{i}]" if batched else "image") for i, im in enumerate(items)], batched  # type: ignore[arg-type, union-attr]
 
 
 def check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:

@@ -44,9 +44,10 @@ from .api import (
     check_tasks,
     generation_request,
     generation_result,
+    load_images,
     perception_result,
 )
-from .images import load_image, to_model_size
+from .images import to_model_size
 from .results import GenerationResult, PerceptionResult
 
 DEFAULT_URL = "grpc://127.0.0.1:8001"
@@ -230,8 +231,7 @@ class RemoteModel:
     ) -> PerceptionResult | list[PerceptionResult]:
         """As :meth:`mmgen_edge.sdk.api.MMGenModel.perceive`; a list is sent as concurrent requests."""
         tasks = check_tasks(tasks)
-        batched = isinstance(image, (list, tuple))
-        inputs = [load_image(im, f"image[{i}]" if batched else "image") for i, im in enumerate(image if batched else [image])]  # type: ignore[arg-type]
+        inputs, batched = load_images(image)
         if not inputs:
             raise ValueError("no images given")
         start = time.perf_counter()
