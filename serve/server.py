@@ -14,6 +14,7 @@ instance. It works on a CPU-only machine.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -166,6 +167,9 @@ class Server:
         triton, self._triton = self._triton, None
         if triton is not None:
             triton.stop()
+            for i, handler in enumerate(self.handlers):
+                sizes = json.dumps({str(k): v for k, v in sorted(handler.batch_sizes.items())})
+                LOG.info("instance %d ran engine batches of size: %s", i, sizes)
         models, self._models = self._models, []
         for model in models:
             model.close()

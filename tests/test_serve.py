@@ -229,3 +229,18 @@ def test_cli_perceive_and_generate_with_server(server, tmp_path, capsys):
     assert main(["generate", "--server", server.http_url, "--class-label", "2", "--out", str(tmp_path / "g")]) == 0
     assert any(p.name.startswith("sample0000") for p in (tmp_path / "g").iterdir())
     assert main(["perceive", str(path), "--server", server.grpc_url, "--bundle", "x"]) == 2
+
+
+def test_serve_load_benchmark_reports_every_level(tiny_bundle, tmp_path, capsys):
+    import json
+
+    from mmgen_edge.bench.serve_load import main
+
+    assert main(["--bundle", str(tiny_bundle), "--streams", "1,3", "--requests", "2", "--threads", "1", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "serve_load.json").read_text())
+    assert [row["streams"] for row in report["levels"]] == [1, 3]
+    assert [row["requests"] for row in report["levels"]] == [2, 6]
+    assert all(row["requests_per_s"] > 0 and row["p90_ms"] >= row["p50_ms"] > 0 for row in report["levels"])
+    (batches,) = report["server_engine_batches"]  # one instance
+    assert sum(int(size) * count for size, count in batches.items()) == 2 + 6 + 2  # requests + one warm-up per level
+    assert "| 3 |" in capsys.readouterr().out
