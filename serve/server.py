@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sysconfig
 import threading
 from collections.abc import Callable, Sequence
@@ -60,6 +61,17 @@ class ServerOptions:
             raise ValueError(f"instances must be >= 1, got {self.instances}")
         if self.max_queue_delay_us < 0:
             raise ValueError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
+
+
+def check_ports_free(host: str, ports: Sequence[int]) -> None:
+    """Fail fast, naming the port, when one is taken (tritonserver would exit and PyTriton time out after ~1 min)."""
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as e:
+                raise RuntimeError(f"cannot serve on {host}:{port}: {e.strerror or e}; choose another port with the port flags") from None
 
 
 def python_library_dir() -> str:
@@ -127,6 +139,7 @@ class Server:
         from pytriton.model_config import DynamicBatcher, ModelConfig
 
         o = self.options
+        check_ports_free(o.host, (o.http_port, o.grpc_port, o.metrics_port))
         self._models = [
             load(self.bundle, backend=o.backend, steps=o.steps, threads=o.threads, verify=o.verify if i == 0 else "none")
             for i in range(o.instances)

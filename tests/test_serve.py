@@ -208,6 +208,15 @@ def test_cli_serve_shuts_down_on_sigterm_and_leaves_no_process(tiny_bundle, tmp_
     assert "ready at grpc://127.0.0.1" in output and "stopped" in output, output[-2000:]
 
 
+def test_a_taken_port_is_named_before_anything_starts(tiny_bundle):
+    http, grpc, metrics = free_ports(3)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", grpc))
+        taken.listen()
+        with pytest.raises(RuntimeError, match=f"cannot serve on 127.0.0.1:{grpc}"):
+            Server(tiny_bundle, http_port=http, grpc_port=grpc, metrics_port=metrics).start()
+
+
 def test_server_options_are_checked(tiny_bundle):
     with pytest.raises(ValueError, match="ports must differ"):
         Server(tiny_bundle, http_port=9000, grpc_port=9000)
