@@ -36,7 +36,7 @@ from mmgen_edge.runtime.backend import RUNTIME_GRAPHS
 from mmgen_edge.runtime.fileio import atomic_directory
 from mmgen_edge.runtime.manifest import MANIFEST_FILE, EngineEntry, GraphEntry, Manifest, TensorSpec, read_manifest
 
-from .protocol import GENERATE_MODEL, INFO_MODEL, ModelSpec, WireTensor, model_specs
+from .protocol import INFO_MODEL, ModelSpec, WireTensor, model_specs
 
 VERSION = "1"  # the one model version written
 ENGINE_MODES = ("auto", "require", "none")

@@ -25,26 +25,12 @@ if os.environ.get("MMGEN_EDGE_REQUIRE_SERVE") != "1":
 import mmgen_edge  # noqa: E402
 from mmgen_edge.sdk.remote import RemoteError, RemoteModel, connect  # noqa: E402
 from mmgen_edge.serve.server import Server  # noqa: E402
+from serving import assert_same_perception, free_ports, image, session_processes  # noqa: E402
 
 pytestmark = pytest.mark.slow
 REQUEST_TIMEOUT_S = 60.0
 CLIENT_THREADS, REQUESTS_PER_THREAD = 6, 3
 BATCH_WINDOW_US = 200_000  # long enough that concurrent requests surely meet in the batcher
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def image(seed: int, h: int = 40, w: int = 56) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +44,6 @@ def server(tiny_bundle):
 def local(tiny_bundle):
     with mmgen_edge.load(tiny_bundle, backend="ort-cpu", threads=1) as model:
         yield model
-
-
-def assert_same_perception(remote, local) -> None:
-    assert remote.images.keys() == local.images.keys()
-    for key in local.images:
-        assert np.abs(remote.images[key].astype(int) - local.images[key]).max() <= 1, key
-    np.testing.assert_allclose(remote.depth, local.depth, atol=2e-2)
-    np.testing.assert_allclose(remote.normals, local.normals, atol=2e-2)
-    assert remote.depth.shape == local.depth.shape
 
 
 def test_concurrent_clients_get_the_local_results_and_are_batched(server, local):
@@ -164,22 +141,6 @@ def test_connect_fails_clearly(tmp_path):
         RemoteModel("ftp://somewhere")
 
 
-def _session_processes(sid: int) -> list[int]:
-    """PIDs of live processes in session ``sid`` (the server and anything it started)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        state, session = fields[0], int(fields[3])
-        if session == sid and state != "Z":
-            pids.append(int(entry.name))
-    return pids
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process accounting reads /proc (Linux)")
 def test_cli_serve_shuts_down_on_sigterm_and_leaves_no_process(tiny_bundle, tmp_path):
     http, grpc, metrics = free_ports(3)
@@ -190,17 +151,17 @@ def test_cli_serve_shuts_down_on_sigterm_and_leaves_no_process(tiny_bundle, tmp_
     try:
         with connect(f"grpc://127.0.0.1:{grpc}", timeout=REQUEST_TIMEOUT_S) as model:
             assert model.perceive(image(1), seed=1).depth.shape == (40, 56)
-        assert len(_session_processes(process.pid)) >= 2, "expected the CLI and its tritonserver"
+        assert len(session_processes(process.pid)) >= 2, "expected the CLI and its tritonserver"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=REQUEST_TIMEOUT_S) == 0
         deadline = time.monotonic() + 10
-        while _session_processes(process.pid) and time.monotonic() < deadline:
+        while session_processes(process.pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _session_processes(process.pid) == [], "processes left behind after shutdown"
+        assert session_processes(process.pid) == [], "processes left behind after shutdown"
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-        for pid in _session_processes(process.pid):
+        for pid in session_processes(process.pid):
             os.kill(pid, signal.SIGKILL)
         log.seek(0)
         output = log.read()

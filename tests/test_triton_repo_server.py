@@ -18,7 +18,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -39,6 +38,7 @@ import mmgen_edge  # noqa: E402
 from mmgen_edge.runtime.backend import RUNTIME_GRAPHS  # noqa: E402
 from mmgen_edge.sdk.remote import RemoteError, connect  # noqa: E402
 from mmgen_edge.serve.triton_repo import component_model_name, write_model_repository  # noqa: E402
+from serving import assert_same_perception, free_ports, image, session_processes  # noqa: E402
 
 pytestmark = [
     pytest.mark.slow,
@@ -116,37 +116,6 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(f"{type(e).__name__}: {e}")))
         return responses
 '''
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def image(seed: int, h: int = 40, w: int = 56) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def _session_processes(sid: int) -> list[int]:
-    """PIDs of live processes in session ``sid`` (the server and anything it started)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        state, session = fields[0], int(fields[3])
-        if session == sid and state != "Z":
-            pids.append(int(entry.name))
-    return pids
 
 
 # --------------------------------------------------------------------------------------------- the server
@@ -260,7 +229,7 @@ class TritonProcess:
         return self.process.returncode
 
     def kill_leftovers(self) -> None:
-        for pid in _session_processes(self.sid):
+        for pid in session_processes(self.sid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -295,18 +264,6 @@ def local(tiny_bundle):
 def remote(server):
     with connect(server.grpc_url, timeout=REQUEST_TIMEOUT_S) as model:
         yield model
-
-
-def assert_same_perception(remote, local, latents: bool = False) -> None:
-    assert remote.images.keys() == local.images.keys()
-    for key in local.images:
-        assert remote.images[key].shape == local.images[key].shape, key
-        assert np.abs(remote.images[key].astype(int) - local.images[key]).max() <= 1, key
-    np.testing.assert_allclose(remote.depth, local.depth, atol=2e-2)
-    np.testing.assert_allclose(remote.normals, local.normals, atol=2e-2)
-    if latents:
-        np.testing.assert_allclose(remote.latents, local.latents, atol=1e-4)
-    assert remote.backend == "remote" and remote.steps == local.steps
 
 
 # ------------------------------------------------------------------------------------------------- the tests
@@ -376,11 +333,11 @@ def test_a_malformed_request_gets_a_clear_error_and_the_server_keeps_serving(ser
 
 
 def test_shutdown_leaves_no_process(server):
-    assert len(_session_processes(server.sid)) >= 2, "expected tritonserver and its Python backend stubs"
+    assert len(session_processes(server.sid)) >= 2, "expected tritonserver and its Python backend stubs"
     code = server.stop()
     deadline = time.monotonic() + 10
-    while _session_processes(server.sid) and time.monotonic() < deadline:
+    while session_processes(server.sid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    left = _session_processes(server.sid)
+    left = session_processes(server.sid)
     assert left == [], f"processes left behind after shutdown: {left}\n{server.log()}"
     assert code == 0, f"tritonserver exited with {code}:\n{server.log()}"

@@ -1,0 +1,54 @@
+"""Helpers shared by the serving tests (test_serve.py, test_triton_repo_server.py)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` loopback ports free right now (a server started next may still race another process for them)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def image(seed: int, h: int = 40, w: int = 56) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def session_processes(sid: int) -> list[int]:
+    """PIDs of live processes in session ``sid`` (a server started with start_new_session and all it started)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, session = fields[0], int(fields[3])
+        if session == sid and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def assert_same_perception(remote, local, latents: bool = False) -> None:
+    """A served perceive result equals the local SDK's (decoded maps within 1 grey level)."""
+    assert remote.images.keys() == local.images.keys()
+    for key in local.images:
+        assert remote.images[key].shape == local.images[key].shape, key
+        assert np.abs(remote.images[key].astype(int) - local.images[key]).max() <= 1, key
+    np.testing.assert_allclose(remote.depth, local.depth, atol=2e-2)
+    np.testing.assert_allclose(remote.normals, local.normals, atol=2e-2)
+    assert remote.depth.shape == local.depth.shape
+    if latents:
+        np.testing.assert_allclose(remote.latents, local.latents, atol=1e-4)
+    assert remote.backend == "remote" and remote.steps == local.steps
