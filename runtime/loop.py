@@ -85,7 +85,7 @@ class DenoisingLoop:
         each generator, stacked in order (so one sample's noise does not depend on its batch)."""
         if sampler.kind != SamplerKind.EULER_MARUYAMA:
             return None
-        shape = (rows, self.manifest.model.in_channels, self.manifest.latent.height, self.manifest.latent.width)
+        shape = self.manifest.latent_shape(rows)
         noisy = sum(1 for t in sampler.timesteps()[1:] if t > 0)
         per_rng = [[rng.standard_normal(shape, dtype=np.float32) for _ in range(noisy)] for rng in rngs]
         return [np.concatenate([draws[i] for draws in per_rng]) for i in range(noisy)]

@@ -147,6 +147,10 @@ class Manifest(BaseModel):
     def max_batch(self) -> int:
         return self.dims[BATCH_DIM].max
 
+    def latent_shape(self, n: int) -> tuple[int, int, int, int]:
+        """Shape of ``n`` samples' joint latents (all modalities): (n, M*C, h, w)."""
+        return (n, self.model.in_channels, self.latent.height, self.latent.width)
+
     def file(self, path: str) -> FileEntry:
         for entry in self.files:
             if entry.path == path:

@@ -87,8 +87,7 @@ class Pipeline:
         return self.manifest.model.resolution
 
     def latent_shape(self, n: int) -> tuple[int, int, int, int]:
-        m = self.manifest
-        return (n, m.model.in_channels, m.latent.height, m.latent.width)
+        return self.manifest.latent_shape(n)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 at the model resolution -> scaled latent means (N, 4, h, w) float32."""

@@ -77,7 +77,7 @@ def model_specs(manifest: Manifest) -> dict[str, ModelSpec]:
     """The three served models' tensors for a bundle."""
     r = manifest.model.resolution
     image = (r, r, 3)
-    latent = (manifest.model.in_channels, manifest.latent.height, manifest.latent.width)
+    latent = manifest.latent_shape(1)[1:]
     scalar = (1,)
     sampling = (
         WireTensor("steps", np.int32, scalar, optional=True),
