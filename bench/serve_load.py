@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,16 +27,6 @@ import numpy as np
 
 FRAME_SHAPE = (480, 640, 3)
 JSON_FILE = "serve_load.json"
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _frames(count: int, seed: int = 0) -> list[np.ndarray]:
@@ -95,7 +84,9 @@ def local_rate(bundle: str | None, requests: int, tasks: tuple[str, ...], thread
 
 
 def start_server(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    http, grpc, metrics = _free_ports(3)
+    from mmgen_edge.serve.server import free_ports
+
+    http, grpc, metrics = free_ports(3)
     cmd = [sys.executable, "-m", "mmgen_edge.sdk.cli", "serve", "--http-port", str(http), "--grpc-port", str(grpc),
            "--metrics-port", str(metrics), "--instances", str(args.instances),
            "--max-queue-delay-us", str(args.max_queue_delay_us)]  # fmt: skip

@@ -116,17 +116,10 @@ class MMGenModel:
         return self.manifest.sampler.model_copy(update={"num_steps": k})
 
     def _noise(self, n: int, seed: int | None, noise: np.ndarray | None, rng: np.random.Generator | None = None) -> np.ndarray:
-        shape = self.pipeline.latent_shape(n)
+        shape = self.latent_shape(n)
         if noise is None:
             return (rng or np.random.default_rng(seed)).standard_normal(shape, dtype=np.float32)
-        noise = np.asarray(noise, dtype=np.float32)
-        if noise.shape == shape[1:]:
-            noise = np.broadcast_to(noise, shape)
-        if noise.shape != shape:
-            raise ValueError(f"noise must have shape {shape[1:]} or {shape}, got {noise.shape}")
-        if not np.isfinite(noise).all():
-            raise ValueError("noise contains NaN or infinite values")
-        return np.ascontiguousarray(noise)
+        return noise_array(noise, shape)
 
     def _check_batch(self, n: int) -> None:
         if n == 0:
@@ -286,6 +279,18 @@ def load_images(image: object) -> tuple[list[np.ndarray], bool]:
     return [load_image(im, f"image[{i}]" if batched else "image") for i, im in enumerate(items)], batched  # type: ignore[arg-type, union-attr]
 
 
+def noise_array(noise: object, shape: tuple[int, int, int, int]) -> np.ndarray:
+    """User noise checked against ``shape`` (N, C, h, w); one sample's (C, h, w) is used for every sample."""
+    noise = np.asarray(noise, dtype=np.float32)
+    if noise.shape == shape[1:]:
+        noise = np.broadcast_to(noise, shape)
+    if noise.shape != shape:
+        raise ValueError(f"noise must have shape {shape[1:]} or {shape}, got {noise.shape}")
+    if not np.isfinite(noise).all():
+        raise ValueError("noise contains NaN or infinite values")
+    return np.ascontiguousarray(noise)
+
+
 def check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
     tasks = tuple(tasks)
     unknown = [t for t in tasks if t not in PERCEPTION_TASKS]
@@ -338,12 +343,18 @@ def maps_from_images(images: Mapping[str, np.ndarray], size: tuple[int, int]) ->
     return out
 
 
-def perception_result(raw: ModelOutput, i: int, size: tuple[int, int], backend: str, return_latents: bool) -> PerceptionResult:
-    """Sample ``i`` of a perceive batch, post-processed at the input's ``size`` (H, W)."""
+def _postprocess(raw: ModelOutput, images: Mapping[str, np.ndarray], size: tuple[int, int]) -> tuple[dict[str, object], dict[str, float]]:
+    """Typed maps of one sample, and the batch's timings with this post-processing added."""
     start = time.perf_counter()
-    maps = maps_from_images(raw.images[i], size)
+    maps = maps_from_images(images, size)
     timings = dict(raw.timings)
     timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - start
+    return maps, timings
+
+
+def perception_result(raw: ModelOutput, i: int, size: tuple[int, int], backend: str, return_latents: bool) -> PerceptionResult:
+    """Sample ``i`` of a perceive batch, post-processed at the input's ``size`` (H, W)."""
+    maps, timings = _postprocess(raw, raw.images[i], size)
     return PerceptionResult(
         **maps,  # type: ignore[arg-type]
         images=raw.images[i],
@@ -357,11 +368,8 @@ def perception_result(raw: ModelOutput, i: int, size: tuple[int, int], backend: 
 def generation_result(raw: ModelOutput, i: int, request: GenerationRequest, backend: str, return_latents: bool) -> GenerationResult:
     """Sample ``i`` of a generate batch as the typed result (maps at the model resolution)."""
     images = raw.images[i]
-    start = time.perf_counter()
     resolution = images["rgb"].shape[0]
-    maps = maps_from_images({k: v for k, v in images.items() if k != "rgb"}, (resolution, resolution))
-    timings = dict(raw.timings)
-    timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - start
+    maps, timings = _postprocess(raw, {k: v for k, v in images.items() if k != "rgb"}, (resolution, resolution))
     return GenerationResult(
         rgb=images["rgb"],
         **maps,  # type: ignore[arg-type]

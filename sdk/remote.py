@@ -32,6 +32,7 @@ from mmgen_edge.serve.protocol import (
     NO_STEPS,
     PERCEIVE_MODEL,
     RANDOM_SEED,
+    TRITON_DTYPES,
     ModelSpec,
     model_specs,
     read_text,
@@ -45,6 +46,7 @@ from .api import (
     generation_request,
     generation_result,
     load_images,
+    noise_array,
     perception_result,
 )
 from .images import to_model_size
@@ -139,14 +141,13 @@ class RemoteModel:
         return self.manifest.model.num_classes
 
     def latent_shape(self, n: int) -> tuple[int, int, int, int]:
-        m = self.manifest
-        return (n, m.model.in_channels, m.latent.height, m.latent.width)
+        return self.manifest.latent_shape(n)
 
     def _infer(self, model: str, inputs: Mapping[str, np.ndarray], client: Any = None) -> dict[str, np.ndarray]:
         m = self._module
         tensors = []
         for name, array in inputs.items():
-            kind = "BYTES" if array.dtype.kind in "SOU" else {np.uint8: "UINT8", np.int32: "INT32", np.int64: "INT64", np.float32: "FP32"}[array.dtype.type]
+            kind = TRITON_DTYPES[np.bytes_ if array.dtype.kind in "SOU" else array.dtype.type]
             tensor = m.InferInput(name, list(array.shape), kind)
             tensor.set_data_from_numpy(array.astype(np.object_) if kind == "BYTES" else np.ascontiguousarray(array))
             tensors.append(tensor)
@@ -199,17 +200,6 @@ class RemoteModel:
             out["noise"] = np.ascontiguousarray(noise, dtype=np.float32)[None]
         return out
 
-    def _noise_rows(self, n: int, noise: np.ndarray | None) -> list[np.ndarray | None]:
-        if noise is None:
-            return [None] * n
-        shape = self.latent_shape(n)
-        noise = np.asarray(noise, dtype=np.float32)
-        if noise.shape == shape[1:]:
-            return [noise] * n
-        if noise.shape != shape:
-            raise ValueError(f"noise must have shape {shape[1:]} or {shape}, got {noise.shape}")
-        return list(noise)
-
     @staticmethod
     def _output(outputs: list[dict[str, np.ndarray]]) -> ModelOutput:
         """Responses -> the same ``ModelOutput`` the local model part returns (timings of the first)."""
@@ -237,11 +227,12 @@ class RemoteModel:
         start = time.perf_counter()
         model_images = [to_model_size(im, self.resolution) for im in inputs]
         preprocess = time.perf_counter() - start
-        noises = self._noise_rows(len(inputs), noise)
-        steps = self.steps if steps is None else steps
-        if seed is not None and noise is None and len(inputs) > 1:
+        n = len(inputs)
+        if noise is None and seed is not None and n > 1:
             # the local model draws one (N, ...) array from the seed; send each sample its row of it
-            noises = list(np.random.default_rng(seed).standard_normal(self.latent_shape(len(inputs)), dtype=np.float32))
+            noise = np.random.default_rng(seed).standard_normal(self.latent_shape(n), dtype=np.float32)
+        noises = [None] * n if noise is None else list(noise_array(noise, self.latent_shape(n)))
+        steps = self.steps if steps is None else steps
         requests = []
         for i, im in enumerate(model_images):
             request = {"image": im[None], "tasks": np.array([[",".join(tasks).encode()]], dtype=np.bytes_)}
@@ -269,7 +260,7 @@ class RemoteModel:
             self.resolution, self.num_classes, class_label, condition, cfg_scale, steps, seed, noise
         )
         if noise is not None:
-            noise = self._noise_rows(1, noise)[0]
+            noise = noise_array(noise, self.latent_shape(1))[0]
         inputs: dict[str, np.ndarray] = {
             "class_label": np.array([[NO_LABEL if request.class_label is None else request.class_label]], np.int64),
             "cfg_scale": np.array([[request.cfg_scale]], np.float32),

@@ -63,6 +63,18 @@ class ServerOptions:
             raise ValueError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
 
 
+def free_ports(n: int, host: str = LOOPBACK) -> list[int]:
+    """``n`` ports free on ``host`` right now (for tests and benchmarks; another process may still take one)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def check_ports_free(host: str, ports: Sequence[int]) -> None:
     """Fail fast, naming the port, when one is taken (tritonserver would exit and PyTriton time out after ~1 min)."""
     for port in ports:

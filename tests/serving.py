@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
 
-
-def free_ports(n: int) -> list[int]:
-    """``n`` loopback ports free right now (a server started next may still race another process for them)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+from mmgen_edge.serve.server import free_ports  # noqa: F401  (re-exported for the tests)
 
 
 def image(seed: int, h: int = 40, w: int = 56) -> np.ndarray:
