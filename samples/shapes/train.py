@@ -65,7 +65,18 @@ class RecipeConfig:
     ema_decay: float = 0.9995
     class_dropout: float = 0.1
     rgb_condition_prob: float = 0.5
+    #: Fraction of each batch with one modality held clean (the rest is joint generation, task 0).
+    condition_fraction: float = 0.5
+    #: "constant" after warm-up, or "cosine": decay to 0 at ``steps``.
+    lr_schedule: str = "constant"
     checkpoint_every: int = 250
+
+    def learning_rate(self, step: int) -> float:
+        """The learning rate at 0-based ``step``: linear warm-up, then constant or cosine decay to 0."""
+        warm = min(1.0, (step + 1) / self.warmup)
+        if self.lr_schedule == "cosine":
+            return self.lr * warm * 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / self.steps)))
+        return self.lr * warm
 
     def args(self) -> dict[str, object]:
         """Training args in the release layout (plus our size overrides)."""
@@ -75,6 +86,13 @@ class RecipeConfig:
             batch_size=self.batch, learning_rate=self.lr, seed=self.seed, exp_name="shapes-demo",
         )  # fmt: skip
 
+
+#: Phase 2, resumed from the phase-1 weights (``--init samples/shapes/weights/mmgen``, the model shipped before it):
+#: more scenes, three quarters of each batch conditioned (two thirds of those on RGB: perception is the demo's
+#: main job), and a cosine decay to 0 (phase 1 ended at a constant lr, its EMA still tracking a noisy optimum).
+FINETUNE_RECIPE = RecipeConfig(
+    num_scenes=8000, steps=5500, warmup=100, condition_fraction=0.75, rgb_condition_prob=2 / 3, lr_schedule="cosine",
+)  # fmt: skip
 
 TINY_RECIPE = RecipeConfig(
     num_scenes=24, resolution=64, vae_steps=3, vae_batch=4, vae_crop=32, vae_full_steps=2, vae_full_batch=2,
@@ -179,7 +197,7 @@ def training_batch(
     noise = torch.randn(x0.shape, generator=g)
     t = torch.rand(b, 1, generator=g).expand(b, m).clone()  # one shared t per sample
     task = torch.zeros(b, dtype=torch.long)
-    conditioned = torch.arange(b) >= b // 2  # second half: one modality held clean
+    conditioned = torch.arange(b) >= round(b * (1 - recipe.condition_fraction))  # the tail: one modality held clean
     probs = torch.tensor([recipe.rgb_condition_prob] + [(1 - recipe.rgb_condition_prob) / (m - 1)] * (m - 1))
     k = torch.multinomial(probs, b, replacement=True, generator=g)
     rows = torch.nonzero(conditioned).squeeze(1)
@@ -191,8 +209,13 @@ def training_batch(
     return x_t, t, y, task, noise - x0, weight
 
 
-def train_mmgen(work: Path, latents: torch.Tensor, labels: np.ndarray, recipe: RecipeConfig, minutes: float | None) -> Path:
+def train_mmgen(
+    work: Path, latents: torch.Tensor, labels: np.ndarray, recipe: RecipeConfig, minutes: float | None,
+    init: Path | None = None,
+) -> Path:
+    """Train (or resume) ``work/checkpoint.pt``; a new run starts from the model directory ``init`` when given."""
     from mmgen_edge.export.checkpoint import architecture_from_args
+    from mmgen_edge.export.model_dir import load_model
 
     path = work / "checkpoint.pt"
     args = recipe.args()
@@ -211,6 +234,11 @@ def train_mmgen(work: Path, latents: torch.Tensor, labels: np.ndarray, recipe: R
         g.set_state(state["rng"])
         step = int(state["steps"])
     else:
+        if init is not None:
+            start = load_model(init, dtype=torch.float32)
+            if start.config != config:
+                raise ValueError(f"--init {init}: its architecture {start.config} is not the recipe's {config}")
+            model.load_state_dict(start.state_dict())
         ema.load_state_dict(model.state_dict())
     y_all = torch.from_numpy(labels)
     deadline = time.monotonic() + 60 * minutes if minutes else math.inf
@@ -225,7 +253,7 @@ def train_mmgen(work: Path, latents: torch.Tensor, labels: np.ndarray, recipe: R
 
     while step < recipe.steps and time.monotonic() < deadline:
         for group in opt.param_groups:
-            group["lr"] = recipe.lr * min(1.0, (step + 1) / recipe.warmup)
+            group["lr"] = recipe.learning_rate(step)
         x_t, t, y, task, target, weight = training_batch(latents, y_all, recipe, g, config.null_label)
         v = model(x_t, t, y, task)
         loss = (((v - target) ** 2) * weight).sum() / (weight.sum() * v.shape[2] * v.shape[3])
@@ -259,13 +287,21 @@ def export_weights(work: Path, out: Path, vae: AutoencoderKL) -> None:
     os.replace(tmp, out / "vae")
 
 
-def run(work: Path, recipe: RecipeConfig, minutes: float | None = None, export: Path | None = None) -> Path:
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+def run(
+    work: Path, recipe: RecipeConfig, minutes: float | None = None, export: Path | None = None,
+    init: Path | None = None, vae_dir: Path | None = None, threads: int | None = None,
+) -> Path:
+    """Every stage, each cached in ``work``; ``vae_dir`` uses a trained VAE instead of training one."""
+    torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
     work.mkdir(parents=True, exist_ok=True)
     images, labels = build_dataset(work, recipe)
+    if vae_dir is not None and not (work / "vae" / "config.json").exists():
+        import shutil
+
+        shutil.copytree(vae_dir, work / "vae")
     vae = train_vae(work, images, recipe)
     latents = encode_dataset(work, vae, images)
-    checkpoint = train_mmgen(work, latents, labels, recipe, minutes)
+    checkpoint = train_mmgen(work, latents, labels, recipe, minutes, init)
     if export is not None:
         export_weights(work, export, vae)
     return checkpoint
@@ -278,13 +314,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="MMGen steps (default: the recipe's)")
     parser.add_argument("--export", type=Path, help="write the shipped weights here (e.g. samples/shapes/weights)")
     parser.add_argument("--tiny", action="store_true", help="a seconds-long smoke run of every stage")
+    parser.add_argument("--recipe", choices=("base", "finetune"), default="base",
+                        help="base: phase 1 from scratch; finetune: phase 2 (use with --init and --vae)")
+    parser.add_argument("--init", type=Path, help="start a new MMGen run from this model directory's weights")
+    parser.add_argument("--vae", type=Path, help="use this trained VAE directory instead of training one")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: every core)")
     args = parser.parse_args()
-    recipe = TINY_RECIPE if args.tiny else RecipeConfig()
+    recipe = TINY_RECIPE if args.tiny else FINETUNE_RECIPE if args.recipe == "finetune" else RecipeConfig()
     if args.steps:
         from dataclasses import replace
 
         recipe = replace(recipe, steps=args.steps)
-    print(run(args.work, recipe, args.minutes, args.export))
+    print(run(args.work, recipe, args.minutes, args.export, args.init, args.vae, args.threads))
 
 
 if __name__ == "__main__":
