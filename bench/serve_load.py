@@ -87,7 +87,7 @@ def start_server(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen[
     from mmgen_edge.serve.server import free_ports
 
     http, grpc, metrics = free_ports(3)
-    cmd = [sys.executable, "-m", "mmgen_edge.sdk.cli", "serve", "--http-port", str(http), "--grpc-port", str(grpc),
+    cmd = [sys.executable, "-m", "mmgen_edge.cli", "serve", "--http-port", str(http), "--grpc-port", str(grpc),
            "--metrics-port", str(metrics), "--instances", str(args.instances),
            "--max-queue-delay-us", str(args.max_queue_delay_us)]  # fmt: skip
     if args.bundle:

@@ -3,7 +3,7 @@
     mmgen-edge calibrate BUNDLE --data SRC --out BUNDLE_INT8 [--method minmax|entropy|percentile] [--samples N]
         [--max-drop depth=0.01,normal=1.0,miou=0.02] [--force] [--eval-scenes N] [--json]
 
-``sdk/cli.py`` wires it in with ``add_calibrate_parser(subparsers)``; the parser's ``func`` is :func:`cmd_calibrate`.
+``mmgen_edge/cli.py`` wires it in with ``add_parsers(subparsers)``; the parser's ``func`` is :func:`cmd_calibrate`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 EXIT_GATE_REFUSED = 3
 
 
-def add_calibrate_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parsers(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``calibrate`` subcommand to an ``argparse`` subparsers object; returns its parser."""
     from .capture import DEFAULT_STEPS
     from .quantize import DEFAULT_EXCLUDE, SENSITIVE_GROUPS, Method

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from mmgen_edge.runtime.fileio import sha256_file
+from mmgen_edge.runtime.fileio import check_output_directory, sha256_file
 
 from mmgen_edge.config import ModelConfig, preset
 from .model import MMGen, count_parameters
@@ -284,8 +284,7 @@ def convert_checkpoint(
     progress: bool = False,
 ) -> ConversionSummary:
     """Import ``path`` and write a model directory (``config.json`` + ``model.safetensors``) atomically."""
-    if Path(out_dir).exists() and not overwrite:  # fail before hashing 11 GB
-        raise FileExistsError(f"{out_dir} already exists (pass overwrite=True / --overwrite to replace it)")
+    check_output_directory(out_dir, overwrite, protect=(path,))  # fail before hashing 11 GB
     imported = import_checkpoint(path, weights=weights, sha256=sha256, progress=progress)
     dtype = WeightsDType(dtype)
     provenance = Provenance(

@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -28,23 +28,92 @@ def sha256_file(path: str | os.PathLike[str], progress: bool = False) -> str:
     return digest.hexdigest()
 
 
+#: Written into every directory that :func:`atomic_directory` produces: ``overwrite`` may replace only such a
+#: directory (or an empty one), never a folder of unrelated files.
+OUTPUT_MARKER = ".mmgen-edge-output"
+_LEGACY_MARKERS = (("manifest.json", '"schema_version"'), ("config.json", '"mmgen-edge-model"'),
+                   ("mmgen_info/config.pbtxt", "mmgen_info"))  # fmt: skip
+
+
+def written_by_us(directory: Path) -> bool:
+    """True when ``directory`` is one that mmgen-edge wrote (the marker, or a bundle / model dir / repository)."""
+    if (directory / OUTPUT_MARKER).is_file():
+        return True
+    for name, needle in _LEGACY_MARKERS:
+        path = directory / name
+        if path.is_file() and path.stat().st_size < 1 << 20 and needle in path.read_text(errors="replace"):
+            return True
+    return False
+
+
+def check_output_directory(
+    target: str | os.PathLike[str], overwrite: bool, protect: Iterable[str | os.PathLike[str]] = ()
+) -> None:
+    """Refuse an output path that exists (unless ``overwrite``), that is not a directory, that holds files this
+    tool did not write, or that holds (or is) one of the ``protect`` paths (e.g. the source being converted)."""
+    target = Path(target)
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise FileExistsError(f"{target} is a file, not a directory: choose a directory path for the output")
+    resolved = target.resolve()
+    for path in protect:
+        inside = Path(path).resolve()
+        if inside == resolved or resolved in inside.parents:
+            raise ValueError(f"the output {target} holds the input {path}: writing it would delete the input")
+    if not overwrite:
+        raise FileExistsError(f"{target} already exists (choose another path or allow overwriting)")
+    if any(target.iterdir()) and not written_by_us(target):
+        names = sorted(p.name for p in target.iterdir())[:5]
+        raise FileExistsError(
+            f"{target} holds files mmgen-edge did not write ({', '.join(names)}, ...): overwriting replaces only "
+            "directories this tool wrote; choose a new or empty output directory"
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Remove ``.NAME.tmp-PID`` / ``.NAME.old-PID`` beside ``target`` left by a killed process; returns them."""
+    removed = []
+    for path in target.parent.glob(f".{target.name}.*-*"):
+        kind, _, pid = path.name[len(target.name) + 2 :].partition("-")
+        if kind in ("tmp", "old") and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(
+    target: str | os.PathLike[str], overwrite: bool = False, protect: Iterable[str | os.PathLike[str]] = ()
+) -> Iterator[Path]:
     """Yield a temporary directory beside ``target``; on success it replaces ``target`` by rename.
 
     On any error the temporary directory is removed and ``target`` is left as it was, so a reader never sees a
-    half-written result. With ``overwrite=False`` an existing ``target`` is an error (checked before any work).
+    half-written result. An existing ``target`` is checked before any work (:func:`check_output_directory`):
+    ``overwrite`` replaces only a directory mmgen-edge wrote, never one holding a ``protect`` path. Temporaries of
+    killed earlier runs are removed first.
     """
     target = Path(target)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists (choose another path or allow overwriting)")
+    check_output_directory(target, overwrite, protect)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
         yield tmp
+        (tmp / OUTPUT_MARKER).write_text("written by mmgen-edge; --overwrite may replace this directory\n")
         for item in tmp.rglob("*"):  # make the data durable before it becomes visible
             if not item.is_file():
                 continue

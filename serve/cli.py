@@ -4,7 +4,7 @@
         [--backend auto] [--instances 1] [--max-queue-delay-us 2000] [--threads N] [--steps K]
     mmgen-edge triton-repo BUNDLE --out REPO [--instances 1] [--max-queue-delay-us 2000] [--engines auto|none|require]
 
-``sdk/cli.py`` wires them in with ``add_serve_parsers(subparsers)``.
+``mmgen_edge/cli.py`` wires them in with ``add_parsers(subparsers)``.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def cmd_triton_repo(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_serve_parsers(subparsers: Any) -> None:
+def add_parsers(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "serve",
         help="serve a bundle through Triton Inference Server (PyTriton; dynamic batching across clients)",

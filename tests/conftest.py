@@ -1,18 +1,25 @@
-"""Shared fixtures: tiny MMGen models and checkpoints in the release layout."""
+"""Shared fixtures: tiny MMGen models and checkpoints in the release layout, and a bundle for torch-free tests.
+
+The fixtures that build models need the export extra and skip without it (see ``extras.py``); ``runtime_bundle``
+is any exported bundle: ``MMGEN_EDGE_TEST_BUNDLE`` (a bundle exported elsewhere, as on a base install) or the
+tiny bundle exported here.
+"""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
-torch = pytest.importorskip("torch")
-
-from mmgen_edge.export.synthetic import TINY_ARGS, TINY_PROJECTOR  # noqa: E402  (re-exported for the tests)
+from extras import skip_without_export
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """(path, ema state dict) of a tiny release-layout checkpoint with Namespace args."""
-    from mmgen_edge.export.synthetic import write_release_checkpoint
+    skip_without_export()
+    from mmgen_edge.export.synthetic import TINY_ARGS, TINY_PROJECTOR, write_release_checkpoint
 
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     ema = write_release_checkpoint(path, projector=TINY_PROJECTOR, **TINY_ARGS)
@@ -44,6 +51,7 @@ def tiny_model_dir(tiny_checkpoint, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_vae_dir(tmp_path_factory):
     """A tiny random diffusers AutoencoderKL (SD-VAE interface: 4 latent channels at 1/8) saved as a directory."""
+    skip_without_export()
     from mmgen_edge.export.synthetic import write_tiny_vae
 
     return write_tiny_vae(tmp_path_factory.mktemp("vae") / "tiny-vae")
@@ -57,3 +65,15 @@ def tiny_bundle(tiny_model_dir, tiny_vae_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles") / "tiny-fp32"
     export_bundle(tiny_model_dir, tiny_vae_dir, out, max_batch=4)
     return out
+
+
+@pytest.fixture(scope="session")
+def runtime_bundle(request) -> Path:
+    """A bundle for torch-free tests: ``MMGEN_EDGE_TEST_BUNDLE`` when set (exported elsewhere), else the tiny one."""
+    given = os.environ.get("MMGEN_EDGE_TEST_BUNDLE")
+    if given:
+        path = Path(given)
+        if not (path / "manifest.json").is_file():
+            pytest.fail(f"MMGEN_EDGE_TEST_BUNDLE={given} is not a bundle (no manifest.json)", pytrace=False)
+        return path
+    return request.getfixturevalue("tiny_bundle")

@@ -13,12 +13,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from extras import require_export
+
+pytestmark = require_export()  # torch/onnx/diffusers: skipped on a base install
+
 import onnx
 import pytest
 
 from mmgen_edge.calibration import quantize
 from mmgen_edge.calibration.capture import CaptureSet, capture_calibration_feeds
-from mmgen_edge.calibration.cli import EXIT_GATE_REFUSED, add_calibrate_parser
+from mmgen_edge.calibration.cli import EXIT_GATE_REFUSED, add_parsers
 from mmgen_edge.calibration.report import (
     CalibrationGateError,
     GateThresholds,
@@ -194,7 +198,7 @@ def test_gate_thresholds_and_check():
 
 def test_cli_calibrate_json_and_refusal(tiny_bundle, tmp_path, capsys, clipped_ranges):
     parser = argparse.ArgumentParser(prog="mmgen-edge")
-    add_calibrate_parser(parser.add_subparsers(dest="command", required=True))
+    add_parsers(parser.add_subparsers(dest="command", required=True))
     common = [str(tiny_bundle), "--data", "demo:4", "--samples", "4", "--eval-scenes", "2", "--threads", "1",
               "--speed-runs", "0", "--exclude", "none", "--max-drop", "depth=0.002,normal=0.1,miou=0.002", "--json"]  # fmt: skip
     args = parser.parse_args(["calibrate", *common, "--out", str(tmp_path / "refused")])

@@ -8,9 +8,13 @@ import os
 import pickle
 
 import pytest
+from extras import require_export
+
+pytestmark = require_export()  # torch/onnx/diffusers: skipped on a base install
+
 import torch
 
-from conftest import TINY_ARGS, TINY_PROJECTOR
+from mmgen_edge.export.synthetic import TINY_ARGS, TINY_PROJECTOR
 from mmgen_edge.export import checkpoint as ckpt_mod
 from mmgen_edge.export.checkpoint import (
     CheckpointError,
@@ -21,7 +25,7 @@ from mmgen_edge.export.checkpoint import (
 from mmgen_edge.export.model import MMGen
 from mmgen_edge.export.model_dir import load_model, read_model_dir_config
 from mmgen_edge.export.synthetic import write_release_checkpoint
-from mmgen_edge.sdk.cli import main as cli_main
+from mmgen_edge.cli import main as cli_main
 
 
 def _inputs(n: int = 2):
@@ -208,3 +212,26 @@ def test_cli_convert_json_and_errors(tiny_checkpoint, tmp_path, capsys):
     assert cli_main(["convert", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m2")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "m2").exists()
+
+
+def test_convert_overwrite_never_deletes_the_source_or_foreign_files(tiny_checkpoint, tmp_path, capsys):
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    source = folder / "tiny.pt"
+    source.write_bytes(tiny_checkpoint[0].read_bytes())
+    (folder / "notes.txt").write_text("keep")
+    assert cli_main(["convert", str(source), "--out", str(folder), "--overwrite", "--sha256", "skip"]) == 2
+    assert "would delete the input" in capsys.readouterr().err
+    assert source.read_bytes() == tiny_checkpoint[0].read_bytes() and (folder / "notes.txt").is_file()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    assert cli_main(["convert", str(source), "--out", str(other), "--overwrite", "--sha256", "skip"]) == 2
+    assert "did not write" in capsys.readouterr().err and (other / "notes.txt").is_file()
+    plain = tmp_path / "plain-file"
+    plain.write_text("x")
+    assert cli_main(["convert", str(source), "--out", str(plain), "--overwrite", "--sha256", "skip"]) == 2
+    assert "is a file" in capsys.readouterr().err
+    out = tmp_path / "model"
+    assert cli_main(["convert", str(source), "--out", str(out), "--sha256", "skip"]) == 0
+    assert cli_main(["convert", str(source), "--out", str(out), "--overwrite", "--sha256", "skip"]) == 0

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from extras import require_export
+
+pytestmark = require_export()  # torch/onnx/diffusers: skipped on a base install
+
 import torch
 from diffusers import AutoencoderKL
 

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 import mmgen_edge
+from extras import skip_without_export
 from mmgen_edge.samples.shapes.evaluate import HELD_OUT_SEED, baselines, held_out_scenes, run_evaluation, score
 
 
 def test_held_out_scenes_are_disjoint_from_training_seeds():
+    skip_without_export()  # the training recipe imports torch
     from mmgen_edge.samples.shapes.train import RecipeConfig
 
     scenes = held_out_scenes(3, 64)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from extras import require_export
+
+pytestmark = require_export()  # torch: skipped on a base install
+
 
 @pytest.mark.slow
 def test_peak_rss_stays_under_weights_plus_30_percent(tmp_path):

@@ -6,6 +6,10 @@ import json
 import shutil
 
 import numpy as np
+from extras import require_export
+
+pytestmark = require_export()  # torch/onnx/diffusers: skipped on a base install
+
 import onnxruntime as ort
 import pytest
 import torch
@@ -16,6 +20,7 @@ from mmgen_edge.export.model_dir import load_model
 from mmgen_edge.export.onnx_export import export_bundle
 from mmgen_edge.export.sampling import prepare_latents, sample
 from mmgen_edge.runtime import sampler as maths
+from mmgen_edge.runtime.fileio import OUTPUT_MARKER
 from mmgen_edge.runtime.manifest import BundleError, read_manifest
 from mmgen_edge.runtime.sampler import SamplerConfig
 
@@ -158,7 +163,7 @@ def test_manifest_round_trip_and_contents(tiny_bundle, tiny_model_dir):
     assert manifest.dims["N"].max == 4 and manifest.dims["B"].max == 8 and manifest.dims["V"].max == 16
     assert set(manifest.graphs) == {"denoiser", "conditioning", "denoiser_cached", "vae_encoder", "vae_decoder"}
     listed = {f.path for f in manifest.files}
-    assert listed == {p.name for p in tiny_bundle.iterdir()} - {"manifest.json"}
+    assert listed == {p.name for p in tiny_bundle.iterdir()} - {"manifest.json", OUTPUT_MARKER}
     assert manifest.provenance.source_checkpoint_sha256 is not None and len(manifest.provenance.model_weights_sha256) == 64
     den = manifest.graphs["denoiser"]
     assert [s.name for s in den.inputs] == ["x_t", "t_cur", "t_next", "y", "task", "cfg_scale"]
@@ -245,6 +250,6 @@ def test_full_xl2_random_weights_export_uses_external_data_and_passes_the_checke
     assert entry.external_data == "denoiser.onnx.data"
     assert {f.path for f in manifest.files} == {"denoiser.onnx", "denoiser.onnx.data"}
     assert manifest.file("denoiser.onnx.data").bytes > 2_000_000_000
-    assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == ["denoiser.onnx", "denoiser.onnx.data", "manifest.json"]
+    assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == [OUTPUT_MARKER, "denoiser.onnx", "denoiser.onnx.data", "manifest.json"]
     onnx.checker.check_model(str(tmp_path / "bundle" / "denoiser.onnx"))
     assert entry.inputs[0].shape == ("N", 16, 32, 32)

@@ -6,6 +6,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from extras import require_export
+
+pytestmark = require_export()  # torch/onnx/diffusers: skipped on a base install
+
 import torch
 
 from mmgen_edge.export.sampling import denoise_step, prepare_latents, sample

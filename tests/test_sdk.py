@@ -7,6 +7,10 @@ import json
 import cv2
 import numpy as np
 import pytest
+from extras import require_export
+
+pytestmark = require_export()  # torch/onnx/diffusers: skipped on a base install
+
 import torch
 from diffusers import AutoencoderKL
 
@@ -15,7 +19,7 @@ from mmgen_edge.export.model_dir import load_model
 from mmgen_edge.export.sampling import prepare_latents, sample
 from mmgen_edge.runtime.manifest import BundleError
 from mmgen_edge.runtime.sampler import SamplerConfig
-from mmgen_edge.sdk.cli import main as cli_main
+from mmgen_edge.cli import main as cli_main
 
 
 @pytest.fixture(scope="module")

@@ -144,7 +144,7 @@ def test_connect_fails_clearly(tmp_path):
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process accounting reads /proc (Linux)")
 def test_cli_serve_shuts_down_on_sigterm_and_leaves_no_process(tiny_bundle, tmp_path):
     http, grpc, metrics = free_ports(3)
-    cli = [sys.executable, "-m", "mmgen_edge.sdk.cli", "serve", str(tiny_bundle), "--http-port", str(http),
+    cli = [sys.executable, "-m", "mmgen_edge.cli", "serve", str(tiny_bundle), "--http-port", str(http),
            "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--threads", "1"]  # fmt: skip
     log = open(tmp_path / "serve.log", "w+")
     process = subprocess.Popen(cli, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -189,7 +189,7 @@ def test_server_options_are_checked(tiny_bundle):
 def test_cli_perceive_and_generate_with_server(server, tmp_path, capsys):
     import cv2
 
-    from mmgen_edge.sdk.cli import main
+    from mmgen_edge.cli import main
 
     path = tmp_path / "frame.png"
     cv2.imwrite(str(path), image(5))

@@ -9,6 +9,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+from extras import require_export
+
+pytestmark = require_export()  # torch/onnx/diffusers: skipped on a base install
+
 import onnx
 import pytest
 import torch

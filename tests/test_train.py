@@ -5,6 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from extras import require_export
+
+pytestmark = require_export()  # torch/onnx/diffusers: skipped on a base install
+
 import torch
 
 from mmgen_edge.export.model_dir import load_model, read_model_dir_config

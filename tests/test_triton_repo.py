@@ -19,7 +19,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from google.protobuf import json_format, text_format
-from tritonclient.grpc import model_config_pb2
+pytest.importorskip("tritonclient", reason="parsing config.pbtxt needs tritonclient (the client or serve extra)")
+from tritonclient.grpc import model_config_pb2  # noqa: E402
 
 import mmgen_edge
 from mmgen_edge.runtime.backend import RUNTIME_GRAPHS

@@ -1,0 +1,132 @@
+"""The ``mmgen-edge`` command line: the application on top of the SDK.
+
+Every subcommand lives in its own module, named in :data:`COMMANDS`, and that module is imported only when its
+subcommand runs, so ``mmgen-edge --help`` and the torch-free subcommands (``doctor``, ``perceive``, ``generate``,
+``stream``) work on the base install (``pip install mmgen-edge``). A subcommand whose extra is missing says which
+extra to install and exits 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from mmgen_edge import __version__
+
+#: Exit status for usage errors, bad input and missing extras (argparse uses 2 too).
+EXIT_USAGE = 2
+
+#: Top-level package of a missing module -> the extra that installs it.
+EXTRA_OF_PACKAGE: dict[str, str] = {
+    "torch": "export",
+    "onnx": "export",
+    "diffusers": "export",
+    "safetensors": "export",
+    "onnxscript": "export",
+    "pytriton": "serve",
+    "tritonclient": "client",
+    "tensorrt": "tensorrt",
+    "cuda": "tensorrt",
+    "matplotlib": "dev",
+    "openvino": "openvino",
+}
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: the module that adds its parser (``add_parsers(subparsers)``) and the extra it needs."""
+
+    module: str
+    help: str
+    extra: str | None = None
+
+
+COMMANDS: dict[str, Command] = {
+    "convert": Command("mmgen_edge.commands.convert", "import a release (or release-layout) training checkpoint into a model directory", "export"),
+    "export": Command("mmgen_edge.commands.export", "export a model directory and a VAE into an ONNX bundle (manifest + graphs)", "export"),
+    "calibrate": Command("mmgen_edge.calibration.cli", "INT8-quantize a bundle's denoiser (explicit Q/DQ) with an accuracy gate", "export"),
+    "build": Command("mmgen_edge.commands.build", "build TensorRT engines for a bundle on this GPU (recorded in its manifest)", "tensorrt"),
+    "perceive": Command("mmgen_edge.commands.perceive", "depth, normals and segmentation of images (writes PNGs, or --json)"),
+    "generate": Command("mmgen_edge.commands.perceive", "class-conditioned or map-conditioned generation (writes PNGs)"),
+    "stream": Command("mmgen_edge.commands.perceive", "perceive a camera, video file, URL (or several) into a video file or a window"),
+    "eval": Command("mmgen_edge.commands.demo", "accuracy on held-out shapes scenes for several step counts (demo model by default)"),
+    "bench": Command("mmgen_edge.bench.run", "benchmarks as ratios in one run (mmgen-edge bench --help)", "export"),
+    "serve": Command("mmgen_edge.serve.cli", "serve a bundle through Triton Inference Server (PyTriton)", "serve"),
+    "triton-repo": Command("mmgen_edge.serve.cli", "write a Triton model repository for a bundle"),
+    "doctor": Command("mmgen_edge.commands.doctor", "what this machine offers (backends, GPU, TensorRT) and what a bundle needs"),
+    "demo": Command("mmgen_edge.commands.demo", "run the end-to-end demo on the bundled model (no download, no GPU)"),
+}  # fmt: skip
+
+
+def missing_extra_message(error: ModuleNotFoundError, command: str) -> str | None:
+    """The install hint for a module that an extra provides, or None when ``error`` is not about an extra."""
+    root = (error.name or "").split(".")[0]
+    extra = EXTRA_OF_PACKAGE.get(root)
+    if extra is None:
+        return None
+    torch_first = " (install torch first: pip install torch==2.13.0 for the CPU build)" if extra == "export" else ""
+    return f"mmgen-edge {command}: needs the {extra} extra ({root} is not installed): pip install 'mmgen-edge[{extra}]'{torch_first}"
+
+
+def _top_help() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [
+        "usage: mmgen-edge [--version] COMMAND [ARGS ...]",
+        "",
+        "Deploy MMGen: import checkpoints, export ONNX bundles and TensorRT engines, perceive / generate / stream.",
+        "",
+        "commands:",
+    ]
+    for name, command in COMMANDS.items():
+        extra = f"  [extra: {command.extra}]" if command.extra else ""
+        lines.append(f"  {name:<{width}}  {command.help}{extra}")
+    lines += ["", "mmgen-edge COMMAND --help describes a command."]
+    return "\n".join(lines)
+
+
+def build_parser(command: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand (importing that subcommand's module, and nothing else)."""
+    module = importlib.import_module(COMMANDS[command].module)
+    parser = argparse.ArgumentParser(prog="mmgen-edge")
+    parser.add_argument("--version", action="version", version=f"mmgen-edge {__version__}")
+    module.add_parsers(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``mmgen-edge``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_top_help(), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else EXIT_USAGE
+    if argv[0] == "--version":
+        print(f"mmgen-edge {__version__}")
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        print(f"{_top_help()}\n\nmmgen-edge: error: unknown command {name!r}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if name == "bench":  # the benchmark has its own parser: hand it the rest of the line
+            from mmgen_edge.bench.run import main as bench_main
+
+            return int(bench_main(argv[1:]) or 0)
+        args = build_parser(name).parse_args(argv)
+        func: Callable[[argparse.Namespace], int] = args.func
+        return func(args)
+    except ModuleNotFoundError as e:
+        hint = missing_extra_message(e, name)
+        if hint is None:
+            raise
+        print(hint, file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, ImportError) as e:
+        print(f"mmgen-edge {name}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The ``mmgen-edge`` subcommands, one module each (see ``mmgen_edge.cli.COMMANDS``)."""

@@ -1,0 +1,190 @@
+"""``mmgen-edge perceive``, ``generate`` and ``stream``: the SDK on images, samples and video (base install)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+def _write_rgb(path: Path, image: np.ndarray) -> None:
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+        raise ValueError(f"could not write {path}")
+
+
+def _visualise(result: object) -> dict[str, np.ndarray]:
+    from mmgen_edge.sdk import processors
+
+    views: dict[str, np.ndarray] = {}
+    if getattr(result, "rgb", None) is not None:
+        views["rgb"] = result.rgb  # type: ignore[attr-defined]
+    if getattr(result, "depth", None) is not None:
+        views["depth"] = processors.colourise_depth(result.depth)  # type: ignore[attr-defined]
+    if getattr(result, "normals", None) is not None:
+        views["normals"] = processors.colourise_normals(result.normals)  # type: ignore[attr-defined]
+    if getattr(result, "segmentation", None) is not None:
+        views["segmentation"] = processors.colourise_segmentation(result.segmentation.labels)  # type: ignore[attr-defined]
+    return views
+
+
+def _write_views(result: object, out: Path, stem: str) -> dict[str, str]:
+    """Write every visualised map of ``result`` as ``out/{stem}_{map}.png``; returns the paths by map name."""
+    written = {}
+    for name, view in _visualise(result).items():
+        target = out / f"{stem}_{name}.png"
+        _write_rgb(target, view)
+        written[name] = str(target)
+    return written
+
+
+def _open_model(args: argparse.Namespace) -> Any:
+    """The local bundle, or the served model with --server (same API)."""
+    import mmgen_edge
+
+    if getattr(args, "server", None):
+        if args.bundle:
+            raise ValueError("give --bundle or --server, not both")
+        return mmgen_edge.connect(args.server)
+    return mmgen_edge.load(args.bundle, backend=args.backend)
+
+
+def cmd_perceive(args: argparse.Namespace) -> int:
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    out = Path(args.out)
+    summary = []
+    with _open_model(args) as model:
+        for path in tqdm(args.images, desc="perceive", unit="image", disable=args.json or not sys.stderr.isatty()):
+            result = model.perceive(path, tasks=tasks, steps=args.steps, seed=args.seed)
+            written = _write_views(result, out, Path(path).stem)
+            entry = {"image": str(path), "outputs": written, "timings": result.timings, "backend": result.backend}
+            if result.segmentation is not None:
+                entry["segments"] = result.segmentation.num_segments
+            summary.append(entry)
+            if not args.json:
+                total = sum(result.timings.values())
+                print(f"{path}: {', '.join(written)} in {total * 1000:.0f} ms ({result.backend}) -> {out}")
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from mmgen_edge.sdk.images import load_image
+
+    if (args.condition is None) != (args.condition_image is None):
+        raise ValueError("--condition and --condition-image go together")
+    if args.num < 1:
+        raise ValueError(f"--num must be >= 1, got {args.num}")
+    condition = {args.condition: load_image(args.condition_image, "--condition-image")} if args.condition else None
+    out = Path(args.out)
+    summary = []
+    with _open_model(args) as model:
+        for i in range(args.num):
+            seed = args.seed + i
+            result = model.generate(
+                class_label=args.class_label, condition=condition, cfg_scale=args.cfg_scale, steps=args.steps, seed=seed
+            )
+            written = _write_views(result, out, f"sample{seed:04d}")
+            summary.append({"seed": seed, "outputs": written, "timings": result.timings})
+            if not args.json:
+                print(f"seed {seed}: {', '.join(written)} -> {out}")
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from mmgen_edge.sdk.stream import write_video
+
+    sources: list[object] = [int(s) if s.isdigit() else s for s in args.sources]
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    shown = args.show
+    if shown:
+        import cv2
+    frames: list[np.ndarray] = []
+    latencies: list[float] = []
+    with _open_model(args) as model:
+        stream = model.stream(sources, tasks=tasks, steps=args.steps, seed=args.seed,
+                              realtime=None if args.realtime is None else args.realtime == "on")  # fmt: skip
+        with stream:
+            bar = tqdm(desc="stream", unit="frame", disable=args.json or not sys.stderr.isatty())
+            for item in stream:
+                views = _visualise(item.result)
+                tile = np.concatenate([item.image, *views.values()], axis=1)  # maps come at the input's size
+                latencies.append(item.latency)
+                bar.update(1)
+                if args.out:
+                    frames.append(tile)
+                if shown:
+                    cv2.imshow("mmgen-edge", cv2.cvtColor(tile, cv2.COLOR_RGB2BGR))
+                    if cv2.waitKey(1) & 0xFF == ord("q"):
+                        break
+                if args.max_frames and len(latencies) >= args.max_frames:
+                    break
+            bar.close()
+            stats = stream.stats
+    if args.out:
+        write_video(frames, args.out, fps=args.fps)
+    summary = {
+        "frames": len(latencies),
+        "captured": stats.captured,
+        "processed": stats.processed,
+        "dropped": stats.dropped,
+        "latency_ms_median": float(np.median(latencies) * 1000) if latencies else None,
+        "out": args.out,
+    }
+    print(json.dumps(summary, indent=2) if args.json else "  ".join(f"{k}={v}" for k, v in summary.items()))
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """Add ``perceive``, ``generate`` and ``stream`` to an ``argparse`` subparsers object."""
+    p = sub.add_parser("perceive", help="depth, normals and segmentation of images (writes PNGs, or --json)")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--bundle", help="bundle directory (default: the demo model's)")
+    p.add_argument("--server", help="use a served model instead of a bundle (grpc://host:port or http://host:port)")
+    p.add_argument("--backend", default="auto", help="auto, tensorrt, ort-tensorrt, ort-cuda or ort-cpu")
+    p.add_argument("--tasks", default="depth,normals,segmentation", help="comma-separated subset")
+    p.add_argument("--steps", type=int, help="sampler steps (default: the bundle's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="out/perceive", help="output directory for the PNGs")
+    p.add_argument("--json", action="store_true", help="print a JSON summary (paths, timings, statistics)")
+    p.set_defaults(func=cmd_perceive)
+
+    p = sub.add_parser("generate", help="class-conditioned or map-conditioned generation (writes PNGs)")
+    p.add_argument("--bundle", help="bundle directory (default: the demo model's)")
+    p.add_argument("--server", help="use a served model instead of a bundle (grpc://host:port or http://host:port)")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--class-label", type=int, help="class label (default: unconditional)")
+    p.add_argument("--condition", choices=["depth", "normals", "segmentation"], help="kind of --condition-image")
+    p.add_argument("--condition-image", help="encoded condition image (grey disparity, RGB normals or painted segments)")
+    p.add_argument("--cfg-scale", type=float, default=1.0)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num", type=int, default=1, help="samples to generate (seeds seed..seed+num-1)")
+    p.add_argument("--out", default="out/generate")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("stream", help="perceive a camera, video file, URL (or several) into a video file or a window")
+    p.add_argument("sources", nargs="+", help="camera index (0), video file or rtsp:// / http:// URL")
+    p.add_argument("--bundle")
+    p.add_argument("--server", help="use a served model instead of a bundle (grpc://host:port or http://host:port)")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--tasks", default="depth,normals,segmentation")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--realtime", choices=["on", "off"], help="latest-frame policy (default: on for cameras/URLs, off for files)")
+    p.add_argument("--out", help="write an .mp4 of input | maps side by side")
+    p.add_argument("--fps", type=float, default=15.0, help="frame rate of --out")
+    p.add_argument("--show", action="store_true", help="show a window (q quits); needs a GUI build of OpenCV")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stream)

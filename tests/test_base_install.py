@@ -1,0 +1,159 @@
+"""The base install (``pip install mmgen-edge``, no extras): runtime, SDK and CLI on a bundle exported elsewhere.
+
+Nothing here imports torch, onnx or diffusers. CI's second stage runs the whole suite in a venv with the base
+install only (``MMGEN_EDGE_BASE_INSTALL=1``, ``MMGEN_EDGE_TEST_BUNDLE`` = a bundle exported by the first stage);
+in the full install these tests run on the tiny bundle.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import mmgen_edge
+from mmgen_edge import cli
+from mmgen_edge.runtime.backend import BackendKind, choose_backend, detect_environment, open_runners
+from mmgen_edge.runtime.manifest import BundleError, read_manifest
+from mmgen_edge.runtime.sampler import SamplerConfig, SamplerKind, euler_update, step_timesteps
+
+BASE_INSTALL = os.environ.get("MMGEN_EDGE_BASE_INSTALL") == "1"
+CHECKOUT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-P", "-m", "mmgen_edge.cli"]  # -P: the installed package, not the checkout's folder
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=CHECKOUT)
+
+
+@pytest.mark.skipif(not BASE_INSTALL, reason="only meaningful in the base-install venv (MMGEN_EDGE_BASE_INSTALL=1)")
+def test_base_install_has_no_heavy_dependencies():
+    heavy = [name for name in ("torch", "onnx", "diffusers", "safetensors", "pytriton") if importlib.util.find_spec(name)]
+    assert heavy == [], f"the base install pulled in {heavy}"
+    assert CHECKOUT not in Path(mmgen_edge.__file__).resolve().parents, "tests must run against the installed wheel"
+
+
+def test_manifest_verifies_and_detects_corruption(runtime_bundle, tmp_path):
+    manifest = read_manifest(runtime_bundle, verify="full")
+    assert manifest.modalities[0] == "rgb" and len(manifest.modalities) == 4
+    copy = shutil.copytree(runtime_bundle, tmp_path / "bundle")
+    graph = copy / manifest.graphs["vae_decoder"].file
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    read_manifest(copy, verify="size")  # same size: only the hash can tell
+    with pytest.raises(BundleError, match="vae_decoder"):
+        read_manifest(copy, verify="full")
+
+
+def test_runner_shapes_follow_the_manifest(runtime_bundle):
+    manifest = read_manifest(runtime_bundle, verify="size")
+    choice = choose_backend(manifest, detect_environment(), "ort-cpu", runtime_bundle)
+    assert choice.kind is BackendKind.ORT_CPU
+    runners = open_runners(runtime_bundle, manifest, choice, graphs=("vae_encoder",))
+    try:
+        size = manifest.model.resolution
+        image = np.zeros((2, 3, size, size), np.float32)
+        (latent,) = runners["vae_encoder"].infer({"image": image}).values()
+        assert latent.shape == (2, manifest.latent.channels_per_modality, *manifest.latent_shape(2)[2:])
+        assert np.isfinite(latent).all()
+    finally:
+        for runner in runners.values():
+            runner.deactivate()
+
+
+def test_sampler_maths_on_numpy():
+    config = SamplerConfig(kind=SamplerKind.EULER, num_steps=4)
+    schedule = config.timesteps()
+    np.testing.assert_allclose(schedule, np.linspace(1, 0, 5), atol=1e-7)
+    t = step_timesteps(0.75, batch=2, num_modalities=4, condition_index=1, condition_t=0.005)
+    assert t.shape == (2, 4) and (t[:, 1] == np.float32(0.005)).all() and (t[:, [0, 2, 3]] == 0.75).all()
+    x = np.ones((2, 16, 2, 2), np.float32)
+    v = np.full_like(x, 2.0)
+    out = euler_update(x, v, t, step_timesteps(0.5, 2, 4, 1, 0.005))
+    np.testing.assert_allclose(out[:, 4:8], x[:, 4:8])  # the held condition slot does not move
+    np.testing.assert_allclose(out[:, :4], 1 + (0.5 - 0.75) * 2.0)
+
+
+def test_perceive_is_deterministic_per_seed(runtime_bundle):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    with mmgen_edge.load(runtime_bundle, backend="ort-cpu") as model:
+        a = model.perceive(image, steps=2, seed=3)
+        b = model.perceive(image, steps=2, seed=3)
+        c = model.perceive(image, steps=2, seed=4)
+    assert a.depth.shape == (48, 64) and a.normals.shape == (48, 64, 3) and a.segmentation.labels.shape == (48, 64)
+    assert np.isfinite(a.depth).all() and np.isfinite(a.normals).all()
+    np.testing.assert_array_equal(a.depth, b.depth)
+    assert not np.array_equal(a.depth, c.depth)
+
+
+def test_cli_help_and_unknown_command():
+    done = run_cli("--help")
+    assert done.returncode == 0
+    for name in cli.COMMANDS:
+        assert name in done.stdout
+    done = run_cli("no-such-command")
+    assert done.returncode == 2 and "unknown command 'no-such-command'" in done.stderr
+
+
+def test_cli_doctor_perceive_generate_stream(runtime_bundle, tmp_path):
+    done = run_cli("doctor", "--bundle", str(runtime_bundle), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["bundle"]["backend"] == "ort-cpu"
+
+    photo = tmp_path / "a" / "photo.png"
+    photo.parent.mkdir()
+    cv2.imwrite(str(photo), np.random.default_rng(1).integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    done = run_cli("perceive", str(photo), "--bundle", str(runtime_bundle), "--steps", "1", "--out", str(tmp_path / "p"), "--json")
+    assert done.returncode == 0, done.stderr
+    outputs = json.loads(done.stdout)[0]["outputs"]
+    assert set(outputs) == {"depth", "normals", "segmentation"}
+    assert cv2.imread(outputs["depth"]).shape[:2] == (40, 56)
+
+    done = run_cli("generate", "--bundle", str(runtime_bundle), "--class-label", "1", "--steps", "1", "--out", str(tmp_path / "g"), "--json")
+    assert done.returncode == 0, done.stderr
+    assert Path(json.loads(done.stdout)[0]["outputs"]["rgb"]).is_file()
+
+    video = tmp_path / "in.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 48))
+    for i in range(4):
+        writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
+    writer.release()
+    done = run_cli("stream", str(video), "--bundle", str(runtime_bundle), "--steps", "1", "--out", str(tmp_path / "o.mp4"), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["frames"] == 4 and (tmp_path / "o.mp4").stat().st_size > 0
+
+
+def test_cli_names_the_missing_extra(tmp_path, monkeypatch, capsys):
+    """A subcommand whose extra is missing names the extra and exits 2, with no traceback."""
+    (tmp_path / "needs_a_missing_extra.py").write_text(textwrap.dedent("""
+        import mmgen_edge_probe_missing_package  # stands for torch on a base install
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(cli.COMMANDS, "probe", cli.Command("needs_a_missing_extra", "probe", "export"))
+    monkeypatch.setitem(cli.EXTRA_OF_PACKAGE, "mmgen_edge_probe_missing_package", "export")
+    assert cli.main(["probe"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'mmgen-edge[export]'" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not BASE_INSTALL, reason="the real missing extras exist only in the base-install venv")
+@pytest.mark.parametrize(
+    "args, extra",
+    [(["convert", "x.pt", "--out", "m"], "export"), (["export", "m", "--vae", "v", "--out", "b"], "export"),
+     (["calibrate", "b", "--data", "demo:2", "--out", "c"], "export"), (["serve"], "serve")],
+)  # fmt: skip
+def test_cli_on_the_base_install_names_each_missing_extra(args, extra):
+    done = run_cli(*args)
+    assert done.returncode == 2
+    assert f"pip install 'mmgen-edge[{extra}]'" in done.stderr and "Traceback" not in done.stderr
