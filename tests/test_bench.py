@@ -174,6 +174,35 @@ def test_graph_cost_reads_small_external_shape_constants(harness, tmp_path):
     assert harness.graph_cost(path, {"X": [2, 3, 8, 8]}) == (HAND_FLOPS, HAND_BYTES)
 
 
+def token_graph(path: Path) -> None:
+    """X (N,300) -> Concat with a learned token T (1,300) on axis 0 -> (N+1,300) @ W (300,4) -> Y (N+1,4), with every
+    tensor in ``<name>.data``. ONNX Runtime's shape inference reads the value of a Concat's constant input."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    token = numpy_helper.from_array(rng.standard_normal((1, 300)).astype(np.float32), "T")  # 1200 bytes
+    weight = numpy_helper.from_array(rng.standard_normal((300, 4)).astype(np.float32), "W")  # 4800 bytes
+    nodes = [helper.make_node("Concat", ["X", "T"], ["C"], axis=0), helper.make_node("MatMul", ["C", "W"], ["Y"])]
+    graph = helper.make_graph(nodes, "token", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 300])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", 4])], [token, weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=0)  # fmt: skip
+
+
+def test_graph_cost_of_external_data_from_another_directory(harness, tmp_path, monkeypatch):
+    bundle, elsewhere = tmp_path / "bundle", tmp_path / "elsewhere"
+    bundle.mkdir(), elsewhere.mkdir()
+    path = bundle / "denoiser.onnx"
+    token_graph(path)
+    assert (bundle / "denoiser.onnx.data").is_file()
+    monkeypatch.chdir(elsewhere)  # the data file is not in the current directory
+    # N = 2: MatMul (3,300) @ (300,4) = 2*3*4*300 = 7200; bytes: T 1200 + W 4800 + X 2*300*4 + Y 3*4*4 = 8448
+    assert harness.graph_cost(path, {"X": [2, 300]}) == (7200, 8448)
+    assert harness.graph_cost(Path("../bundle/denoiser.onnx"), {"X": [2, 300]}) == (7200, 8448)
+
+
 def test_graph_cost_rejects_wrong_inputs(harness, tmp_path):
     path = tmp_path / "hand.onnx"
     hand_built_graph(path)
