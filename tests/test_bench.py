@@ -33,7 +33,7 @@ def harness() -> ModuleType:
 # ------------------------------------------------------------------------------------------------ smoke run
 @pytest.mark.slow
 def test_smoke_run_writes_json_with_positive_timings_and_a_plot(tmp_path):
-    run = load_script("run")
+    run, settings, report_module = load_script("run"), load_script("settings"), load_script("report")
     start = time.perf_counter()
     assert run.main(["--smoke", "--out", str(tmp_path)]) == 0
     elapsed = time.perf_counter() - start
@@ -51,7 +51,7 @@ def test_smoke_run_writes_json_with_positive_timings_and_a_plot(tmp_path):
     step = report["step"]["b1"]["cases"]
     for case in ("torch_eager", "torch_eager_plain", "ort_fp32"):
         assert step[case]["timing"]["median_ms"] > 0, case
-        assert step[case]["timing"]["runs"] == run.SMOKE_RUNS
+        assert step[case]["timing"]["runs"] == settings.SMOKE_RUNS
         assert step[case]["cost"]["flops"] > 0
         assert 0 < step[case]["roofline"]["this_cpu"]["achieved_gflops"]
         assert set(step[case]["roofline"]["devices"]) == set(report["machine"]["device_peaks"])
@@ -68,12 +68,12 @@ def test_smoke_run_writes_json_with_positive_timings_and_a_plot(tmp_path):
     assert frame["cost"]["frames_per_call"] == 1
 
     stream = report["stream"]["K1"]
-    assert stream["frames"] == run.SMOKE_STREAM_FRAMES and stream["frames_per_s"] > 0
+    assert stream["frames"] == settings.SMOKE_STREAM_FRAMES and stream["frames_per_s"] > 0
     assert stream["stats"]["dropped"] == [0]
 
     for name in ("ort_fp32_vs_torch_eager", "conditioning_cache_speedup", "stream_throughput_vs_inverse_latency"):
         assert all(v > 0 for v in report["ratios"][name].values()), name
-    assert set(report["goals"]) == set(run.GOALS)
+    assert set(report["goals"]) == set(report_module.GOALS)
     assert report["goals"]["ort_int8_vs_ort_fp32"]["pass"] is None  # not measured: no INT8 bundle
     for name in ("ort_fp32_vs_torch_eager", "conditioning_cache_speedup", "stream_throughput_vs_inverse_latency"):
         assert isinstance(report["goals"][name]["pass"], bool), name
@@ -85,10 +85,10 @@ def test_smoke_run_writes_json_with_positive_timings_and_a_plot(tmp_path):
 
 
 def test_missing_artifacts_are_skipped_with_a_reason(tmp_path):
-    run = load_script("run")
+    run, found = load_script("run"), load_script("artifacts")
     nowhere = tmp_path / "nowhere"
     args = run.build_parser().parse_args(["--model-dir", str(nowhere), "--bundle", str(nowhere), "--vae-dir", str(nowhere)])
-    artifacts = run.find_artifacts(args)
+    artifacts = found.find_artifacts(args)
     assert artifacts.model_dir is None and artifacts.bundles == {}
     assert "config.json not found" in artifacts.missing["model_dir"]
     assert "manifest.json not found" in artifacts.missing["bundle"]
