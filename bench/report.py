@@ -18,8 +18,9 @@ from .artifacts import FP32
 from .settings import Settings, default_threads
 
 JSON_FILE = "bench.json"
-#: 1-minute load average (before the bench starts) above which the JSON warns that the machine was busy.
-BUSY_LOAD_THRESHOLD = 0.5
+#: 1-minute load average per CPU (before the bench starts) above which the JSON warns that the machine was busy:
+#: 0.5 on 2 CPUs, 4 on 16 (the load average counts runnable processes, so an idle threshold grows with the cores).
+BUSY_LOAD_PER_CPU = 0.25
 #: Goal -> minimum value of the ratio (worst case over batches / step counts).
 GOALS: dict[str, float] = {
     "ort_fp32_vs_torch_eager": 1.3,
@@ -75,11 +76,21 @@ def load_average() -> float | None:
 
 
 def busy_warnings(load: float | None, cpus: int) -> list[str]:
-    """Why the numbers of this run may not be trusted (empty on an idle machine)."""
-    if load is None or load <= BUSY_LOAD_THRESHOLD:
+    """Why the numbers of this run may not be trusted (empty on an idle machine).
+
+    Args:
+        load: the 1-minute load average before the bench started (None: unknown, no warning).
+        cpus: the CPUs of this run; the machine is busy above ``BUSY_LOAD_PER_CPU * cpus``.
+
+    Returns:
+        One warning when the load was above the threshold, else none.
+    """
+    threshold = BUSY_LOAD_PER_CPU * cpus
+    if load is None or load <= threshold:
         return []
     return [
-        f"the machine was busy before the bench started (1-minute load {load:.2f} on {cpus} CPUs): timings are noisy, "
+        f"the machine was busy before the bench started (1-minute load {load:.2f} on {cpus} CPUs, above "
+        f"{threshold:.2f} = {BUSY_LOAD_PER_CPU} per CPU): timings are noisy, "
         "and PyTorch's OpenMP threads slow down by orders of magnitude when other processes hold the cores, so the "
         "torch-vs-ORT ratios are not meaningful; rerun on an idle machine (or with --threads 1)"
     ]
