@@ -165,6 +165,8 @@ def bench_step_batch(ctx: Context, n: int, compile_state: dict[str, Any]) -> dic
 
 def bench_step(ctx: Context) -> dict[str, Any]:
     """The step case: the torch.compile trial, then each batch (``b1``, ``b4``, ...)."""
+    if ctx.torch_model is None and not ctx.manifests:
+        return skipped("no PyTorch model and no bundle open")
     compile_state = ctx.attempt("torch.compile trial", lambda: try_compile(ctx))
     out: dict[str, Any] = {"notes": STEP_NOTES, "torch_compile_trial": compile_state}
     for n in ctx.settings.batches:

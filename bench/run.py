@@ -8,8 +8,9 @@ Writes ``OUT/bench.json`` and ``OUT/accuracy_latency.png``. Defaults are the dem
 (``samples/shapes/weights/{mmgen,vae}``, ``samples/shapes/bundle``); with no fp32 bundle but a model directory
 and a VAE, one is exported into a temp dir. Whatever is missing is skipped with the reason in the JSON, never a
 crash. A case that fails is reported as ``{"error": ...}`` (and listed in ``errors``); the other cases still run.
-On a busy machine (load average above ``BUSY_LOAD_THRESHOLD`` at start) ``meta.warnings`` says the numbers are
-not to be trusted: PyTorch's OpenMP threads collapse under oversubscription, ONNX Runtime's much less.
+``--skip stream,perceive`` leaves cases out (reported as skipped); ``--stream-frames N`` bounds the stream case.
+On a busy machine (1-minute load average above ``BUSY_LOAD_PER_CPU`` x the CPUs at start) ``meta.warnings`` says
+the numbers are not to be trusted: PyTorch's OpenMP threads collapse under oversubscription, ONNX Runtime's much less.
 
 Ratios are speedups: ``A_vs_B`` = time(B) / time(A), so > 1 means A is faster. Candidates that are compared
 are timed round-robin (``harness.measure_interleaved``) in the same process, with the same number of threads
@@ -47,7 +48,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ from .case_perceive import bench_perceive
 from .case_step import bench_step
 from .case_stream import bench_stream
 from .context import Context, load_torch_model, open_models
+from .outcomes import skipped
 from .report import (
     busy_warnings,
     collect_ratios,
@@ -77,6 +79,7 @@ from .report import (
 )
 from .roofline import add_rooflines, this_cpu_peaks
 from .settings import (
+    CASES,
     COMPILE_TIMEOUT_S,
     DEFAULT_EVAL_SCENES,
     DEFAULT_OUT,
@@ -84,6 +87,7 @@ from .settings import (
     DEFAULT_STREAM_FRAMES,
     DEFAULT_WARMUP,
     default_threads,
+    parse_case_list,
     parse_int_list,
     settings_from,
 )
@@ -105,7 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--runs", type=int, default=None, help=f"timed runs per case (default {DEFAULT_RUNS})")
     add("--warmup", type=int, default=None, help=f"untimed runs first (default {DEFAULT_WARMUP})")
     add("--threads", type=int, default=default_threads(), help="intra-op threads of ORT and torch (default: CPUs available)")
-    add("--stream-frames", type=int, default=None, help=f"frames of the stream video (default {DEFAULT_STREAM_FRAMES})")
+    add("--stream-frames", type=int, default=None,
+        help=f"frames of the stream video (default {DEFAULT_STREAM_FRAMES}; --skip stream leaves the case out)")
+    add("--skip", type=parse_case_list, default=(), metavar="CASES",
+        help=f"comma-separated cases not to run, reported as skipped (of {', '.join(CASES)})")
     add("--eval-json", type=Path, action="append", default=[], help="an `mmgen-edge eval --json` report (repeatable)")
     add("--eval-scenes", type=int, default=None,
         help=f"without --eval-json: held-out scenes of the small SDK evaluation (default {DEFAULT_EVAL_SCENES}; 0 = none)")
@@ -118,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     return p  # fmt: skip
 
+
+
+def run_case(ctx: Context, case: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """One case of CASES: ``{"skipped": "--skip CASE"}`` when --skip names it, else its result (or its error)."""
+    if case in ctx.settings.skip:
+        return skipped(f"--skip {case}")
+    return ctx.attempt(case, fn)
 
 
 def run_bench(ctx: Context, out_dir: Path, workdir: Path) -> dict[str, Any]:
@@ -133,13 +147,13 @@ def run_bench(ctx: Context, out_dir: Path, workdir: Path) -> dict[str, Any]:
     meta["torch_model"] = ctx.attempt("torch model", lambda: load_torch_model(ctx))
     report: dict[str, Any] = {"meta": meta}
     rss: dict[str, int] = {"after_load": harness.peak_rss_bytes()}
-    report["step"] = ctx.attempt("step", lambda: bench_step(ctx))
+    report["step"] = run_case(ctx, "step", lambda: bench_step(ctx))
     rss["after_step"] = harness.peak_rss_bytes()
-    report["conditioning_cache"] = ctx.attempt("conditioning cache", lambda: bench_cache(ctx))
-    report["perceive"] = ctx.attempt("perceive", lambda: bench_perceive(ctx))
+    report["conditioning_cache"] = run_case(ctx, "conditioning_cache", lambda: bench_cache(ctx))
+    report["perceive"] = run_case(ctx, "perceive", lambda: bench_perceive(ctx))
     rss["after_perceive"] = harness.peak_rss_bytes()
-    report["stream"] = ctx.attempt("stream", lambda: bench_stream(ctx, workdir))
-    report["accuracy_latency"] = ctx.attempt("accuracy vs latency", lambda: bench_accuracy(ctx, out_dir))
+    report["stream"] = run_case(ctx, "stream", lambda: bench_stream(ctx, workdir))
+    report["accuracy_latency"] = run_case(ctx, "accuracy_latency", lambda: bench_accuracy(ctx, out_dir))
     report["peak_rss_bytes"] = harness.peak_rss_bytes()
     report["peak_rss_bytes_by_stage"] = rss
     report["machine"] = {"this_cpu": this_cpu_peaks(), "device_peaks": harness.DEVICE_PEAKS}

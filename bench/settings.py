@@ -26,6 +26,8 @@ SMOKE_STREAM_FRAMES = 8
 SMOKE_EVAL_SCENES = 2
 #: Time limit of the torch.compile trial (inductor can take minutes on a small CPU).
 COMPILE_TIMEOUT_S = 300.0
+#: The cases, in the order they run (their keys in the JSON); ``--skip`` names some of them.
+CASES = ("step", "conditioning_cache", "perceive", "stream", "accuracy_latency")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class Settings:
     torch_cuda: bool
     backend: str
     smoke: bool
+    skip: tuple[str, ...] = ()  # cases of CASES not to run
 
 
 def parse_int_list(text: str) -> tuple[int, ...]:
@@ -53,6 +56,16 @@ def parse_int_list(text: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected a comma-separated list of positive integers, got {text!r}")
     return values
+
+
+def parse_case_list(text: str) -> tuple[str, ...]:
+    """``"stream,perceive"`` -> ``("perceive", "stream")`` (in CASES order); raises ``argparse.ArgumentTypeError``
+    naming the unknown case and the known ones."""
+    names = {v.strip() for v in text.split(",") if v.strip()}
+    unknown = sorted(names - set(CASES))
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown case(s) {unknown or text!r}; the cases are {', '.join(CASES)}")
+    return tuple(case for case in CASES if case in names)
 
 
 def default_threads() -> int:
@@ -93,5 +106,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
         torch_cuda=bool(args.torch_cuda),
         backend=args.backend,
         smoke=smoke,
+        skip=tuple(args.skip),
     )
 

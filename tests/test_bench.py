@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import math
@@ -93,6 +94,42 @@ def test_missing_artifacts_are_skipped_with_a_reason(tmp_path):
     assert "config.json not found" in artifacts.missing["model_dir"]
     assert "manifest.json not found" in artifacts.missing["bundle"]
     assert "--bundle-int8" in artifacts.missing["bundle_int8"]
+
+
+def test_skip_names_cases_and_rejects_unknown_ones():
+    run, settings = load_script("run"), load_script("settings")
+    args = run.build_parser().parse_args(["--skip", "stream, step", "--smoke"])
+    assert args.skip == ("step", "stream")  # in the order the cases run
+    assert settings.settings_from(args).skip == ("step", "stream")
+    assert settings.settings_from(run.build_parser().parse_args([])).skip == ()
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown case.*'cache'.*conditioning_cache"):
+        settings.parse_case_list("stream,cache")
+
+
+def test_skipped_cases_are_reported_and_not_run(tmp_path, capsys):
+    run = load_script("run")
+    nowhere, out = tmp_path / "nowhere", tmp_path / "out"
+    paths = ["--model-dir", str(nowhere), "--bundle", str(nowhere), "--vae-dir", str(nowhere)]
+    assert run.main([*paths, "--skip", "stream,perceive", "--out", str(out)]) == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert report["stream"] == {"skipped": "--skip stream"}
+    assert report["perceive"] == {"skipped": "--skip perceive"}
+    assert report["step"] == {"skipped": "no PyTorch model and no bundle open"}  # ran, found nothing to time
+    assert report["conditioning_cache"] == {"skipped": "no bundle open"}
+    assert report["meta"]["settings"]["skip"] == ["perceive", "stream"]
+    assert report["goals"]["stream_throughput_vs_inverse_latency"]["pass"] is None
+    assert report["errors"] == []
+    assert "stream_throughput_vs_inverse_latency" in capsys.readouterr().out
+
+
+def test_busy_warning_threshold_scales_with_the_cores():
+    report = load_script("report")
+    assert report.BUSY_LOAD_PER_CPU == 0.25
+    assert report.busy_warnings(0.6, 2) and "above 0.50" in report.busy_warnings(0.6, 2)[0]  # 0.5 on 2 CPUs
+    assert report.busy_warnings(0.5, 2) == []  # at the threshold: not busy
+    assert report.busy_warnings(0.6, 16) == [] and report.busy_warnings(3.9, 16) == []  # 4.0 on 16 CPUs
+    assert "load 4.10 on 16 CPUs" in report.busy_warnings(4.1, 16)[0]
+    assert report.busy_warnings(None, 1) == []
 
 
 # ------------------------------------------------------------------------------------------------ graph_cost
