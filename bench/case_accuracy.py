@@ -99,9 +99,8 @@ def plot_accuracy_latency(points: Sequence[dict[str, Any]], baseline: Mapping[st
 
 
 def bench_accuracy(ctx: Context, out_dir: Path) -> dict[str, Any]:
-    """The accuracy-vs-latency case: the points and the plot in ``out_dir`` (a previous run's plot is removed)."""
+    """The accuracy-vs-latency case: the points, and the plot written into ``out_dir``."""
     s = ctx.settings
-    (out_dir / PLOT_FILE).unlink(missing_ok=True)  # never leave a previous run's plot next to this run's JSON
     baseline: dict[str, float] = {}
     if ctx.eval_json:
         points = [p for path in ctx.eval_json for p in points_from_eval_json(ctx, path)]

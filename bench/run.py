@@ -61,7 +61,7 @@ from .artifacts import (
     export_missing_bundle,
     find_artifacts,
 )
-from .case_accuracy import bench_accuracy
+from .case_accuracy import PLOT_FILE, bench_accuracy
 from .case_cache import bench_cache
 from .case_perceive import bench_perceive
 from .case_step import bench_step
@@ -126,7 +126,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p  # fmt: skip
 
 
-
 def run_case(ctx: Context, case: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """One case of CASES: ``{"skipped": "--skip CASE"}`` when --skip names it, else its result (or its error)."""
     if case in ctx.settings.skip:
@@ -146,6 +145,7 @@ def run_bench(ctx: Context, out_dir: Path, workdir: Path) -> dict[str, Any]:
     meta["bundles"] = open_models(ctx)
     meta["torch_model"] = ctx.attempt("torch model", lambda: load_torch_model(ctx))
     report: dict[str, Any] = {"meta": meta}
+    (out_dir / PLOT_FILE).unlink(missing_ok=True)  # never leave a previous run's plot next to this run's JSON
     rss: dict[str, int] = {"after_load": harness.peak_rss_bytes()}
     report["step"] = run_case(ctx, "step", lambda: bench_step(ctx))
     rss["after_step"] = harness.peak_rss_bytes()

@@ -6,7 +6,6 @@ import argparse
 import importlib
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -110,6 +109,8 @@ def test_skipped_cases_are_reported_and_not_run(tmp_path, capsys):
     run = load_script("run")
     nowhere, out = tmp_path / "nowhere", tmp_path / "out"
     paths = ["--model-dir", str(nowhere), "--bundle", str(nowhere), "--vae-dir", str(nowhere)]
+    out.mkdir()
+    (out / "accuracy_latency.png").write_bytes(PNG_SIGNATURE)  # a previous run's plot
     assert run.main([*paths, "--skip", "stream,perceive", "--out", str(out)]) == 0
     report = json.loads((out / "bench.json").read_text())
     assert report["stream"] == {"skipped": "--skip stream"}
@@ -119,6 +120,7 @@ def test_skipped_cases_are_reported_and_not_run(tmp_path, capsys):
     assert report["meta"]["settings"]["skip"] == ["perceive", "stream"]
     assert report["goals"]["stream_throughput_vs_inverse_latency"]["pass"] is None
     assert report["errors"] == []
+    assert not (out / "accuracy_latency.png").exists()  # no plot this run: the old one is not left next to the JSON
     assert "stream_throughput_vs_inverse_latency" in capsys.readouterr().out
 
 
