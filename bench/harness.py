@@ -249,6 +249,28 @@ def _load_small_external_tensors(model: Any, base_dir: Path) -> None:
             del tensor.external_data[:]
 
 
+def _external_weights_as_inputs(model: Any) -> Any:
+    """A copy of ``model`` whose initializers still on disk (the weights) are graph inputs of their type and shape.
+
+    Shape inference then knows their shapes and never reads their values. Left as initializers, ONNX Runtime's
+    symbolic shape inference reads the value of some (a Concat with a learned token, an Add of two constants)
+    with ``numpy_helper.to_array``, which looks for the external data file in the current directory instead of
+    the model's folder: the cost of a graph with external data then fails unless run from the bundle folder.
+    """
+    from onnx.external_data_helper import uses_external_data
+    from onnx.helper import make_tensor_value_info
+
+    if not any(uses_external_data(tensor) for tensor in model.graph.initializer):
+        return model
+    model = type(model).FromString(model.SerializeToString())
+    initializers = list(model.graph.initializer)
+    on_disk = [tensor for tensor in initializers if uses_external_data(tensor)]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(tensor for tensor in initializers if not uses_external_data(tensor))
+    model.graph.input.extend(make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in on_disk)
+    return model
+
+
 def _infer_shapes(model: Any) -> Any:
     """Shape inference with concrete inputs.
 
@@ -318,15 +340,16 @@ def graph_cost_detail(onnx_path: str | os.PathLike[str], input_shapes: Mapping[s
 
     model = onnx.load(str(onnx_path), load_external_data=False)  # weights' sizes come from their dims
     _load_small_external_tensors(model, Path(onnx_path).parent)
-    inferred = _infer_shapes(_with_concrete_inputs(model, input_shapes))
+    concrete = _with_concrete_inputs(model, input_shapes)
+    inferred = _infer_shapes(_external_weights_as_inputs(concrete))
     shapes = _known_shapes(inferred)
     flops_by_op: dict[str, int] = {}
     for node in inferred.graph.node:
         flops = node_flops(node, shapes)
         if flops:
             flops_by_op[node.op_type] = flops_by_op.get(node.op_type, 0) + flops
-    weight_bytes = sum(_tensor_bytes(init) for init in inferred.graph.initializer)
-    io_bytes = sum(_value_bytes(v, shapes) for v in (*inferred.graph.input, *inferred.graph.output))
+    weight_bytes = sum(_tensor_bytes(init) for init in concrete.graph.initializer)
+    io_bytes = sum(_value_bytes(v, shapes) for v in (*concrete.graph.input, *concrete.graph.output))
     return GraphCost(
         flops=sum(flops_by_op.values()),
         bytes=int(weight_bytes + io_bytes),

@@ -338,7 +338,7 @@ class CalibrationReport:
                          f"max |diff| {row['max_abs']:.4f}")  # fmt: skip
         if self.speed:
             s = self.speed
-            lines.append(f"speed (CPU)  one step: fp32 {s['fp32_ms']:.2f} ms, int8 {s['int8_ms']:.2f} ms (x{s['speedup']:.2f})")
+            lines.append(f"speed (CPU)  one step at batch {s['rows']}: fp32 {s['fp32_ms']:.2f} ms, int8 {s['int8_ms']:.2f} ms (x{s['speedup']:.2f})")
         verdict = "passed" if self.passed else ("FAILED (written with --force)" if self.forced else "FAILED")
         lines.append(f"gate         {verdict}" + "".join(f"\n  {f['description']}" for f in self.failures))
         return lines

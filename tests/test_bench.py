@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -33,7 +33,7 @@ def harness() -> ModuleType:
 # ------------------------------------------------------------------------------------------------ smoke run
 @pytest.mark.slow
 def test_smoke_run_writes_json_with_positive_timings_and_a_plot(tmp_path):
-    run = load_script("run")
+    run, settings, report_module = load_script("run"), load_script("settings"), load_script("report")
     start = time.perf_counter()
     assert run.main(["--smoke", "--out", str(tmp_path)]) == 0
     elapsed = time.perf_counter() - start
@@ -51,7 +51,7 @@ def test_smoke_run_writes_json_with_positive_timings_and_a_plot(tmp_path):
     step = report["step"]["b1"]["cases"]
     for case in ("torch_eager", "torch_eager_plain", "ort_fp32"):
         assert step[case]["timing"]["median_ms"] > 0, case
-        assert step[case]["timing"]["runs"] == run.SMOKE_RUNS
+        assert step[case]["timing"]["runs"] == settings.SMOKE_RUNS
         assert step[case]["cost"]["flops"] > 0
         assert 0 < step[case]["roofline"]["this_cpu"]["achieved_gflops"]
         assert set(step[case]["roofline"]["devices"]) == set(report["machine"]["device_peaks"])
@@ -68,12 +68,12 @@ def test_smoke_run_writes_json_with_positive_timings_and_a_plot(tmp_path):
     assert frame["cost"]["frames_per_call"] == 1
 
     stream = report["stream"]["K1"]
-    assert stream["frames"] == run.SMOKE_STREAM_FRAMES and stream["frames_per_s"] > 0
+    assert stream["frames"] == settings.SMOKE_STREAM_FRAMES and stream["frames_per_s"] > 0
     assert stream["stats"]["dropped"] == [0]
 
     for name in ("ort_fp32_vs_torch_eager", "conditioning_cache_speedup", "stream_throughput_vs_inverse_latency"):
         assert all(v > 0 for v in report["ratios"][name].values()), name
-    assert set(report["goals"]) == set(run.GOALS)
+    assert set(report["goals"]) == set(report_module.GOALS)
     assert report["goals"]["ort_int8_vs_ort_fp32"]["pass"] is None  # not measured: no INT8 bundle
     for name in ("ort_fp32_vs_torch_eager", "conditioning_cache_speedup", "stream_throughput_vs_inverse_latency"):
         assert isinstance(report["goals"][name]["pass"], bool), name
@@ -85,14 +85,53 @@ def test_smoke_run_writes_json_with_positive_timings_and_a_plot(tmp_path):
 
 
 def test_missing_artifacts_are_skipped_with_a_reason(tmp_path):
-    run = load_script("run")
+    run, found = load_script("run"), load_script("artifacts")
     nowhere = tmp_path / "nowhere"
     args = run.build_parser().parse_args(["--model-dir", str(nowhere), "--bundle", str(nowhere), "--vae-dir", str(nowhere)])
-    artifacts = run.find_artifacts(args)
+    artifacts = found.find_artifacts(args)
     assert artifacts.model_dir is None and artifacts.bundles == {}
     assert "config.json not found" in artifacts.missing["model_dir"]
     assert "manifest.json not found" in artifacts.missing["bundle"]
     assert "--bundle-int8" in artifacts.missing["bundle_int8"]
+
+
+def test_skip_names_cases_and_rejects_unknown_ones():
+    run, settings = load_script("run"), load_script("settings")
+    args = run.build_parser().parse_args(["--skip", "stream, step", "--smoke"])
+    assert args.skip == ("step", "stream")  # in the order the cases run
+    assert settings.settings_from(args).skip == ("step", "stream")
+    assert settings.settings_from(run.build_parser().parse_args([])).skip == ()
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown case.*'cache'.*conditioning_cache"):
+        settings.parse_case_list("stream,cache")
+
+
+def test_skipped_cases_are_reported_and_not_run(tmp_path, capsys):
+    run = load_script("run")
+    nowhere, out = tmp_path / "nowhere", tmp_path / "out"
+    paths = ["--model-dir", str(nowhere), "--bundle", str(nowhere), "--vae-dir", str(nowhere)]
+    out.mkdir()
+    (out / "accuracy_latency.png").write_bytes(PNG_SIGNATURE)  # a previous run's plot
+    assert run.main([*paths, "--skip", "stream,perceive", "--out", str(out)]) == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert report["stream"] == {"skipped": "--skip stream"}
+    assert report["perceive"] == {"skipped": "--skip perceive"}
+    assert report["step"] == {"skipped": "no PyTorch model and no bundle open"}  # ran, found nothing to time
+    assert report["conditioning_cache"] == {"skipped": "no bundle open"}
+    assert report["meta"]["settings"]["skip"] == ["perceive", "stream"]
+    assert report["goals"]["stream_throughput_vs_inverse_latency"]["pass"] is None
+    assert report["errors"] == []
+    assert not (out / "accuracy_latency.png").exists()  # no plot this run: the old one is not left next to the JSON
+    assert "stream_throughput_vs_inverse_latency" in capsys.readouterr().out
+
+
+def test_busy_warning_threshold_scales_with_the_cores():
+    report = load_script("report")
+    assert report.BUSY_LOAD_PER_CPU == 0.25
+    assert report.busy_warnings(0.6, 2) and "above 0.50" in report.busy_warnings(0.6, 2)[0]  # 0.5 on 2 CPUs
+    assert report.busy_warnings(0.5, 2) == []  # at the threshold: not busy
+    assert report.busy_warnings(0.6, 16) == [] and report.busy_warnings(3.9, 16) == []  # 4.0 on 16 CPUs
+    assert "load 4.10 on 16 CPUs" in report.busy_warnings(4.1, 16)[0]
+    assert report.busy_warnings(None, 1) == []
 
 
 # ------------------------------------------------------------------------------------------------ graph_cost
@@ -172,6 +211,35 @@ def test_graph_cost_reads_small_external_shape_constants(harness, tmp_path):
     path = tmp_path / "all_external.onnx"
     hand_built_graph(path, external_threshold=0)  # even the Reshape target is external: it is read, the rest not
     assert harness.graph_cost(path, {"X": [2, 3, 8, 8]}) == (HAND_FLOPS, HAND_BYTES)
+
+
+def token_graph(path: Path) -> None:
+    """X (N,300) -> Concat with a learned token T (1,300) on axis 0 -> (N+1,300) @ W (300,4) -> Y (N+1,4), with every
+    tensor in ``<name>.data``. ONNX Runtime's shape inference reads the value of a Concat's constant input."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    token = numpy_helper.from_array(rng.standard_normal((1, 300)).astype(np.float32), "T")  # 1200 bytes
+    weight = numpy_helper.from_array(rng.standard_normal((300, 4)).astype(np.float32), "W")  # 4800 bytes
+    nodes = [helper.make_node("Concat", ["X", "T"], ["C"], axis=0), helper.make_node("MatMul", ["C", "W"], ["Y"])]
+    graph = helper.make_graph(nodes, "token", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 300])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", 4])], [token, weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=0)  # fmt: skip
+
+
+def test_graph_cost_of_external_data_from_another_directory(harness, tmp_path, monkeypatch):
+    bundle, elsewhere = tmp_path / "bundle", tmp_path / "elsewhere"
+    bundle.mkdir(), elsewhere.mkdir()
+    path = bundle / "denoiser.onnx"
+    token_graph(path)
+    assert (bundle / "denoiser.onnx.data").is_file()
+    monkeypatch.chdir(elsewhere)  # the data file is not in the current directory
+    # N = 2: MatMul (3,300) @ (300,4) = 2*3*4*300 = 7200; bytes: T 1200 + W 4800 + X 2*300*4 + Y 3*4*4 = 8448
+    assert harness.graph_cost(path, {"X": [2, 300]}) == (7200, 8448)
+    assert harness.graph_cost(Path("../bundle/denoiser.onnx"), {"X": [2, 300]}) == (7200, 8448)
 
 
 def test_graph_cost_rejects_wrong_inputs(harness, tmp_path):

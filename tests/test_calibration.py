@@ -125,6 +125,9 @@ def test_report_measures_latent_error_and_speed(calibrated):
     assert [row["t_cur"] for row in report.latent_error] == [1.0, 0.75, 0.5, 0.25]
     assert all(np.isfinite(row["max_abs"]) and row["max_abs"] >= row["mean_abs"] >= 0 for row in report.latent_error)
     assert report.speed["fp32_ms"] > 0 and report.speed["int8_ms"] > 0
+    batch = report.speed["rows"]  # x_t rows of the captured step: one calibration batch (the tiny bundle's max is 4)
+    assert 1 <= batch <= 4
+    assert f"speed (CPU)  one step at batch {batch}: fp32" in "\n".join(report.summary_lines())
     assert set(report.fp32) >= {"depth_delta1", "normal_mean", "seg_miou"}
     with_exclusions, without = report.exclusion_ablation.values()  # float head + embed measurably help
     assert with_exclusions["rel_rms"] < without["rel_rms"]

@@ -1,0 +1,111 @@
+"""What one bench run measures: the defaults, the --smoke sizes, and the :class:`Settings` made from the parsed
+command line (the parser itself is ``run.build_parser``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_OUT = Path("out/bench")
+
+DEFAULT_BATCHES = (1, 4)
+DEFAULT_STEPS = (1, 2, 4)
+DEFAULT_RUNS = 20
+DEFAULT_WARMUP = 3
+DEFAULT_STREAM_FRAMES = 40
+DEFAULT_EVAL_SCENES = 16
+#: --smoke: a tiny run that checks the whole bench end to end (numbers are not meaningful).
+SMOKE_BATCHES = (1,)
+SMOKE_STEPS = (1,)
+SMOKE_RUNS = 3
+SMOKE_WARMUP = 1
+SMOKE_STREAM_FRAMES = 8
+SMOKE_EVAL_SCENES = 2
+#: Time limit of the torch.compile trial (inductor can take minutes on a small CPU).
+COMPILE_TIMEOUT_S = 300.0
+#: The cases, in the order they run (their keys in the JSON); ``--skip`` names some of them.
+CASES = ("step", "conditioning_cache", "perceive", "stream", "accuracy_latency")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What to run (arguments after --smoke overrides)."""
+
+    batches: tuple[int, ...]
+    steps: tuple[int, ...]
+    runs: int
+    warmup: int
+    threads: int
+    stream_frames: int
+    eval_scenes: int
+    compile: bool
+    compile_note: str
+    compile_timeout_s: float
+    torch_cuda: bool
+    backend: str
+    smoke: bool
+    skip: tuple[str, ...] = ()  # cases of CASES not to run
+
+
+def parse_int_list(text: str) -> tuple[int, ...]:
+    """``"1,4"`` -> ``(1, 4)``; raises ``argparse.ArgumentTypeError`` unless all are positive integers."""
+    values = tuple(int(v) for v in text.split(",") if v.strip())
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of positive integers, got {text!r}")
+    return values
+
+
+def parse_case_list(text: str) -> tuple[str, ...]:
+    """``"stream,perceive"`` -> ``("perceive", "stream")`` (in CASES order); raises ``argparse.ArgumentTypeError``
+    naming the unknown case and the known ones."""
+    names = {v.strip() for v in text.split(",") if v.strip()}
+    unknown = sorted(names - set(CASES))
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown case(s) {unknown or text!r}; the cases are {', '.join(CASES)}")
+    return tuple(case for case in CASES if case in names)
+
+
+def default_threads() -> int:
+    """The CPUs this process may use (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The settings of ``run.build_parser``'s arguments: a value not given takes the --smoke or the normal default.
+
+    Raises:
+        ValueError: --runs < 1, --warmup < 0 or --threads < 1.
+    """
+    smoke = bool(args.smoke)
+
+    def pick(value: Any, normal: Any, small: Any) -> Any:
+        return value if value is not None else (small if smoke else normal)
+
+    runs, warmup = pick(args.runs, DEFAULT_RUNS, SMOKE_RUNS), pick(args.warmup, DEFAULT_WARMUP, SMOKE_WARMUP)
+    if runs < 1 or warmup < 0 or args.threads < 1:
+        raise ValueError(f"need --runs >= 1, --warmup >= 0, --threads >= 1; got {runs}, {warmup}, {args.threads}")
+    if args.compile == "auto":
+        compile_on = not smoke
+        note = "skipped in --smoke (inductor takes minutes on a small CPU); pass --compile on" if smoke else "auto"
+    else:
+        compile_on, note = args.compile == "on", f"--compile {args.compile}"
+    return Settings(
+        batches=pick(args.batch, DEFAULT_BATCHES, SMOKE_BATCHES),
+        steps=pick(args.steps, DEFAULT_STEPS, SMOKE_STEPS),
+        runs=runs,
+        warmup=warmup,
+        threads=args.threads,
+        stream_frames=max(1, pick(args.stream_frames, DEFAULT_STREAM_FRAMES, SMOKE_STREAM_FRAMES)),
+        eval_scenes=max(0, pick(args.eval_scenes, DEFAULT_EVAL_SCENES, SMOKE_EVAL_SCENES)),
+        compile=compile_on,
+        compile_note=note,
+        compile_timeout_s=args.compile_timeout_s,
+        torch_cuda=bool(args.torch_cuda),
+        backend=args.backend,
+        smoke=smoke,
+        skip=tuple(args.skip),
+    )
+
