@@ -13,6 +13,10 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+from extras import require_export
+
+pytestmark = require_export()  # onnx, torch: skipped on a base install
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 #: The smoke run should take ~20-60 s on 2 CPU cores; this bound only catches a run that went pathological.
 SMOKE_TIME_LIMIT_S = 180
