@@ -157,3 +157,45 @@ def test_cli_on_the_base_install_names_each_missing_extra(args, extra):
     done = run_cli(*args)
     assert done.returncode == 2
     assert f"pip install 'mmgen-edge[{extra}]'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_output_names_never_collide():
+    from mmgen_edge.commands.perceive import output_stems
+
+    assert output_stems(["a/x.png", "b/x.png", "c/x.jpg", "x_2.png", "y.png"]) == ["x", "x_3", "x_4", "x_2", "y"]
+    assert len(set(output_stems([f"d{i}/frame.png" for i in range(50)]))) == 50
+
+
+def test_stream_tiles_are_produced_one_at_a_time():
+    """The CLI hands each tile to the video writer as it comes: nothing accumulates, however long the stream."""
+    from types import SimpleNamespace
+
+    from mmgen_edge.commands.perceive import _stream_tiles
+
+    pulled = []
+
+    def frames():
+        for i in range(1000):
+            pulled.append(i)
+            result = SimpleNamespace(rgb=None, depth=np.zeros((4, 6), np.float32), normals=None, segmentation=None)
+            yield SimpleNamespace(image=np.zeros((4, 6, 3), np.uint8), result=result, latency=0.01)
+
+    latencies: list[float] = []
+    tiles = _stream_tiles(frames(), latencies, SimpleNamespace(update=lambda n: None), show=False, max_frames=None)
+    first = next(tiles)
+    assert first.shape == (4, 12, 3) and pulled == [0]
+    for _ in range(9):
+        next(tiles)
+    assert len(pulled) == 10 and len(latencies) == 10
+
+
+def test_cli_perceive_same_names_in_two_folders(runtime_bundle, tmp_path):
+    for folder, value in (("a", 40), ("b", 200)):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "x.png"), np.full((32, 32, 3), value, np.uint8))
+    out = tmp_path / "out"
+    done = run_cli("perceive", str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.png"), "--bundle",
+                   str(runtime_bundle), "--steps", "1", "--tasks", "depth", "--out", str(out), "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    written = [entry["outputs"]["depth"] for entry in json.loads(done.stdout)]
+    assert len(set(written)) == 2 and all(Path(p).is_file() for p in written)

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -55,14 +56,36 @@ def _open_model(args: argparse.Namespace) -> Any:
     return mmgen_edge.load(args.bundle, backend=args.backend)
 
 
+def output_stems(paths: list[str]) -> list[str]:
+    """One output name per input: the file's stem, or ``stem_2``, ``stem_3`` … where stems repeat
+    (``a/x.png b/x.png``), so no result overwrites another."""
+    seen: dict[str, int] = {}
+    taken = {Path(p).stem for p in paths}
+    stems = []
+    for path in paths:
+        stem = Path(path).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        if seen[stem] > 1:
+            n = seen[stem]
+            while f"{stem}_{n}" in taken:
+                n += 1
+            seen[stem] = n
+            taken.add(f"{stem}_{n}")
+            stem = f"{stem}_{n}"
+        stems.append(stem)
+    return stems
+
+
 def cmd_perceive(args: argparse.Namespace) -> int:
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     out = Path(args.out)
     summary = []
     with _open_model(args) as model:
-        for path in tqdm(args.images, desc="perceive", unit="image", disable=args.json or not sys.stderr.isatty()):
+        stems = output_stems(args.images)
+        for path, stem in tqdm(list(zip(args.images, stems)), desc="perceive", unit="image",
+                               disable=args.json or not sys.stderr.isatty()):  # fmt: skip
             result = model.perceive(path, tasks=tasks, steps=args.steps, seed=args.seed)
-            written = _write_views(result, out, Path(path).stem)
+            written = _write_views(result, out, stem)
             entry = {"image": str(path), "outputs": written, "timings": result.timings, "backend": result.backend}
             if result.segmentation is not None:
                 entry["segments"] = result.segmentation.num_segments
@@ -101,37 +124,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
+    """Perceive the sources; with ``--out`` each tile is written as it comes (memory stays flat however long)."""
     from mmgen_edge.sdk.stream import write_video
 
     sources: list[object] = [int(s) if s.isdigit() else s for s in args.sources]
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
-    shown = args.show
-    if shown:
-        import cv2
-    frames: list[np.ndarray] = []
     latencies: list[float] = []
     with _open_model(args) as model:
         stream = model.stream(sources, tasks=tasks, steps=args.steps, seed=args.seed,
                               realtime=None if args.realtime is None else args.realtime == "on")  # fmt: skip
         with stream:
             bar = tqdm(desc="stream", unit="frame", disable=args.json or not sys.stderr.isatty())
-            for item in stream:
-                views = _visualise(item.result)
-                tile = np.concatenate([item.image, *views.values()], axis=1)  # maps come at the input's size
-                latencies.append(item.latency)
-                bar.update(1)
-                if args.out:
-                    frames.append(tile)
-                if shown:
-                    cv2.imshow("mmgen-edge", cv2.cvtColor(tile, cv2.COLOR_RGB2BGR))
-                    if cv2.waitKey(1) & 0xFF == ord("q"):
-                        break
-                if args.max_frames and len(latencies) >= args.max_frames:
-                    break
+            tiles = _stream_tiles(stream, latencies, bar, args.show, args.max_frames)
+            if args.out:
+                write_video(tiles, args.out, fps=args.fps)
+            else:
+                for _ in tiles:
+                    pass
             bar.close()
             stats = stream.stats
-    if args.out:
-        write_video(frames, args.out, fps=args.fps)
     summary = {
         "frames": len(latencies),
         "captured": stats.captured,
@@ -142,6 +153,26 @@ def cmd_stream(args: argparse.Namespace) -> int:
     }
     print(json.dumps(summary, indent=2) if args.json else "  ".join(f"{k}={v}" for k, v in summary.items()))
     return 0
+
+
+def _stream_tiles(
+    stream: Any, latencies: list[float], bar: Any, show: bool, max_frames: int | None
+) -> Iterator[np.ndarray]:
+    """Input | maps tiles of the stream's frames, one at a time (shown in a window with ``show``; q quits)."""
+    if show:
+        import cv2
+    for item in stream:
+        views = _visualise(item.result)
+        tile = np.concatenate([item.image, *views.values()], axis=1)  # maps come at the input's size
+        latencies.append(item.latency)
+        bar.update(1)
+        if show:
+            cv2.imshow("mmgen-edge", cv2.cvtColor(tile, cv2.COLOR_RGB2BGR))
+            if cv2.waitKey(1) & 0xFF == ord("q"):
+                return
+        yield tile
+        if max_frames and len(latencies) >= max_frames:
+            return
 
 
 def add_parsers(sub: Any) -> None:
