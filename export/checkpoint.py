@@ -222,8 +222,12 @@ def import_checkpoint(
 ) -> ImportedCheckpoint:
     """Open, verify and validate a release-layout checkpoint. The returned tensors are memory-mapped."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory; give the checkpoint file inside it (e.g. {path}/0600000.pt)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): the download or copy did not finish")
     weights = Weights(weights)
     digest, release = identify(path, sha256, progress=progress)
     ckpt = _open_checkpoint(path)

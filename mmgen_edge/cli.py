@@ -124,8 +124,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(hint, file=sys.stderr)
         return EXIT_USAGE
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, ImportError) as e:
-        print(f"mmgen-edge {name}: error: {e}", file=sys.stderr)
+        print(f"mmgen-edge {name}: error: {describe_error(e)}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def describe_error(error: Exception) -> str:
+    """One readable line per problem; pydantic's validation errors become ``field: message (got value)``."""
+    errors = getattr(error, "errors", None)
+    if type(error).__name__ == "ValidationError" and callable(errors):
+        parts = []
+        for item in errors():
+            field = ".".join(str(x) for x in item.get("loc", ())) or "value"
+            parts.append(f"{field}: {item.get('msg', 'invalid')} (got {item.get('input')!r})")
+        return "; ".join(parts)
+    return str(error)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ Linear interpolant, velocity prediction (spec): ``x_t = (1 - t) * x0 + t * noise
 from __future__ import annotations
 
 import enum
+import numbers
 from typing import TypeVar
 
 import numpy as np
@@ -23,6 +24,26 @@ Array = TypeVar("Array")  # numpy.ndarray or torch.Tensor
 RELEASE_CONDITION_T = 0.005
 #: The release's last SDE timestep before the final deterministic step (spec: linspace(1, 0.04, K) then 0).
 RELEASE_SDE_T_LAST = 0.04
+
+
+#: The most sampler steps a request may ask for (the release's SDE default is 250; the few-step regime is 1-8).
+#: Bounds the time one request may hold a model (and a server instance).
+MAX_STEPS = 250
+
+
+def check_integer(value: object, name: str, low: int, high: int | None = None) -> int:
+    """``value`` as an int if it is an integer (Python or numpy, not a bool) in [low, high]; else ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    if value < low or (high is not None and value > high):
+        bound = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bound}, got {int(value)}")
+    return int(value)
+
+
+def check_steps(steps: object) -> int:
+    """A sampler step count in 1..MAX_STEPS (Python or numpy integer)."""
+    return check_integer(steps, "steps", 1, MAX_STEPS)
 
 
 class SamplerKind(str, enum.Enum):
@@ -37,7 +58,7 @@ class SamplerConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: SamplerKind = SamplerKind.EULER
-    num_steps: int = Field(4, ge=1, description="Model evaluations of the step loop (Heun adds correction calls).")
+    num_steps: int = Field(4, ge=1, le=MAX_STEPS, description="Model evaluations of the step loop (Heun adds correction calls).")
     condition_t: float = Field(RELEASE_CONDITION_T, ge=0.0, lt=1.0, description="Timestep held by the condition slot.")
     sde_t_last: float = Field(RELEASE_SDE_T_LAST, gt=0.0, lt=1.0, description="Euler-Maruyama: last noisy timestep.")
     guidance_low: float = Field(0.0, ge=0.0, le=1.0, description="Classifier-free guidance only for t in [low, high].")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mmgen_edge.runtime.pipeline import Pipeline, Timings
-from mmgen_edge.runtime.sampler import SamplerConfig
+from mmgen_edge.runtime.sampler import SamplerConfig, check_integer, check_steps
 
 from . import processors
 from .images import load_image, to_input_size, to_model_size
@@ -82,7 +82,7 @@ class MMGenModel:
     def __init__(self, pipeline: Pipeline, steps: int | None = None):
         self.pipeline = pipeline
         self.manifest = pipeline.manifest
-        self.steps = steps or self.manifest.sampler.num_steps
+        self.steps = self.manifest.sampler.num_steps if steps is None else check_steps(steps)
 
     def __enter__(self) -> "MMGenModel":
         return self
@@ -110,9 +110,7 @@ class MMGenModel:
 
     # ----------------------------------------------------------------- helpers
     def _sampler(self, steps: int | None) -> SamplerConfig:
-        k = self.steps if steps is None else steps
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        k = self.steps if steps is None else check_steps(steps)
         return self.manifest.sampler.model_copy(update={"num_steps": k})
 
     def _noise(self, n: int, seed: int | None, noise: np.ndarray | None, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -311,8 +309,8 @@ def generation_request(
 ) -> GenerationRequest:
     from .conditions import condition_image
 
-    if class_label is not None and not (isinstance(class_label, (int, np.integer)) and 0 <= class_label < num_classes):
-        raise ValueError(f"class_label must be an int in 0..{num_classes - 1} or None, got {class_label!r}")
+    if class_label is not None:
+        check_integer(class_label, "class_label", 0, num_classes - 1)
     if not isinstance(cfg_scale, (int, float, np.floating, np.integer)) or not np.isfinite(cfg_scale) or cfg_scale < 0:
         raise ValueError(f"cfg_scale must be a finite number >= 0, got {cfg_scale!r}")
     name = image = None

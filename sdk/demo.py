@@ -22,6 +22,7 @@ import numpy as np
 
 from mmgen_edge.runtime.fileio import sha256_file
 from mmgen_edge.runtime.manifest import read_manifest
+from mmgen_edge.runtime.sampler import check_steps
 
 from . import processors
 from .api import MMGenModel, default_bundle, load
@@ -131,7 +132,7 @@ def run_demo(out_dir: str | Path, steps: int | None = None, seed: int = 0, bundl
     start = time.perf_counter()
     path = Path(bundle) if bundle else ensure_demo_bundle()
     with load(path) as model:
-        k = steps or model.steps
+        k = model.steps if steps is None else check_steps(steps)
         report: dict[str, Any] = {"bundle": str(path), "backend": model.backend, "steps": k,
                                   "model": f"{model.manifest.model.name} {model.resolution} px"}  # fmt: skip
         report["perception"] = perceive_scenes(model, out, k, seed)

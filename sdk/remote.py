@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from mmgen_edge.runtime.manifest import Manifest
+from mmgen_edge.runtime.sampler import check_integer, check_steps
 from mmgen_edge.serve.protocol import (
     GENERATE_MODEL,
     IMAGE_OUTPUTS,
@@ -188,10 +189,10 @@ class RemoteModel:
 
     @staticmethod
     def _sampling(steps: int | None, seed: int | None, noise: np.ndarray | None) -> dict[str, np.ndarray]:
-        if steps is not None and (not isinstance(steps, (int, np.integer)) or steps < 1):
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
-        if seed is not None and (not isinstance(seed, (int, np.integer)) or seed < 0):
-            raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+        if steps is not None:
+            check_steps(steps)
+        if seed is not None:
+            check_integer(seed, "seed", 0)
         out = {
             "steps": np.array([[NO_STEPS if steps is None else steps]], np.int32),
             "seed": np.array([[RANDOM_SEED if seed is None else seed]], np.int64),

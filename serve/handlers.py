@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mmgen_edge.runtime.sampler import MAX_STEPS
 from mmgen_edge.sdk.api import GenerationRequest, MMGenModel, ModelOutput, check_tasks
 
 from .protocol import (
@@ -91,8 +92,8 @@ class RequestHandler:
         steps = int(inputs["steps"][0])
         if steps == NO_STEPS:
             return None
-        if steps < 0:
-            raise RequestError(f"steps must be a positive integer (or {NO_STEPS} for the default), got {steps}")
+        if not 1 <= steps <= MAX_STEPS:
+            raise RequestError(f"steps must be in 1..{MAX_STEPS} (or {NO_STEPS} for the default), got {steps}")
         return steps
 
     @staticmethod

@@ -199,3 +199,44 @@ def test_cli_perceive_same_names_in_two_folders(runtime_bundle, tmp_path):
     assert done.returncode == 0, done.stderr
     written = [entry["outputs"]["depth"] for entry in json.loads(done.stdout)]
     assert len(set(written)) == 2 and all(Path(p).is_file() for p in written)
+
+
+@pytest.mark.parametrize("bad", [True, 0, -1, 251, 2.0, "2", None])
+def test_steps_must_be_an_integer_in_range(bad):
+    from mmgen_edge.runtime.sampler import MAX_STEPS, check_steps
+
+    assert MAX_STEPS == 250
+    if bad is None:
+        return
+    with pytest.raises(ValueError, match="steps must be"):
+        check_steps(bad)
+
+
+def test_numpy_integers_are_integers_and_bools_are_not(runtime_bundle):
+    from mmgen_edge.runtime.sampler import check_integer, check_steps
+
+    assert check_steps(np.int64(2)) == 2 and isinstance(check_steps(np.int64(2)), int)
+    with pytest.raises(ValueError, match="class_label must be an integer"):
+        check_integer(True, "class_label", 0, 11)
+    with mmgen_edge.load(runtime_bundle, backend="ort-cpu", verify="size") as model:
+        with pytest.raises(ValueError, match="class_label must be an integer"):
+            model.generate(class_label=True, steps=1, seed=0)
+        with pytest.raises(ValueError, match="steps must be in 1..250"):
+            model.perceive(np.zeros((8, 8, 3), np.uint8), steps=0)
+        out = model.perceive(np.zeros((8, 8, 3), np.uint8), steps=np.int64(1), tasks=("depth",))
+        assert out.depth.shape == (8, 8)
+    with pytest.raises(ValueError, match="steps must be in 1..250"):
+        mmgen_edge.load(runtime_bundle, backend="ort-cpu", verify="size", steps=0)
+
+
+def test_cli_prints_validation_errors_readably(runtime_bundle):
+    done = run_cli("generate", "--bundle", str(runtime_bundle), "--steps", "0", "--out", "/tmp/never")
+    assert done.returncode == 2 and "steps must be in 1..250" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_describe_error_formats_pydantic_errors():
+    from mmgen_edge.runtime.sampler import SamplerConfig
+
+    with pytest.raises(ValueError) as info:
+        SamplerConfig(num_steps=0)
+    assert cli.describe_error(info.value) == "num_steps: Input should be greater than or equal to 1 (got 0)"

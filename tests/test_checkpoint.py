@@ -235,3 +235,13 @@ def test_convert_overwrite_never_deletes_the_source_or_foreign_files(tiny_checkp
     out = tmp_path / "model"
     assert cli_main(["convert", str(source), "--out", str(out), "--sha256", "skip"]) == 0
     assert cli_main(["convert", str(source), "--out", str(out), "--overwrite", "--sha256", "skip"]) == 0
+
+
+def test_convert_names_a_directory_and_an_empty_file(tmp_path, capsys):
+    assert cli_main(["convert", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
+    assert "is a directory; give the checkpoint file inside it" in capsys.readouterr().err
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    assert cli_main(["convert", str(empty), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "is empty (0 bytes)" in err and "legacy" not in err
