@@ -17,6 +17,36 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+#: The largest input accepted, in pixels (4096 x 4096). Output maps come at the input's size (float32 depth, normals
+#: and labels: ~20 bytes a pixel, ~0.35 GB at this size), so this bounds a frame's memory. A file is checked from its
+#: header before it is decoded, so an image bomb (a small PNG of 20000 x 20000 pixels) is refused without allocating.
+MAX_INPUT_PIXELS = 4096 * 4096
+
+
+def check_input_size(width: int, height: int, name: str = "image") -> None:
+    """Refuse an image over :data:`MAX_INPUT_PIXELS` with a message that says what to do."""
+    if width * height > MAX_INPUT_PIXELS:
+        raise ValueError(
+            f"{name}: {width}x{height} is {width * height / 1e6:.1f} megapixels, over the limit of "
+            f"{MAX_INPUT_PIXELS / 1e6:.1f} (4096x4096); resize it first (the model sees it at its own resolution)"
+        )
+
+
+def header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the file's header without decoding the pixels; None if Pillow cannot identify it."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.size
+    except Image.DecompressionBombError:
+        return (MAX_INPUT_PIXELS + 1, 1)  # Pillow refused it for its size: far over our limit too
+    except (UnidentifiedImageError, OSError):
+        return None
 
 
 def load_image(image: str | os.PathLike[str] | np.ndarray, name: str = "image") -> np.ndarray:
@@ -25,14 +55,20 @@ def load_image(image: str | os.PathLike[str] | np.ndarray, name: str = "image") 
         path = Path(image)
         if not path.is_file():
             raise FileNotFoundError(f"{name}: {path} does not exist")
+        size = header_size(path)
+        if size is not None:
+            check_input_size(*size, name=f"{name} {path}")
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is None:
             raise ValueError(f"{name}: {path} is not an image OpenCV can read")
+        check_input_size(bgr.shape[1], bgr.shape[0], name=f"{name} {path}")
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     if not isinstance(image, np.ndarray):
         raise ValueError(f"{name}: expected a path or a numpy array, got {type(image).__name__}")
     if image.size == 0:
         raise ValueError(f"{name}: the array is empty (shape {image.shape})")
+    if image.ndim in (2, 3):
+        check_input_size(image.shape[1], image.shape[0], name)
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     if image.ndim != 3 or image.shape[2] != 3:

@@ -240,3 +240,32 @@ def test_describe_error_formats_pydantic_errors():
     with pytest.raises(ValueError) as info:
         SamplerConfig(num_steps=0)
     assert cli.describe_error(info.value) == "num_steps: Input should be greater than or equal to 1 (got 0)"
+
+
+def test_oversized_images_are_refused_from_the_header(tmp_path):
+    """A 20000 x 20000 PNG of a few hundred KB is refused before decoding: no multi-GB allocation."""
+    import tracemalloc
+    import zlib
+
+    from mmgen_edge.sdk.images import MAX_INPUT_PIXELS, load_image
+
+    width = height = 20000
+    row = b"\x00" + bytes(width * 3)
+    data = zlib.compress(row * height, 9)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+    bomb = tmp_path / "bomb.png"
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    assert bomb.stat().st_size < 5_000_000
+    tracemalloc.start()
+    with pytest.raises(ValueError, match="over the limit of 16.8"):
+        load_image(bomb)
+    assert tracemalloc.get_traced_memory()[1] < 50_000_000
+    tracemalloc.stop()
+    with pytest.raises(ValueError, match="resize it first"):
+        load_image(np.zeros((4097, 4096, 3), np.uint8))
+    assert load_image(np.zeros((4096, 4096), np.uint8)).shape == (4096, 4096, 3)
+    assert MAX_INPUT_PIXELS == 4096 * 4096
