@@ -82,12 +82,29 @@ def test_xl2_parameter_count_matches_the_release():
 
 @pytest.mark.slow
 def test_xl2_random_weights_forward_shape():
+    """SiT-XL/2 with non-degenerate weights: the release init zeroes the adaLN and output layers (v = 0 for any
+    input), so they are re-initialised from a seeded normal before the forward is judged."""
     torch.manual_seed(0)
     model = MMGen(preset("SiT-XL/2")).eval()
+    zeroed = [layer for block in model.blocks for layer in (block.adaLN_modulation[-1],)]
+    zeroed += [layer for head in model.lis_final_layer for layer in (head.adaLN_modulation[-1], head.linear)]
+    assert all(not p.any() for layer in zeroed for p in layer.parameters())  # adaLN-Zero: the init contract
+    generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        v = model(torch.randn(1, 16, 32, 32), torch.rand(1, 4), torch.tensor([1000]), torch.tensor([1]))
-    assert v.shape == (1, 16, 32, 32)
+        for layer in zeroed:
+            layer.weight.normal_(0.0, 0.02, generator=generator)
+            layer.bias.normal_(0.0, 0.02, generator=generator)
+    x = torch.randn(1, 16, 32, 32, generator=generator)
+    batch = torch.cat([x, x + 0.1 * torch.randn(x.shape, generator=generator), x])  # x, perturbed x, x again
+    t, y, task = torch.full((3, 4), 0.5), torch.tensor([7, 7, 7]), torch.tensor([1, 1, 1])
+    with torch.no_grad():
+        v = model(batch, t, y, task)
+    assert v.shape == (3, 16, 32, 32)
     assert torch.isfinite(v).all()
+    spread = v.flatten(1).std(dim=1)
+    assert (spread > 0.05).all(), spread  # heads of std 0.02 over 1152 features: v has a std of order 0.1-1
+    torch.testing.assert_close(v[2], v[0], rtol=1e-5, atol=1e-5)  # samples are independent of their batch slot
+    assert (v[1] - v[0]).abs().max() > 1e-3  # the output follows the input
 
 
 def test_qk_norm_adds_layernorms_over_head_dim():

@@ -37,6 +37,17 @@ from mmgen_edge.export.tensorrt_support import (
     assert_tensorrt_supported,
     check_tensorrt_support,
 )
+from trt_fakes import (
+    FakeClass,
+    FakeEnum,
+    FakeModule,
+    FakeNotImplemented,
+    FakeObject,
+    Surface,
+    called,
+    enums,
+    load_surfaces,
+)
 
 OPSET = 17
 SPATIAL = 8
@@ -395,9 +406,15 @@ def _fake_trt(version: str, builder_flags: tuple[str, ...], network_flags: tuple
     )
 
 
+def _surface_trt(version: str) -> FakeModule:
+    """The flag enums of a release with a recorded surface (tests/data/trt_surface)."""
+    (surface,) = [s for s in load_surfaces() if s.version == version]
+    return FakeModule(surface, **enums(surface, "BuilderFlag", "NetworkDefinitionCreationFlag"))
+
+
+#: TensorRT 8.6 has no recorded surface (its bindings wheel predates the split packages): flags from its NvInfer.h.
 TRT_8_6 = _fake_trt("8.6.1.6", ("FP16", "INT8", "TF32"), ("EXPLICIT_BATCH", "EXPLICIT_PRECISION"))
-TRT_10 = _fake_trt("10.3.0.30", ("FP16", "INT8", "BF16", "TF32"), ("EXPLICIT_BATCH", "STRONGLY_TYPED"))
-TRT_11 = _fake_trt("11.0.0.1", ("TF32", "REFIT"), ("STRONGLY_TYPED",))
+TRT_10, TRT_10_LATEST, TRT_11 = (_surface_trt(v) for v in ("10.3.0", "10.16.1.11", "11.4.0.106"))
 CAPS_8_6, CAPS_10, CAPS_11 = (tensorrt_capabilities(t) for t in (TRT_8_6, TRT_10, TRT_11))
 
 
@@ -406,6 +423,7 @@ def test_tensorrt_capabilities() -> None:
                         "always_strongly_typed": False, "needs_explicit_batch": True}
     assert CAPS_10 == {"has_fp16_flag": True, "has_int8_flag": True, "has_strongly_typed": True,
                        "always_strongly_typed": False, "needs_explicit_batch": False}
+    assert tensorrt_capabilities(TRT_10_LATEST) == CAPS_10
     assert CAPS_11 == {"has_fp16_flag": False, "has_int8_flag": False, "has_strongly_typed": True,
                        "always_strongly_typed": True, "needs_explicit_batch": False}
 
@@ -618,60 +636,67 @@ def test_build_engine_without_tensorrt_names_the_extra(monkeypatch: pytest.Monke
         build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", [], Precision.FP32)
 
 
-# ------------------------------------------------- build_engine glue against a recording stand-in for TensorRT
+# ------------------------------------- build_engine glue against fakes held to each release's real API surface
 
 
-class _Recorder:
-    """Stand-in TensorRT objects: every call lands in ``calls``; return values come from ``returns``."""
-
-    def __init__(self, calls: list, returns: dict | None = None, **attributes: object) -> None:
-        self.__dict__.update(attributes)
-        self._calls, self._returns = calls, returns or {}
-
-    def __getattr__(self, name: str) -> object:
-        if name.startswith("_"):
-            raise AttributeError(name)
-
-        def method(*args: object, **kwargs: object) -> object:
-            self._calls.append((name, args, kwargs))
-            value = self._returns.get(name)
-            return value(*args, **kwargs) if callable(value) else value
-
-        return method
+@pytest.fixture(params=load_surfaces(), ids=lambda surface: f"trt{surface.version}")
+def surface(request: pytest.FixtureRequest) -> Surface:
+    """The Python API of TensorRT 10.3 (JetPack 6), the latest 10.x and the latest 11.x, in turn."""
+    return request.param
 
 
-def _recording_trt(calls: list, version: str, engine_layers: list[dict], parse_ok: bool = True) -> SimpleNamespace:
-    """A fake ``tensorrt`` module whose builder returns b"PLAN" and whose inspector reports ``engine_layers``."""
+def _fake_tensorrt(surface: Surface, calls: list, engine_layers: list[dict], parse_ok: bool = True) -> FakeModule:
+    """A ``tensorrt`` module of ``surface``'s release: the builder returns b"PLAN", the inspector ``engine_layers``.
+
+    Every object is a :class:`FakeObject` of the real class, so a call the release lacks raises AttributeError.
+    """
     info = json.dumps({"Layers": engine_layers, "Bindings": ["x", "y"]})
-    inspector = _Recorder(calls, {"get_engine_information": lambda fmt: info}, execution_context=None)
-    context = _Recorder(calls, {"set_input_shape": lambda name, shape: True})
-    engine = _Recorder(calls, {"create_execution_context": lambda: context,
-                               "create_engine_inspector": lambda: inspector})
-    cache = _Recorder(calls, {"serialize": lambda: b"CACHE"})
-    config = _Recorder(calls, {"create_timing_cache": lambda data: cache, "get_timing_cache": lambda: cache,
-                               "set_timing_cache": lambda c, ignore_mismatch: True})
-    network_input = type("Input", (), {"name": "x", "shape": (-1, 3, SPATIAL, SPATIAL)})()
-    network = _Recorder(calls, {"get_input": lambda i: network_input}, num_inputs=1)
-    builder = _Recorder(calls, {"create_network": lambda flags: network, "create_builder_config": lambda: config,
-                                "create_optimization_profile": lambda: _Recorder(calls),
-                                "build_serialized_network": lambda net, cfg: b"PLAN"})
-    error = _Recorder(calls, {"node": lambda: 3, "node_name": lambda: "uniq", "node_operator": lambda: "Unique",
-                              "desc": lambda: "No importer registered for op: Unique"})
-    parser = _Recorder(calls, {"parse_from_file": lambda path: parse_ok, "get_error": lambda i: error},
-                       num_errors=0 if parse_ok else 1)
-    flags = ("FP16", "INT8") if not version.startswith("11") else ()
-    return SimpleNamespace(
-        __version__=version,
-        BuilderFlag=_Flags(*flags, "TF32"),
-        NetworkDefinitionCreationFlag=_Flags("EXPLICIT_BATCH", "STRONGLY_TYPED"),
-        ProfilingVerbosity=_Flags("LAYER_NAMES_ONLY", "NONE", "DETAILED"),
-        MemoryPoolType=_Flags("WORKSPACE"),
-        LayerInformationFormat=_Flags("ONELINE", "JSON"),
-        Logger=type("Logger", (), {"WARNING": 2, "__init__": lambda self, severity: None}),
-        Builder=lambda logger: builder,
-        OnnxParser=lambda net, logger: parser,
-        Runtime=lambda logger: _Recorder(calls, {"deserialize_cuda_engine": lambda plan: engine}),
-    )
+
+    def obj(cls: str, **members: object) -> FakeObject:
+        return FakeObject(surface, cls, calls, **members)
+
+    inspector = obj("EngineInspector", execution_context=None, get_engine_information=lambda fmt: info)
+    context = obj("IExecutionContext", set_input_shape=lambda name, shape: True)
+    engine = obj("ICudaEngine", create_execution_context=lambda: context, create_engine_inspector=lambda: inspector)
+    cache = obj("ITimingCache", serialize=lambda: b"CACHE")
+    config = obj(
+        "IBuilderConfig", set_flag=lambda flag: None, profiling_verbosity=None, progress_monitor=None,
+        set_memory_pool_limit=lambda pool, size: None, add_optimization_profile=lambda profile: 0,
+        create_timing_cache=lambda data: cache, get_timing_cache=lambda: cache,
+        set_timing_cache=lambda cache, ignore_mismatch: True,
+    )  # fmt: skip
+    network_input = obj("ITensor", name="x", shape=(-1, 3, SPATIAL, SPATIAL))
+    network = obj("INetworkDefinition", num_inputs=1, get_input=lambda index: network_input)
+    builder = obj(
+        "Builder", create_network=lambda flags: network, create_builder_config=lambda: config,
+        create_optimization_profile=lambda: obj("IOptimizationProfile", set_shape=lambda *shapes: None),
+        build_serialized_network=lambda network, config: b"PLAN",
+    )  # fmt: skip
+    error = obj("ParserError", node=lambda: 3, node_name=lambda: "uniq", node_operator=lambda: "Unique",
+                desc=lambda: "No importer registered for op: Unique")  # fmt: skip
+    parser = obj("OnnxParser", parse_from_file=lambda path: parse_ok, get_error=lambda index: error,
+                 num_errors=0 if parse_ok else 1)  # fmt: skip
+    severity = FakeEnum(surface, "ILogger.Severity")
+    trt = FakeModule(
+        surface,
+        **enums(surface, "BuilderFlag", "NetworkDefinitionCreationFlag", "ProfilingVerbosity", "MemoryPoolType",
+                "LayerInformationFormat"),
+        Logger=FakeClass(surface, "Logger", lambda level: obj("Logger"), calls, WARNING=severity.WARNING),
+        Builder=FakeClass(surface, "Builder", lambda logger: builder, calls),
+        OnnxParser=FakeClass(surface, "OnnxParser", lambda network, logger: parser, calls),
+        Runtime=FakeClass(surface, "Runtime", lambda logger: obj("Runtime", deserialize_cuda_engine=lambda plan: engine),
+                          calls),
+        IProgressMonitor=FakeProgressMonitor,
+    )  # fmt: skip
+    trt._objects = {"context": context, "engine": engine, "config": config}  # for identity checks in the tests
+    return trt
+
+
+class FakeProgressMonitor:
+    """Base class for ``trt.IProgressMonitor`` subclasses (the real one is a pybind11 trampoline class)."""
+
+    def __init__(self) -> None:
+        pass
 
 
 def _layer(datatype: str) -> dict:
@@ -685,51 +710,111 @@ def fake_device(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tensorrt_build, "cuda_device_properties", lambda: ("Fake GPU", "8.7"))
 
 
-def test_build_engine_applies_the_plan(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fake_device: None) -> None:
+def test_fakes_refuse_what_the_release_lacks(surface: Surface) -> None:
+    """The fakes are held to the release: removed, misspelt and unimplemented names fail loudly."""
+    trt = _fake_tensorrt(surface, [], [])
+    config = FakeObject(surface, "IBuilderConfig", set_flag=lambda flag: None)
+    context = FakeObject(surface, "IExecutionContext", execute_async_v3=lambda stream: True)
+    assert context.execute_async_v3(0)
+    with pytest.raises(AttributeError, match="execute_async_v4"):
+        context.execute_async_v4(0)  # misspelt
+    with pytest.raises(AttributeError, match="set_tensor_adress"):
+        context.set_tensor_adress("x", 0)
+    with pytest.raises(FakeNotImplemented, match="IExecutionContext.set_tensor_address exists"):
+        context.set_tensor_address("x", 0)  # real, but this fake was not given it
+    with pytest.raises(AttributeError, match="build_engine"):  # Builder.build_engine was removed in TensorRT 10
+        FakeObject(surface, "Builder", build_engine=lambda network, config: None)
+    with pytest.raises(AttributeError, match="no attribute 'Engine'"):
+        trt.Engine  # noqa: B018
+    if surface.major >= 11:  # weak typing and implicit quantization are gone
+        for removed in ("FP16", "INT8"):
+            with pytest.raises(AttributeError, match=f"'BuilderFlag' object has no attribute '{removed}'"):
+                config.set_flag(getattr(trt.BuilderFlag, removed))
+            assert not hasattr(trt.BuilderFlag, removed)
+        with pytest.raises(AttributeError, match="IInt8Calibrator"):
+            FakeModule(surface, IInt8Calibrator=object)
+    else:
+        config.set_flag(trt.BuilderFlag.FP16)
+        assert trt.BuilderFlag.FP16 is not trt.BuilderFlag.INT8 and surface.has("IInt8Calibrator")
+
+
+def test_build_engine_applies_the_plan(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fake_device: None,
+                                       surface: Surface) -> None:  # fmt: skip
     calls: list = []
-    monkeypatch.setitem(sys.modules, "tensorrt", _recording_trt(calls, "10.3.0", [_layer("Half"), _layer("Float")]))
+    trt = _fake_tensorrt(surface, calls, [_layer("Half"), _layer("Float")])
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
     engine_path, cache_path = tmp_path / "out" / "m.engine", tmp_path / "timing.cache"
-    report = build_engine(tmp_path / "m.onnx", engine_path, [BATCH_PROFILE], Precision.FP16,
-                          timing_cache_path=cache_path, workspace_bytes=1 << 30)
+    if surface.major >= 11:  # no FP16 flag: fp16 needs an fp16 graph, built strongly typed
+        report = build_engine(tmp_path / "m.onnx", engine_path, [BATCH_PROFILE], Precision.FP16,
+                              timing_cache_path=cache_path, workspace_bytes=1 << 30, graph_is_annotated=True)  # fmt: skip
+        assert report.strongly_typed and called(calls, "IBuilderConfig.set_flag") == []
+        assert called(calls, "Builder.create_network") == [((0,), {})]  # STRONGLY_TYPED is implied, not set
+    else:  # a plain fp32 graph + fp16: weak typing and BuilderFlag.FP16
+        report = build_engine(tmp_path / "m.onnx", engine_path, [BATCH_PROFILE], Precision.FP16,
+                              timing_cache_path=cache_path, workspace_bytes=1 << 30)  # fmt: skip
+        assert not report.strongly_typed
+        assert called(calls, "IBuilderConfig.set_flag") == [((trt.BuilderFlag.FP16,), {})]
+        assert called(calls, "Builder.create_network") == [((0,), {})]
     assert engine_path.read_bytes() == b"PLAN" and cache_path.read_bytes() == b"CACHE"
-    assert report.layer_precisions == {"Half": 1, "Float": 1} and not report.strongly_typed
-    assert (report.device_name, report.compute_capability, report.trt_version) == ("Fake GPU", "8.7", "10.3.0")
-    called = {name: (args, kwargs) for name, args, kwargs in calls}
-    assert called["create_network"][0] == (0,)  # plain fp32 graph + fp16 on TensorRT 10: weak typing, FP16 flag
-    assert called["set_flag"][0] == (0,)  # BuilderFlag.FP16
-    assert called["set_shape"][0] == ("x", BATCH_PROFILE.min, BATCH_PROFILE.opt, BATCH_PROFILE.max)
-    assert called["set_memory_pool_limit"][0] == (0, 1 << 30)
-    assert called["set_timing_cache"][1] == {"ignore_mismatch": False}
-    assert called["set_input_shape"][0] == ("x", BATCH_PROFILE.opt)
-    assert called["parse_from_file"][0] == (str(tmp_path / "m.onnx"),)
+    assert report.layer_precisions == {"Half": 1, "Float": 1}
+    assert (report.device_name, report.compute_capability, report.trt_version) == ("Fake GPU", "8.7", surface.version)
+    assert called(calls, "Logger") == [((trt.Logger.WARNING,), {})]
+    assert called(calls, "IBuilderConfig.profiling_verbosity=") == [((trt.ProfilingVerbosity.DETAILED,), {})]
+    assert called(calls, "IOptimizationProfile.set_shape") == [
+        (("x", BATCH_PROFILE.min, BATCH_PROFILE.opt, BATCH_PROFILE.max), {})
+    ]
+    assert called(calls, "IBuilderConfig.set_memory_pool_limit") == [((trt.MemoryPoolType.WORKSPACE, 1 << 30), {})]
+    assert called(calls, "IBuilderConfig.set_timing_cache")[0][1] == {"ignore_mismatch": False}
+    (monitor,) = [args[0] for args, _ in called(calls, "IBuilderConfig.progress_monitor=")]
+    assert isinstance(monitor, FakeProgressMonitor) and monitor.step_complete("build", 1) is True
+    assert called(calls, "IExecutionContext.set_input_shape") == [(("x", BATCH_PROFILE.opt), {})]
+    (inspected,) = [args[0] for args, _ in called(calls, "EngineInspector.execution_context=")]
+    assert inspected is trt._objects["context"]  # the inspector reads the context bound at the opt shapes
+    assert called(calls, "EngineInspector.get_engine_information") == [((trt.LayerInformationFormat.JSON,), {})]
+    assert called(calls, "OnnxParser.parse_from_file") == [((str(tmp_path / "m.onnx"),), {})]
 
 
-def test_build_engine_strongly_typed_on_tensorrt_11(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                     fake_device: None) -> None:
+def test_build_engine_strongly_typed_fp32_on_tensorrt_10(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                          fake_device: None, surface: Surface) -> None:  # fmt: skip
+    """A plain fp32 graph is built strongly typed where the flag exists (1 << NetworkDefinitionCreationFlag)."""
     calls: list = []
-    monkeypatch.setitem(sys.modules, "tensorrt", _recording_trt(calls, "11.0.0", [_layer("Half")]))
-    report = build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", [BATCH_PROFILE], Precision.FP16,
-                          graph_is_annotated=True)
-    assert report.strongly_typed and report.layer_precisions == {"Half": 1}
-    assert not [call for call in calls if call[0] == "set_flag"]
-    with pytest.raises(ValueError, match="no FP16/INT8 builder flags"):
-        build_engine(tmp_path / "m.onnx", tmp_path / "plain.engine", [BATCH_PROFILE], Precision.FP16)
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(surface, calls, [_layer("Float")]))
+    report = build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", [BATCH_PROFILE], Precision.FP32)
+    assert report.strongly_typed and called(calls, "IBuilderConfig.set_flag") == []
+    # NvInfer.h (TensorRT 10): kSTRONGLY_TYPED = 1; TensorRT 11 networks are always strongly typed (flags 0)
+    assert called(calls, "Builder.create_network") == [((2 if surface.major == 10 else 0,), {})]
+
+
+def test_build_engine_refuses_before_touching_tensorrt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                        fake_device: None, surface: Surface) -> None:  # fmt: skip
+    """What the release cannot honour fails before any TensorRT call: int8 without Q/DQ (no calibrator, on any
+    release), and on TensorRT 11 (no FP16 builder flag) fp16 of a plain fp32 graph."""
+    calls: list = []
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(surface, calls, [_layer("Half")]))
+    with pytest.raises(ValueError, match="calibrators are not supported"):
+        build_engine(tmp_path / "m.onnx", tmp_path / "plain.engine", [BATCH_PROFILE], Precision.INT8)
+    if surface.major >= 11:
+        with pytest.raises(ValueError, match="no FP16/INT8 builder flags"):
+            build_engine(tmp_path / "m.onnx", tmp_path / "plain.engine", [BATCH_PROFILE], Precision.FP16)
+    assert calls == [] and not list(tmp_path.iterdir())
 
 
 def test_build_engine_refuses_a_quietly_fp32_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                     fake_device: None) -> None:
-    monkeypatch.setitem(sys.modules, "tensorrt", _recording_trt([], "10.3.0", [_layer("Float")] * 3))
+                                                     fake_device: None, surface: Surface) -> None:  # fmt: skip
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(surface, [], [_layer("Float")] * 3))
     engine_path = tmp_path / "m.engine"
     with pytest.raises(ValueError, match="no layer runs in Half"):
-        build_engine(tmp_path / "m.onnx", engine_path, [BATCH_PROFILE], Precision.FP16)
+        build_engine(tmp_path / "m.onnx", engine_path, [BATCH_PROFILE], Precision.FP16,
+                     graph_is_annotated=surface.major >= 11)  # fmt: skip
     assert not engine_path.exists() and not list(tmp_path.iterdir())
 
 
-def test_build_engine_reports_parser_errors_and_profiles(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setitem(sys.modules, "tensorrt", _recording_trt([], "10.3.0", [], parse_ok=False))
+def test_build_engine_reports_parser_errors_and_profiles(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                          surface: Surface) -> None:  # fmt: skip
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(surface, [], [], parse_ok=False))
     with pytest.raises(ValueError, match="node 3 uniq Unique: No importer registered for op: Unique"):
         build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", [BATCH_PROFILE], Precision.FP32)
-    monkeypatch.setitem(sys.modules, "tensorrt", _recording_trt([], "10.3.0", []))
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(surface, [], []))
     with pytest.raises(ValueError, match="'x' has dynamic shape"):
         build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", [], Precision.FP32)
 

@@ -48,13 +48,18 @@ from mmgen_edge.runtime.manifest import (
     read_manifest,
 )
 from mmgen_edge.runtime.sampler import SamplerConfig
+from mmgen_edge.runtime import tensorrt_runner
 from mmgen_edge.runtime.tensorrt_runner import (
     TensorRTRunner,
     engine_io_mismatch,
     graph_key,
     plan_buffers,
+    read_engine_io,
     trt_dtype_to_numpy,
 )
+from trt_fakes import FakeClass, FakeEnum, FakeModule, FakeObject, Surface, called, enums, load_surfaces
+
+SURFACES = load_surfaces()
 
 H100 = BuildEnvironment("10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0")
 L4 = BuildEnvironment("10.13.0.35", "NVIDIA L4", "8.9")
@@ -209,6 +214,161 @@ def test_cuda_buffers_without_cuda_python_name_the_extra(monkeypatch):
         cuda_buffers.DeviceBuffer(16)
 
 
+# ------------------------------------------------- runner glue against fakes held to each release's API surface
+
+
+@pytest.fixture(params=SURFACES, ids=lambda surface: f"trt{surface.version}")
+def surface(request) -> Surface:
+    """The Python API of TensorRT 10.3 (JetPack 6), the latest 10.x and the latest 11.x, in turn."""
+    return request.param
+
+
+class FakeCudaMemory:
+    """Host bytes standing in for device memory (cuda_buffers' classes, swapped in by ``fake_cuda``)."""
+
+    def __init__(self):
+        self.blocks: dict[int, bytearray] = {}
+        self._next = 0x10000
+
+    def allocate(self, nbytes: int) -> int:
+        ptr, self._next = self._next, self._next + nbytes + 0x100
+        self.blocks[ptr] = bytearray(nbytes)
+        return ptr
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch) -> FakeCudaMemory:
+    memory = FakeCudaMemory()
+
+    class Device:
+        def __init__(self, nbytes):
+            self.nbytes, self.ptr = nbytes, memory.allocate(nbytes)
+
+        def ensure(self, nbytes):
+            if nbytes <= self.nbytes:
+                return False
+            self.free()
+            self.nbytes, self.ptr = nbytes, memory.allocate(nbytes)
+            return True
+
+        def free(self):
+            memory.blocks.pop(self.ptr, None)
+
+    class Pinned:
+        def __init__(self, shape, dtype):
+            self.dtype = np.dtype(dtype)
+            self.nbytes = int(np.prod(shape)) * self.dtype.itemsize
+            self.raw = bytearray(self.nbytes)
+
+        def view(self, shape):
+            return view_bytes(self.raw, self.nbytes, shape, self.dtype)
+
+        def free(self):
+            self.raw = bytearray()
+
+    class Stream:
+        def __int__(self):
+            return 7
+
+        def synchronize(self):
+            pass
+
+        def destroy(self):
+            pass
+
+    def htod(device, host, nbytes, stream):
+        memory.blocks[device.ptr][:nbytes] = host.raw[:nbytes]
+
+    def dtoh(host, device, nbytes, stream):
+        host.raw[:nbytes] = memory.blocks[device.ptr][:nbytes]
+
+    for name, value in dict(DeviceBuffer=Device, PinnedHostBuffer=Pinned, CudaStream=Stream, memcpy_htod_async=htod,
+                            memcpy_dtoh_async=dtoh, import_cudart=lambda: None, _logger=None).items():  # fmt: skip
+        monkeypatch.setattr(tensorrt_runner, name, value)
+    return memory
+
+
+TOY = GraphEntry(file="toy.onnx", inputs=(_spec("x", "float32", "N", 4),), outputs=(_spec("y", "float32", "N", 4),))
+TOY_DIMS = {"N": DimRange(min=1, opt=2, max=4)}
+
+
+def _toy_tensorrt(surface: Surface, calls: list, memory: FakeCudaMemory, y_dtype: str = "FLOAT") -> FakeModule:
+    """A ``tensorrt`` module whose engine computes y = 2 x + 1 from the tensor addresses it was given."""
+    flags = enums(surface, "TensorIOMode", "DataType")
+    modes = {"x": flags["TensorIOMode"].INPUT, "y": flags["TensorIOMode"].OUTPUT}
+    dtypes = {"x": flags["DataType"].FLOAT, "y": getattr(flags["DataType"], y_dtype)}
+    shapes: dict[str, tuple] = {}
+    addresses: dict[str, int] = {}
+
+    def set_input_shape(name, shape):
+        if not 1 <= shape[0] <= 3:  # the engine's profile is narrower than the manifest's N range (1..4)
+            return False
+        shapes[name] = shapes["y"] = tuple(shape)
+        return True
+
+    def execute_async_v3(stream_handle):
+        count = int(np.prod(shapes["x"]))
+        x = np.frombuffer(memory.blocks[addresses["x"]], np.float32, count)
+        np.frombuffer(memory.blocks[addresses["y"]], np.float32, count)[:] = 2 * x + 1
+        return True
+
+    def obj(cls, **members):
+        return FakeObject(surface, cls, calls, **members)
+
+    context = obj(
+        "IExecutionContext", set_input_shape=set_input_shape, get_tensor_shape=lambda name: shapes[name],
+        set_tensor_address=lambda name, ptr: addresses.__setitem__(name, ptr) or True, execute_async_v3=execute_async_v3,
+    )  # fmt: skip
+    engine = obj(
+        "ICudaEngine", num_io_tensors=2, get_tensor_name=lambda i: "xy"[i], get_tensor_mode=modes.__getitem__,
+        get_tensor_dtype=dtypes.__getitem__, get_tensor_shape=lambda name: (-1, 4), is_shape_inference_io=lambda name: False,
+        create_execution_context=lambda: context, get_tensor_profile_shape=lambda name, index: [(1, 4), (2, 4), (3, 4)],
+    )  # fmt: skip
+    runtime = obj("Runtime", deserialize_cuda_engine=lambda plan: engine)
+    severity = FakeEnum(surface, "ILogger.Severity")
+    return FakeModule(
+        surface, **flags, Runtime=FakeClass(surface, "Runtime", lambda logger: runtime, calls),
+        Logger=FakeClass(surface, "Logger", lambda level: obj("Logger"), calls, WARNING=severity.WARNING),
+    )  # fmt: skip
+
+
+def test_read_engine_io_uses_the_name_based_api(surface, fake_cuda):
+    trt = _toy_tensorrt(surface, [], fake_cuda)
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(b"PLAN")
+    io, shapes = read_engine_io(trt, engine)
+    assert io == {"x": ("input", "float32"), "y": ("output", "float32")}
+    assert shapes == {"x": (-1, 4), "y": (-1, 4)}
+
+
+def test_runner_runs_a_fake_engine(surface, fake_cuda, monkeypatch, tmp_path):
+    """activate / infer / deactivate against the release's API: shapes, addresses, execute_async_v3, results."""
+    calls: list = []
+    monkeypatch.setitem(sys.modules, "tensorrt", _toy_tensorrt(surface, calls, fake_cuda))
+    engine_file = tmp_path / "toy.engine"
+    engine_file.write_bytes(b"PLAN")
+    with TensorRTRunner(engine_file, "toy", TOY, TOY_DIMS) as runner:
+        for batch in (3, 2, 3):
+            x = np.arange(4 * batch, dtype=np.float32).reshape(batch, 4)
+            y = runner.infer({"x": x})["y"]
+            np.testing.assert_array_equal(y, 2 * x + 1)
+        with pytest.raises(ValueError, match=r"toy.x: shape \(4, 4\) is outside the engine's profile \(1, 4\)..\(3, 4\)"):
+            runner.infer({"x": np.zeros((4, 4), np.float32)})
+    assert [args for args, _ in called(calls, "IExecutionContext.set_input_shape")] == [
+        ("x", (3, 4)), ("x", (2, 4)), ("x", (3, 4)), ("x", (4, 4))
+    ]  # fmt: skip
+    assert [args for args, _ in called(calls, "IExecutionContext.execute_async_v3")] == [(7,)] * 3
+    assert not fake_cuda.blocks  # deactivate freed every device buffer
+
+
+def test_runner_refuses_an_engine_with_other_dtypes(surface, fake_cuda, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "tensorrt", _toy_tensorrt(surface, [], fake_cuda, y_dtype="HALF"))
+    engine_file = tmp_path / "toy.engine"
+    engine_file.write_bytes(b"PLAN")
+    runner = TensorRTRunner(engine_file, "toy", TOY, TOY_DIMS)
+    with pytest.raises(ValueError, match="output 'y': the engine's dtype is float16, the manifest's float32"):
+        runner.activate()
+
+
 # ----------------------------------------------------------------------------------------- engines: pure
 
 
@@ -300,11 +460,11 @@ def bundle_copy(tiny_bundle, tmp_path):
 class FakeBuilds:
     """Stands in for TensorRT: a module with the capability attributes, and a build_engine writing fake plans."""
 
-    def __init__(self, monkeypatch, env: BuildEnvironment, fp16_flag: bool = True):
-        flags = SimpleNamespace(FP16=1, INT8=2) if fp16_flag else SimpleNamespace()
-        self.trt = SimpleNamespace(
-            __version__=env.trt_version, BuilderFlag=flags, NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=3)
-        )
+    def __init__(self, monkeypatch, env: BuildEnvironment):
+        # the API of the recorded release of env's major version (tests/data/trt_surface), reporting env's version
+        (surface,) = [s for s in SURFACES if s.major == int(env.trt_version.split(".")[0]) and s.version != "10.3.0"]
+        self.trt = FakeModule(surface, **enums(surface, "BuilderFlag", "NetworkDefinitionCreationFlag"))
+        self.trt.__version__ = env.trt_version
         self.env = env
         self.calls: list[dict] = []
         monkeypatch.setitem(sys.modules, "tensorrt", self.trt)
@@ -356,7 +516,7 @@ def test_build_bundle_engines_records_reuses_and_replaces(monkeypatch, bundle_co
 
 
 def test_build_bundle_engines_fails_before_building(monkeypatch, bundle_copy):
-    fake = FakeBuilds(monkeypatch, BuildEnvironment("11.0.0.1", *H100[1:]), fp16_flag=False)
+    fake = FakeBuilds(monkeypatch, BuildEnvironment("11.0.0.1", *H100[1:]))
     with pytest.raises(ValueError, match="fp16 was requested for a plain fp32 graph"):
         build_bundle_engines(bundle_copy, "fp16", progress=False)
     assert fake.calls == [] and read_manifest(bundle_copy).engines == ()
