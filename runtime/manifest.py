@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mmgen_edge import __version__
 from mmgen_edge.config import ModelConfig
@@ -151,11 +151,35 @@ class Manifest(BaseModel):
         """Shape of ``n`` samples' joint latents (all modalities): (n, M*C, h, w)."""
         return (n, self.model.in_channels, self.latent.height, self.latent.width)
 
+    @model_validator(mode="after")
+    def _check_paths(self) -> "Manifest":
+        """Every file the manifest names is a plain relative path inside the bundle and is listed with its hash."""
+        for entry in self.files:
+            check_bundle_path(entry.path)
+        listed = {entry.path for entry in self.files}
+        named = [(f"graph {name}", g.file) for name, g in self.graphs.items()]
+        named += [(f"engine for {e.graph}", e.file) for e in self.engines]
+        for what, path in named:
+            check_bundle_path(path)
+            if path not in listed:
+                raise ValueError(f"{what} names {path!r}, which is not listed (with its hash) in the manifest's files")
+        return self
+
     def file(self, path: str) -> FileEntry:
         for entry in self.files:
             if entry.path == path:
                 return entry
         raise KeyError(f"{path} is not listed in the manifest")
+
+
+def check_bundle_path(path: str) -> None:
+    """Refuse a manifest path that could leave the bundle: absolute, ``..``, backslashes or empty parts."""
+    parts = path.split("/")
+    if not path or path.startswith("/") or "\\" in path or ":" in parts[0] or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"manifest path {path!r} must be a plain relative path inside the bundle (no '..', no '/' at the start)")
+
+
+VERIFY_MODES = ("full", "size", "none")
 
 
 class BundleError(ValueError):
@@ -167,6 +191,8 @@ def read_manifest(bundle: str | os.PathLike[str], verify: Literal["full", "size"
 
     ``verify="size"`` skips the hashing (fast start for multi-GB bundles); ``"none"`` only parses.
     """
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
     bundle = Path(bundle)
     path = bundle / MANIFEST_FILE
     if not path.is_file():
@@ -195,8 +221,11 @@ def read_manifest(bundle: str | os.PathLike[str], verify: Literal["full", "size"
 
 def verify_files(bundle: Path, manifest: Manifest, hashes: bool = True) -> None:
     """Every listed file exists with its recorded size (and SHA-256); raise :class:`BundleError` naming the file."""
+    root = bundle.resolve()
     for entry in manifest.files:
         path = bundle / entry.path
+        if root not in path.resolve().parents:
+            raise BundleError(f"bundle {bundle}: {entry.path} resolves outside the bundle (a symbolic link?)")
         if not path.is_file():
             raise BundleError(f"bundle {bundle}: {entry.path} is listed in the manifest but missing")
         size = path.stat().st_size

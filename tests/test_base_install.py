@@ -269,3 +269,38 @@ def test_oversized_images_are_refused_from_the_header(tmp_path):
         load_image(np.zeros((4097, 4096, 3), np.uint8))
     assert load_image(np.zeros((4096, 4096), np.uint8)).shape == (4096, 4096, 3)
     assert MAX_INPUT_PIXELS == 4096 * 4096
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m["graphs"]["vae_decoder"].update(file="../elsewhere.onnx"), "plain relative path"),
+        (lambda m: m["graphs"]["vae_decoder"].update(file="/tmp/elsewhere.onnx"), "plain relative path"),
+        (lambda m: m["graphs"]["vae_decoder"].update(file="unlisted.onnx"), "not listed"),
+        (lambda m: m["files"][0].update(path="sub/../../x.onnx"), "plain relative path"),
+    ],
+)
+def test_manifest_names_only_listed_files_inside_the_bundle(runtime_bundle, tmp_path, edit, message):
+    copy = shutil.copytree(runtime_bundle, tmp_path / "bundle")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edit(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    shutil.copy(copy / manifest["graphs"]["vae_encoder"]["file"], copy / "unlisted.onnx")
+    for verify in ("full", "size", "none"):
+        with pytest.raises(BundleError, match=message):
+            read_manifest(copy, verify=verify)
+
+
+def test_symbolic_link_out_of_the_bundle_and_unknown_verify_are_refused(runtime_bundle, tmp_path):
+    copy = shutil.copytree(runtime_bundle, tmp_path / "bundle")
+    manifest = read_manifest(copy, verify="none")
+    target = copy / manifest.graphs["vae_decoder"].file
+    outside = tmp_path / "outside.onnx"
+    shutil.move(target, outside)
+    target.symlink_to(outside)
+    with pytest.raises(BundleError, match="outside the bundle"):
+        read_manifest(copy, verify="size")
+    with pytest.raises(ValueError, match="verify must be one of full, size, none"):
+        read_manifest(runtime_bundle, verify="ful")
+    with pytest.raises(ValueError, match="verify must be one of"):
+        mmgen_edge.load(runtime_bundle, verify="sha256")
