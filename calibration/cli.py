@@ -21,7 +21,8 @@ def add_parsers(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``calibrate`` subcommand to an ``argparse`` subparsers object; returns its parser."""
     from .capture import DEFAULT_STEPS
     from .quantize import DEFAULT_EXCLUDE, SENSITIVE_GROUPS, Method
-    from .report import DEFAULT_EVAL_SCENES, DEFAULT_SAMPLES, DEFAULT_SPEED_RUNS
+    from .calibrate import DEFAULT_EVAL_SCENES, DEFAULT_SAMPLES
+    from .measures import DEFAULT_SPEED_RUNS
 
     p = subparsers.add_parser(
         "calibrate",
@@ -84,8 +85,9 @@ def parse_exclude(text: str) -> tuple[str, ...]:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    """Run :func:`~mmgen_edge.calibration.report.calibrate_bundle` from parsed arguments; print the report."""
-    from .report import CalibrationGateError, GateThresholds, calibrate_bundle
+    """Run :func:`~mmgen_edge.calibration.calibrate.calibrate_bundle` from parsed arguments; print the report."""
+    from .calibrate import calibrate_bundle
+    from .gate import CalibrationGateError, GateThresholds
 
     interactive = not args.json and (args.progress or sys.stderr.isatty())
     try:

@@ -1,7 +1,8 @@
 """Export: the PyTorch MMGen model, release-checkpoint import, reference samplers, ONNX and TensorRT builds.
 
 The torch-based names below are loaded on first use, so torch-free modules of this package
-(``tensorrt_support``, ``tensorrt_build``) can be imported without torch installed.
+(``tensorrt_support`` with ``tensorrt_op_table`` and ``tensorrt_op_checks``, ``tensorrt_build``) can be imported
+without torch installed.
 """
 
 from __future__ import annotations

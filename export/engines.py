@@ -57,7 +57,8 @@ from .tensorrt_build import (
     plan_build,
     tensorrt_capabilities,
 )
-from .tensorrt_support import BASELINE_TRT_VERSION, check_tensorrt_support, format_issues
+from .tensorrt_op_table import BASELINE_TRT_VERSION
+from .tensorrt_support import check_tensorrt_support, format_issues
 
 __all__ = [
     "DEFAULT_ENGINE_GRAPHS",

@@ -21,14 +21,10 @@ import onnx
 import pytest
 
 from mmgen_edge.calibration import quantize
+from mmgen_edge.calibration.calibrate import calibrate_bundle
 from mmgen_edge.calibration.capture import CaptureSet, capture_calibration_feeds
 from mmgen_edge.calibration.cli import EXIT_GATE_REFUSED, add_parsers
-from mmgen_edge.calibration.report import (
-    CalibrationGateError,
-    GateThresholds,
-    calibrate_bundle,
-    check_gate,
-)
+from mmgen_edge.calibration.gate import CalibrationGateError, GateThresholds, check_gate
 from mmgen_edge.calibration.sources import (
     CALIBRATION_SEED,
     CalibrationSourceError,

@@ -85,7 +85,7 @@ def test_shipped_model_beats_trivial_baselines_clearly(demo_model):
 
 @pytest.mark.slow
 def test_int8_demo_bundle_passes_the_gate_and_runs(demo_bundle, tmp_path):
-    from mmgen_edge.calibration.report import calibrate_bundle
+    from mmgen_edge.calibration.calibrate import calibrate_bundle
 
     report = calibrate_bundle(demo_bundle, "demo:32", tmp_path / "int8", num_samples=32, eval_scenes=24, speed_runs=5)
     assert report.passed

@@ -1,4 +1,4 @@
-"""The streaming API (sdk/stream.py) with a fake model: drop policy, ordering, batching, noise, errors, shutdown."""
+"""The streaming API (sdk/stream.py, sdk/frame_sources.py) with a fake model: drop policy, ordering, batching, noise, errors, shutdown."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mmgen_edge.sdk.stream import SourceError, Stream, StreamFrame, stream_frames, write_video
+from mmgen_edge.sdk.frame_sources import SourceError
+from mmgen_edge.sdk.stream import Stream, StreamFrame, stream_frames, write_video
 
 SIZE = 32  # frame side (pixels)
 LATENT_SHAPE = (16, 4, 4)  # one latent (C, h, w) of the fake model

@@ -31,9 +31,9 @@ from mmgen_edge.export.tensorrt_build import (
     tensorrt_capabilities,
     validate_profiles,
 )
+from mmgen_edge.export.tensorrt_op_table import TENSORRT_ONNX_OPS
 from mmgen_edge.export.tensorrt_support import (
     MAX_LISTED_ISSUES,
-    TENSORRT_ONNX_OPS,
     assert_tensorrt_supported,
     check_tensorrt_support,
 )

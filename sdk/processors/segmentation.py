@@ -1,22 +1,8 @@
-"""Turn decoded MMGen modality images into typed maps (after diffusers' ``MarigoldImageProcessor``).
+"""Decoded mask image -> class-agnostic segmentation, by colour clustering (``segment_from_image``).
 
-MMGen predicts depth, surface normals and a segmentation as IMAGES, encoded exactly like its training
-data (see ``mmgen_edge.samples.shapes.encoding``):
-
-* depth: relative DISPARITY (1 / depth, larger = nearer) min-max normalised per image to 0..255,
-  grey, copied to the 3 channels;
-* normal: ``(n + 1) / 2 * 255`` as RGB (r = x, g = y, b = z) of camera-space normals with OpenCV axes
-  (x right, y down, z forward into the scene), facing the camera (``n_z < 0`` on visible surfaces);
-* mask: class-agnostic segments, each painted with a random well-separated colour (the background,
-  ground and walls together, is one more segment).
-
-The images come back from the VAE as (H, W, 3) uint8, slightly blurry and noisy: edges blend two
-colours, flat areas carry small colour noise and a few spurious blobs may appear. The processors here
-invert the encodings and are robust to that. Everything is torch-free (numpy, OpenCV, scipy).
-
-Every function accepts images as (H, W, 3) uint8 or floating arrays in 0..255 (floating values are
-clipped to 0..255); wrong shapes, dtypes, empty arrays or non-finite values raise ``ValueError``
-naming the argument.
+The release paints every segment with a random, well-separated colour; the decoded image is blurry and noisy, so
+the colours are found by greedy mode seeking on the colour histogram of the flat pixels, and every pixel is then
+assigned to the nearest colour (uncertain edge pixels from their confident neighbours).
 """
 
 from __future__ import annotations
@@ -26,12 +12,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-UINT8_MAX = 255
-RGB_CHANNELS = 3
-DEFAULT_NORMAL = (0.0, 0.0, -1.0)  # answer for a zero-length decoded normal: faces the camera
-ZERO_NORM_EPS = 1e-6  # decoded normals shorter than this are "zero" (in units of the unit vector)
+from .checks import RGB_CHANNELS, UINT8_MAX, check_array, check_image, check_labels, check_positive
 
-# segment_from_image
 DEFAULT_MIN_AREA_FRACTION = 0.002  # kept segments cover at least this fraction of the pixels
 DEFAULT_MERGE_DISTANCE = 32.0  # colours closer than this (Euclidean, 0..255 RGB) are one segment
 DENOISE_KERNEL = 5  # Gaussian kernel (pixels) used to denoise before looking for flat pixels
@@ -53,144 +35,6 @@ CONFIDENT_FRACTION = 0.5  # confident pixels lie within this * merge_distance of
 PURE_TOLERANCE = 2.0  # ... and are stationary or match it to within this (0..255 units; clean images)
 DEFAULT_FILL_WINDOW = 7  # neighbourhood (pixels) searched for confident labels of uncertain pixels
 
-# colourise_segmentation
-PALETTE_CANDIDATES = 4096  # random colours the distinct palette is chosen from
-MAX_DISTINCT_COLOURS = 256  # labels beyond this many get plain random colours (no spacing search)
-
-# --------------------------------------------------------------------------------------------------
-# Validation
-# --------------------------------------------------------------------------------------------------
-
-
-def _check_array(array: object, name: str, ndim: int, channels: int | None = None) -> np.ndarray:
-    """Check type, ndim, trailing channel count, emptiness and finiteness; return the array."""
-    if not isinstance(array, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array, got {type(array).__name__}")
-    if array.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {array.shape}")
-    if channels is not None and array.shape[-1] != channels:
-        raise ValueError(f"{name} must have {channels} channels in the last axis, got shape {array.shape}")
-    if array.size == 0:
-        raise ValueError(f"{name} must not be empty, got shape {array.shape}")
-    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return array
-
-
-def _check_image(image: object, name: str = "image") -> np.ndarray:
-    """(H, W, 3) uint8 or floating image in 0..255 -> (H, W, 3) float32 clipped to 0..255."""
-    array = _check_array(image, name, 3, RGB_CHANNELS)
-    if array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):
-        raise ValueError(f"{name} must be uint8 or floating (0..255), got dtype {array.dtype}")
-    return np.clip(array.astype(np.float32, copy=False), 0.0, float(UINT8_MAX))
-
-
-def _check_float_map(array: object, name: str, ndim: int, channels: int | None = None) -> np.ndarray:
-    """A finite floating (or integer) map -> float64 array."""
-    checked = _check_array(array, name, ndim, channels)
-    if checked.dtype == np.bool_ or not (
-        np.issubdtype(checked.dtype, np.floating) or np.issubdtype(checked.dtype, np.integer)
-    ):
-        raise ValueError(f"{name} must have a numeric (floating) dtype, got {checked.dtype}")
-    return checked.astype(np.float64, copy=False)
-
-
-def _check_labels(labels: object, name: str = "labels") -> np.ndarray:
-    """(H, W) non-negative integer labels."""
-    checked = _check_array(labels, name, 2)
-    if checked.dtype == np.bool_ or not np.issubdtype(checked.dtype, np.integer):
-        raise ValueError(f"{name} must have an integer dtype, got {checked.dtype}")
-    if checked.min() < 0:
-        raise ValueError(f"{name} must be >= 0, got minimum {checked.min()}")
-    return checked
-
-
-def _check_positive(value: float, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a number, got {type(value).__name__}")
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
-    return float(value)
-
-
-def _check_finite(value: float, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a number, got {type(value).__name__}")
-    if not np.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
-
-
-# --------------------------------------------------------------------------------------------------
-# Depth and normals
-# --------------------------------------------------------------------------------------------------
-
-
-def depth_from_image(image: np.ndarray) -> np.ndarray:
-    """Decoded depth image -> relative disparity.
-
-    Args:
-        image: (H, W, 3) uint8 or floating 0..255 grey image (nearer = brighter).
-
-    Returns:
-        (H, W) float32 relative disparity in [0, 1] (mean of the 3 channels / 255; 1 = nearest).
-        It is only defined up to an unknown scale and shift; align it to metric disparity with
-        ``mmgen_edge.samples.shapes.metrics.align_disparity`` (or any known scale and shift).
-    """
-    pixels = _check_image(image)  # (H, W, 3)
-    disparity = pixels.mean(axis=-1) / UINT8_MAX  # (H, W)
-    return np.clip(disparity, 0.0, 1.0).astype(np.float32)
-
-
-def normals_from_image(image: np.ndarray) -> np.ndarray:
-    """Decoded normal image -> unit camera-space normals (OpenCV axes: x right, y down, z forward).
-
-    Args:
-        image: (H, W, 3) uint8 or floating 0..255 image with r = x, g = y, b = z of ``(n + 1) / 2 * 255``.
-
-    Returns:
-        (H, W, 3) float32 unit vectors; (near) zero vectors become ``DEFAULT_NORMAL`` = (0, 0, -1).
-        No orientation is forced: a decoded normal facing away from the camera stays so.
-    """
-    pixels = _check_image(image)  # (H, W, 3)
-    vectors = pixels.astype(np.float64) * (2.0 / UINT8_MAX) - 1.0  # (H, W, 3)
-    norm = np.linalg.norm(vectors, axis=-1, keepdims=True)  # (H, W, 1)
-    unit = vectors / np.maximum(norm, ZERO_NORM_EPS)  # (H, W, 3)
-    unit[norm[..., 0] < ZERO_NORM_EPS] = DEFAULT_NORMAL
-    return unit.astype(np.float32)
-
-
-def depth_to_points(depth: np.ndarray, fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
-    """Back-project metric z-depth to camera-space points (OpenCV pinhole, pixel centres at integers).
-
-    Args:
-        depth: (H, W) camera z-depth (distance along the optical axis) in metres, finite and >= 0.
-        fx, fy: focal lengths in pixels (> 0).
-        cx, cy: principal point in pixels.
-
-    Returns:
-        (H, W, 3) float32 points ``(x, y, z)`` with ``x = (u - cx) / fx * z``, ``y = (v - cy) / fy * z``
-        for pixel ``(v, u) = depth[v, u]``; x right, y down, z forward.
-    """
-    z = _check_float_map(depth, "depth", 2)  # (H, W)
-    if z.min() < 0:
-        raise ValueError(f"depth must be >= 0, got minimum {z.min()}")
-    fx, fy = _check_positive(fx, "fx"), _check_positive(fy, "fy")
-    cx, cy = _check_finite(cx, "cx"), _check_finite(cy, "cy")
-    height, width = z.shape
-    u = (np.arange(width, dtype=np.float64) - cx) / fx  # (W,)
-    v = (np.arange(height, dtype=np.float64) - cy) / fy  # (H,)
-    points = np.empty((height, width, 3), dtype=np.float32)  # (H, W, 3)
-    points[..., 0] = u[None, :] * z
-    points[..., 1] = v[:, None] * z
-    points[..., 2] = z
-    return points
-
-
-# --------------------------------------------------------------------------------------------------
-# Segmentation
-# --------------------------------------------------------------------------------------------------
-
 
 @dataclass
 class Segmentation:
@@ -200,8 +44,8 @@ class Segmentation:
     colours: np.ndarray  # (K, 3) uint8, the representative colour of each label
 
     def __post_init__(self) -> None:
-        _check_labels(self.labels, "labels")
-        _check_array(self.colours, "colours", 2, RGB_CHANNELS)
+        check_labels(self.labels, "labels")
+        check_array(self.colours, "colours", 2, RGB_CHANNELS)
         if self.labels.max() >= len(self.colours):
             raise ValueError(f"labels go up to {self.labels.max()} but colours has only {len(self.colours)} rows")
 
@@ -482,7 +326,7 @@ def _check_segment_options(min_area_fraction: float, merge_distance: float, fill
         raise ValueError(f"min_area_fraction must be a number, got {type(min_area_fraction).__name__}")
     if not 0.0 <= float(min_area_fraction) < 1.0:
         raise ValueError(f"min_area_fraction must be in [0, 1), got {min_area_fraction!r}")
-    merge_distance = _check_positive(merge_distance, "merge_distance")
+    merge_distance = check_positive(merge_distance, "merge_distance")
     if isinstance(fill_window, bool) or not isinstance(fill_window, (int, np.integer)) or fill_window < 0:
         raise ValueError(f"fill_window must be a non-negative integer, got {fill_window!r}")
     if fill_window > 1 and fill_window % 2 == 0:
@@ -526,7 +370,7 @@ def segment_from_image(
         A ``Segmentation``: (H, W) int32 labels 0..K-1 ordered by decreasing area (label 0 = largest
         segment) and (K, 3) uint8 representative colours.
     """
-    pixels_hw3 = _check_image(image)  # (H, W, 3) float32
+    pixels_hw3 = check_image(image)  # (H, W, 3) float32
     min_area_fraction, merge_distance = _check_segment_options(min_area_fraction, merge_distance, fill_window)
     min_area = min_area_fraction * pixels_hw3.shape[0] * pixels_hw3.shape[1]
     min_seed = max(float(MIN_SEED_PIXELS), SEED_FRACTION_OF_MIN_AREA * min_area)
@@ -550,67 +394,3 @@ def segment_from_image(
     relabel[present] = np.arange(len(present), dtype=np.int32)
     colours = np.clip(np.rint(centres[present]), 0, UINT8_MAX).astype(np.uint8)  # (K, 3)
     return Segmentation(labels=relabel[labels], colours=colours)
-
-
-# --------------------------------------------------------------------------------------------------
-# Visualisation
-# --------------------------------------------------------------------------------------------------
-
-
-def colourise_depth(
-    disparity: np.ndarray,
-    colormap: int = cv2.COLORMAP_INFERNO,
-    *,
-    val_min: float = 0.0,
-    val_max: float = 1.0,
-) -> np.ndarray:
-    """(H, W) disparity -> (H, W, 3) uint8 RGB false-colour image (bright = near for INFERNO).
-
-    Values are mapped linearly from ``[val_min, val_max]`` (default [0, 1], the range of
-    ``depth_from_image``) to the colormap and clipped outside it.
-    """
-    values = _check_float_map(disparity, "disparity", 2)  # (H, W)
-    if isinstance(colormap, bool) or not isinstance(colormap, (int, np.integer)) or colormap < 0:
-        raise ValueError(f"colormap must be an OpenCV colormap id (cv2.COLORMAP_*), got {colormap!r}")
-    val_min, val_max = _check_finite(val_min, "val_min"), _check_finite(val_max, "val_max")
-    if val_max <= val_min:
-        raise ValueError(f"val_max must be > val_min, got val_min={val_min}, val_max={val_max}")
-    scaled = np.clip((values - val_min) / (val_max - val_min), 0.0, 1.0)  # (H, W)
-    grey = np.rint(scaled * UINT8_MAX).astype(np.uint8)
-    bgr = cv2.applyColorMap(grey, int(colormap))  # (H, W, 3) BGR
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def colourise_normals(normals: np.ndarray) -> np.ndarray:
-    """(H, W, 3) normals in [-1, 1] -> (H, W, 3) uint8 RGB ``round((n + 1) / 2 * 255)`` (the training encoding)."""
-    vectors = _check_float_map(normals, "normals", 3, RGB_CHANNELS)  # (H, W, 3)
-    scaled = np.rint((vectors + 1.0) * (UINT8_MAX / 2.0))
-    return np.clip(scaled, 0, UINT8_MAX).astype(np.uint8)
-
-
-def _distinct_palette(count: int, seed: int) -> np.ndarray:
-    """(count, 3) uint8 colours: farthest-point sampling of a seeded random candidate pool for the first
-    ``MAX_DISTINCT_COLOURS``, plain seeded random colours for any beyond."""
-    rng = np.random.default_rng(seed)
-    pool = rng.integers(0, UINT8_MAX + 1, size=(PALETTE_CANDIDATES, 3)).astype(np.float64)  # (P, 3)
-    chosen = [0]
-    nearest = np.linalg.norm(pool - pool[0], axis=1)  # (P,) distance to the closest chosen colour
-    for _ in range(1, min(count, MAX_DISTINCT_COLOURS)):
-        index = int(np.argmax(nearest))
-        chosen.append(index)
-        nearest = np.minimum(nearest, np.linalg.norm(pool - pool[index], axis=1))
-    extra = rng.integers(0, UINT8_MAX + 1, size=(count - len(chosen), 3))  # (count - len(chosen), 3)
-    return np.concatenate([pool[chosen], extra]).astype(np.uint8)
-
-
-def colourise_segmentation(seg: Segmentation | np.ndarray, seed: int = 0) -> np.ndarray:
-    """A ``Segmentation`` or (H, W) non-negative integer labels -> (H, W, 3) uint8 RGB, one distinct colour a label.
-
-    Colours come from farthest-point sampling of a random pool drawn with ``seed`` (deterministic);
-    they are NOT the segmentation's own ``colours`` (use ``seg.colours[seg.labels]`` for those).
-    """
-    labels = seg.labels if isinstance(seg, Segmentation) else _check_labels(seg, "seg")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    palette = _distinct_palette(int(labels.max()) + 1, int(seed))  # (K, 3)
-    return palette[labels]
