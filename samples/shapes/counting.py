@@ -16,7 +16,8 @@ segmentation that the SDK recovers from the decoded mask image, without knowing 
 Measured (128 px, held-out seeds): the true count on 600 / 600 rendered scenes through the exact mask encoding
 and ``segment_from_image``; through the demo bundle's VAE round trip of the same ground truth only about
 3 in 4, the demo VAE blurring small objects and leaving halos. ``evaluate.vae_ceiling`` reports the latter as
-the ceiling of the generation fidelity.
+the ceiling of the generation fidelity. The rule is tuned for 128 px: on the exact masks it is right on 96 % of
+300 scenes at 64 px and 80 % at 32 px, where the one-pixel erosion erases the smallest objects.
 """
 
 from __future__ import annotations
