@@ -40,7 +40,8 @@ def add_parsers(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--steps", default=",".join(map(str, DEFAULT_STEPS)),
                    help="schedules run on every image, comma-separated step counts (default 1,2,4)")  # fmt: skip
     p.add_argument("--max-drop", default="", metavar="depth=0.01,normal=1.0,miou=0.02",
-                   help="gate: largest allowed delta1 drop, normal-error rise (deg), mIoU drop")  # fmt: skip
+                   help="gate: largest allowed delta1 drop, normal-error rise (deg), mIoU drop; object_depth, "
+                        "object_normal, object_miou: the same on the object pixels (defaults 0.01, 1.0, 0.02)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="write the bundle even when the gate fails")
     p.add_argument("--eval-scenes", type=int, default=DEFAULT_EVAL_SCENES,
                    help=f"held-out scenes scored by the gate (default {DEFAULT_EVAL_SCENES})")  # fmt: skip

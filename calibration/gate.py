@@ -19,32 +19,45 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class GateMetric:
-    """A gated metric: its key in ``evaluate_perception``'s output and whether higher is better."""
+    """A gated metric: its key in ``evaluate_perception``'s output and whether higher is better.
+
+    ``optional``: gated only when the FP32 evaluation reports it (the object-pixel metrics; every shapes-world
+    evaluation does, a caller's own whole-image metrics need not).
+    """
 
     key: str
     higher_is_better: bool
     unit: str = ""
+    optional: bool = False
 
 
-#: The gate's metrics, by their ``--max-drop`` names.
+#: The gate's metrics, by their ``--max-drop`` names. The ``object_*`` ones score the object pixels only (instance
+#: id > 0): the floor and walls carry the whole-image numbers, so INT8 could ruin the objects unnoticed without them.
 GATE_METRICS: dict[str, GateMetric] = {
     "depth": GateMetric("depth_delta1", True),
     "normal": GateMetric("normal_mean", False, " deg"),
     "miou": GateMetric("seg_miou", True),
+    "object_depth": GateMetric("object_depth_delta1", True, optional=True),
+    "object_normal": GateMetric("object_normal_mean", False, " deg", optional=True),
+    "object_miou": GateMetric("object_seg_miou", True, optional=True),
 }
 
 
 @dataclass(frozen=True)
 class GateThresholds:
-    """Largest allowed worsening per metric: delta1 drop, normal-error rise (degrees), mIoU drop."""
+    """Largest allowed worsening per metric: delta1 drop, normal-error rise (degrees), mIoU drop; whole image and
+    object pixels."""
 
     depth: float = 0.01
     normal: float = 1.0
     miou: float = 0.02
+    object_depth: float = 0.01
+    object_normal: float = 1.0
+    object_miou: float = 0.02
 
     @classmethod
     def parse(cls, text: str) -> "GateThresholds":
-        """``"depth=0.01,normal=1.0,miou=0.02"`` (any subset; the rest keep their defaults)."""
+        """``"depth=0.01,normal=1.0,miou=0.02,object_normal=1.0"`` (any subset; the rest keep their defaults)."""
         values: dict[str, float] = {}
         for item in filter(None, (part.strip() for part in text.split(","))):
             name, sep, value = item.partition("=")
@@ -93,9 +106,15 @@ class CalibrationGateError(RuntimeError):
 
 
 def check_gate(fp32: Mapping[str, float], int8: Mapping[str, float], thresholds: GateThresholds) -> list[GateFailure]:
-    """The gated metrics that worsened by more than ``thresholds`` (a non-finite INT8 metric always fails)."""
+    """The gated metrics that worsened by more than ``thresholds`` (a non-finite INT8 metric always fails).
+
+    Raises ``KeyError`` when a gated metric is missing: a required one from either evaluation, an optional one
+    (``GateMetric.optional``) from the INT8 evaluation while the FP32 one has it.
+    """
     failures = []
     for name, metric in GATE_METRICS.items():
+        if metric.optional and metric.key not in fp32:
+            continue
         if metric.key not in fp32 or metric.key not in int8:
             raise KeyError(f"gate metric {metric.key!r} is missing from the evaluation")
         before, after = float(fp32[metric.key]), float(int8[metric.key])

@@ -66,8 +66,10 @@ class CalibrationReport:
         if self.fp32:
             lines.append(f"held-out     {self.eval_scenes} scenes, K={self.eval_steps}")
             for name, metric in GATE_METRICS.items():
+                if metric.key not in self.fp32 or metric.key not in self.int8:
+                    continue  # an optional gate metric this evaluation did not report
                 before, after = self.fp32[metric.key], self.int8[metric.key]
-                lines.append(f"  {metric.key:<13} fp32 {before:8.4f}  int8 {after:8.4f}  change {after - before:+.4f}")
+                lines.append(f"  {metric.key:<19} fp32 {before:8.4f}  int8 {after:8.4f}  change {after - before:+.4f}")
         if self.latent_error:
             last = self.latent_error[-1]
             lines.append(f"latent       final x: max |diff| {last['max_abs']:.4f}, mean {last['mean_abs']:.4f}, rel rms {last['rel_rms']:.4f}")

@@ -195,6 +195,24 @@ def test_gate_thresholds_and_check():
     assert [f.metric for f in check_gate(fp32, bad, GateThresholds())] == ["depth", "normal", "miou"]
 
 
+def test_gate_fails_when_object_metrics_degrade_while_whole_image_ones_do_not():
+    defaults = GateThresholds.parse("")
+    assert (defaults.object_depth, defaults.object_normal, defaults.object_miou) == (0.01, 1.0, 0.02)
+    assert GateThresholds.parse("object_normal=3").object_normal == 3.0
+    fp32 = {"depth_delta1": 0.90, "normal_mean": 10.0, "seg_miou": 0.80,
+            "object_depth_delta1": 0.70, "object_normal_mean": 40.0, "object_seg_miou": 0.30}  # fmt: skip
+    same_image = {"depth_delta1": 0.90, "normal_mean": 10.0, "seg_miou": 0.80}
+    worse_objects = {**same_image, "object_depth_delta1": 0.68, "object_normal_mean": 41.5, "object_seg_miou": 0.27}
+    failures = check_gate(fp32, worse_objects, GateThresholds())
+    assert [f.metric for f in failures] == ["object_depth", "object_normal", "object_miou"]
+    assert failures[1].worsening == pytest.approx(1.5) and "object_normal_mean" in failures[1].describe()
+    within = {**same_image, "object_depth_delta1": 0.695, "object_normal_mean": 40.9, "object_seg_miou": 0.29}
+    assert check_gate(fp32, within, GateThresholds()) == []
+    assert check_gate(fp32, worse_objects, GateThresholds(object_depth=0.05, object_normal=2.0, object_miou=0.05)) == []
+    with pytest.raises(KeyError, match="object_seg_miou"):
+        check_gate(fp32, {k: v for k, v in within.items() if k != "object_seg_miou"}, GateThresholds())
+
+
 def test_cli_calibrate_json_and_refusal(tiny_bundle, tmp_path, capsys, clipped_ranges):
     parser = argparse.ArgumentParser(prog="mmgen-edge")
     add_parsers(parser.add_subparsers(dest="command", required=True))

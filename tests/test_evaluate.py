@@ -47,3 +47,17 @@ def test_run_evaluation_writes_a_report(tiny_bundle, tmp_path):
     assert {"depth_delta1", "normal_mean", "seg_miou", "seconds_per_frame"} <= set(report["perception"]["1"])
     assert json.loads((tmp_path / "report.json").read_text())["held_out"]["scenes"] == 4
     assert "| K=2 |" in (tmp_path / "report.md").read_text()
+
+
+def test_run_evaluation_reports_object_metrics_and_the_vae_ceiling(tiny_bundle, tmp_path):
+    with mmgen_edge.load(tiny_bundle) as model:
+        report = run_evaluation(model, tmp_path, num_scenes=3, steps=(1,), generation_per_class=0, ceiling_scenes=2)
+    objects = {"object_depth_delta1", "object_depth_abs_rel", "object_normal_mean", "object_seg_miou"}
+    assert objects <= set(report["perception"]["1"]) and objects <= set(report["baselines"]["trivial"])
+    assert objects | {"object_count_accuracy", "object_count_accuracy_exact"} <= set(report["vae_ceiling"])
+    assert 0.0 <= report["vae_ceiling"]["object_count_accuracy_exact"] <= 1.0  # 32 px: the counter is for 128 px
+    assert report["held_out"]["ceiling_scenes"] == 2
+    text = (tmp_path / "report.md").read_text()
+    assert "Object pixels only" in text and "| VAE ceiling (2 scenes) |" in text and "| K=1 |" in text
+    with pytest.raises(ValueError, match="ceiling_scenes"):
+        run_evaluation(model, tmp_path, num_scenes=1, steps=(1,), ceiling_scenes=-1)

@@ -10,12 +10,17 @@ import pytest
 from mmgen_edge.samples.shapes.encoding import encode_scene
 from mmgen_edge.sdk.encoding import encode_depth, encode_mask, encode_normals
 from mmgen_edge.samples.shapes.metrics import (
+    FACING_CAMERA_NORMAL,
     MetricSummary,
     align_disparity,
     depth_metrics,
     match_segments,
     mean_metrics,
     normal_metrics,
+    object_depth_metrics,
+    object_mask,
+    object_normal_metrics,
+    object_segmentation_metrics,
     segment_iou_matrix,
     segmentation_metrics,
 )
@@ -106,6 +111,79 @@ def test_degraded_predictions_score_worse(scenes: dict[int, Scene], seed: int) -
     one_segment = segmentation_metrics(np.zeros(scene.instances.shape, dtype=np.int32), scene.instances)
     assert one_segment["miou"] < DEGRADED_MAX_MIOU
     assert one_segment["num_pred"] == 1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Object regions
+# --------------------------------------------------------------------------------------------------
+
+
+def test_object_metrics_of_perfect_predictions(scenes: dict[int, Scene]) -> None:
+    scene = scenes[0]
+    disparity = 3.0 / scene.depth.astype(np.float64) + 0.5  # any scale and shift
+    depth = object_depth_metrics(disparity, scene.depth, scene.instances)
+    assert depth["delta1"] == 1.0 and depth["abs_rel"] < 1e-9
+    normals = object_normal_metrics(scene.normals, scene.normals, scene.instances)
+    assert normals["mean"] < 1e-3 and normals["pct_11_25"] == 1.0
+    relabelled = np.where(scene.instances > 0, scene.instances + 10, 3).astype(np.int32)  # ids need not match
+    assert object_segmentation_metrics(relabelled, scene.instances)["miou"] == 1.0
+
+
+def test_object_mask_excludes_ground_and_walls(scenes: dict[int, Scene]) -> None:
+    scene = scenes[1]
+    mask = object_mask(scene.instances)
+    np.testing.assert_array_equal(mask, scene.instances > 0)
+    assert 0 < mask.mean() < 0.5  # objects are a minority of the pixels
+    # Wrong on every background pixel, right on the objects: the object metrics are perfect.
+    wrong_background = np.where(mask[..., None], scene.normals, -scene.normals)
+    assert object_normal_metrics(wrong_background, scene.normals, scene.instances)["mean"] < 1e-3
+    assert normal_metrics(wrong_background, scene.normals)["mean"] > 90.0
+    with pytest.raises(ValueError, match="no object pixel"):
+        object_mask(np.zeros((4, 4), np.int32))
+
+
+def test_facing_camera_normal_scores_exactly_its_angle_on_objects(scenes: dict[int, Scene]) -> None:
+    scene = scenes[2]
+    facing = np.asarray(FACING_CAMERA_NORMAL)
+    object_normals = scene.normals[scene.instances > 0].astype(np.float64)  # (M, 3)
+    assert facing @ object_normals.mean(axis=0) > 0.5  # the sign convention: rendered normals face the camera, n_z < 0
+    expected = np.degrees(np.arccos(np.clip(object_normals @ facing / np.linalg.norm(object_normals, axis=1), -1, 1)))
+    constant = np.broadcast_to(facing, scene.normals.shape)
+    metrics = object_normal_metrics(constant, scene.normals, scene.instances)
+    assert metrics["mean"] == pytest.approx(expected.mean(), abs=1e-9)
+    assert metrics["median"] == pytest.approx(np.median(expected), abs=1e-9)
+
+
+def test_object_depth_uses_the_whole_image_alignment() -> None:
+    depth = np.full((10, 10), 4.0)
+    instances = np.zeros((10, 10), np.int32)
+    instances[4:6, 4:6] = 1  # 4 object pixels at 2 m
+    depth[instances > 0] = 2.0
+    pred = 1.0 / depth
+    pred[instances > 0] = 0.25  # the object predicted at the room's depth
+    whole = depth_metrics(pred, depth)
+    objects = object_depth_metrics(pred, depth, instances)
+    # pred is constant: the whole-image fit is the mean true disparity 0.26, dominated by the 96 background
+    # pixels, so the object stays almost 2x too far.
+    assert whole["delta1"] == pytest.approx(0.96)
+    assert objects["delta1"] == 0.0 and objects["abs_rel"] == pytest.approx((1.0 / 0.26) / 2.0 - 1.0)
+    # Fitting on the object pixels alone would have hidden it (pred is constant there: min-norm fit = truth).
+    assert depth_metrics(pred, depth, valid=instances > 0)["delta1"] == 1.0
+    assert depth_metrics(pred, depth, region=instances > 0) == objects
+
+
+def test_object_miou_averages_over_objects_and_never_credits_the_background() -> None:
+    truth = np.zeros((8, 8), np.int32)
+    truth[:2, :2] = 1  # 4 px
+    truth[6:, 6:] = 2  # 4 px
+    one_segment = np.zeros_like(truth)
+    assert object_segmentation_metrics(one_segment, truth)["miou"] == 0.0  # matched to the background
+    pred = truth.copy()
+    pred[6:, 6:] = 0  # object 2 missed
+    assert object_segmentation_metrics(pred, truth)["miou"] == pytest.approx(0.5)
+    pred[1, 1] = 0  # object 1 at IoU 3/4
+    assert object_segmentation_metrics(pred, truth)["miou"] == pytest.approx(0.375)
+    assert segmentation_metrics(pred, truth)["miou"] < 1.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -350,6 +428,8 @@ def test_processors_reject_bad_input(call, message: str) -> None:  # type: ignor
         (lambda: normal_metrics(np.ones((4, 4, 2)), np.ones((4, 4, 3))), r"pred must have shape \(H, W, 3\)"),
         (lambda: segmentation_metrics(np.ones((4, 4)), INT_LABELS), r"pred_labels must have an integer"),
         (lambda: segmentation_metrics(INT_LABELS, -INT_LABELS), r"gt_instances must be >= 0"),
+        (lambda: depth_metrics(np.ones((4, 4)), np.ones((4, 4)), region=np.zeros((4, 4), bool)), r"region must select"),
+        (lambda: object_segmentation_metrics(INT_LABELS, np.zeros_like(INT_LABELS)), r"no object pixel"),
         (lambda: mean_metrics([]), r"at least one"),
         (lambda: mean_metrics([{"a": 1.0}, {"b": 2.0}]), r"keys"),
     ],

@@ -8,6 +8,9 @@
 * Segmentation (class-agnostic): IoU between every predicted segment and every true instance (the
   background, instance 0, counts as an instance), one-to-one Hungarian matching maximising the IoU,
   mIoU = mean over the TRUE instances of the matched IoU (0 for an unmatched instance).
+* Object regions (``object_*``): the same metrics on the OBJECT pixels only, instance id > 0 (in the
+  shapes world id 0 is the ground plane and all walls together). The planar floor and walls are most
+  of every image and easy, so whole-image numbers hide how the objects fare.
 
 numpy + scipy only.
 """
@@ -20,6 +23,9 @@ from typing import Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+BACKGROUND_ID = 0  # shapes-world instance id of the ground plane and walls (objects are 1..n)
+#: A normal facing the camera head-on, camera space with OpenCV axes (x right, y down, z forward).
+FACING_CAMERA_NORMAL = (0.0, 0.0, -1.0)
 DISPARITY_EPS = 1e-3  # aligned disparities are floored here (1 / m) before inversion: depth <= 1000 m
 DELTA1_THRESHOLD = 1.25
 NORMAL_THRESHOLDS_DEG = (11.25, 30.0)
@@ -115,18 +121,21 @@ def depth_metrics(
     gt_depth: np.ndarray,
     valid: np.ndarray | None = None,
     eps: float = DISPARITY_EPS,
+    region: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Depth metrics of a relative disparity after per-image scale-and-shift alignment.
 
-    The aligned disparity is floored at ``eps`` and inverted to depth ``d``; over the valid pixels:
+    The scale and shift are fitted on the ``valid`` pixels; the aligned disparity is floored at ``eps``
+    and inverted to depth ``d``; over the ``region`` pixels (default: the valid ones):
     ``abs_rel = mean(|d - gt| / gt)``, ``delta1 = mean(max(d / gt, gt / d) < 1.25)``,
     ``rmse = sqrt(mean((d - gt)^2))`` (metres).
 
     Args:
         pred_disparity: (H, W) predicted relative disparity (e.g. ``depth_from_image`` output).
-        gt_depth: (H, W) true metric z-depth, > 0 on the valid pixels.
-        valid: optional (H, W) bool mask (default: all pixels).
+        gt_depth: (H, W) true metric z-depth, > 0 on the valid and region pixels.
+        valid: optional (H, W) bool mask of the pixels the alignment is fitted on (default: all pixels).
         eps: disparity floor (1 / m) before inversion, > 0.
+        region: optional (H, W) bool mask of the pixels scored (default: ``valid``); at least one pixel.
 
     Returns:
         ``{"abs_rel", "delta1", "rmse"}``.
@@ -134,7 +143,11 @@ def depth_metrics(
     if not np.isfinite(eps) or eps <= 0:
         raise ValueError(f"eps must be finite and > 0, got {eps!r}")
     aligned = align_disparity(pred_disparity, gt_depth, valid)  # (H, W)
-    mask = _check_valid(valid, aligned.shape)
+    mask = _check_valid(valid if region is None else region, aligned.shape)
+    if not mask.any():
+        raise ValueError("region must select at least one pixel")
+    if region is not None and gt_depth[mask].min() <= 0.0:
+        raise ValueError("gt_depth must be > 0 on the region pixels")
     depth = 1.0 / np.maximum(aligned[mask], eps)  # (M,)
     truth = gt_depth[mask].astype(np.float64)  # (M,)
     ratio = np.maximum(depth / truth, truth / depth)
@@ -251,6 +264,79 @@ def segmentation_metrics(pred_labels: np.ndarray, gt_instances: np.ndarray) -> d
         "num_pred": float(len(pred_ids)),
         "num_true": float(len(true_ids)),
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# Object regions
+# --------------------------------------------------------------------------------------------------
+
+
+def object_mask(gt_instances: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the object pixels, instance id > ``BACKGROUND_ID`` (ground and walls excluded).
+
+    Raises ``ValueError`` when there is no object pixel (every shapes-world scene has at least one object).
+    """
+    truth = _check_labels(gt_instances, "gt_instances")
+    mask = truth > BACKGROUND_ID
+    if not mask.any():
+        raise ValueError("gt_instances has no object pixel (instance id > 0); object metrics need one")
+    return mask
+
+
+def object_depth_metrics(pred_disparity: np.ndarray, gt_depth: np.ndarray, gt_instances: np.ndarray) -> dict[str, float]:
+    """``depth_metrics`` on the object pixels, with the WHOLE-IMAGE alignment.
+
+    The scale and shift are fitted on the whole image, exactly as for the whole-image metric, and only then is
+    the error restricted to the object pixels. Fitting them on the objects alone would forgive a prediction that
+    places the objects at the wrong depth relative to the room (any affine error of the object subset is fitted
+    away), so its numbers would flatter the model and not be comparable with the whole-image ones.
+
+    Args:
+        pred_disparity: (H, W) predicted relative disparity.
+        gt_depth: (H, W) true metric z-depth, > 0.
+        gt_instances: (H, W) true instance ids (0 = ground and walls, 1..n = objects).
+
+    Returns:
+        ``{"abs_rel", "delta1", "rmse"}`` over the object pixels.
+    """
+    return depth_metrics(pred_disparity, gt_depth, region=object_mask(gt_instances))
+
+
+def object_normal_metrics(pred: np.ndarray, gt: np.ndarray, gt_instances: np.ndarray) -> dict[str, float]:
+    """``normal_metrics`` on the object pixels (instance id > 0).
+
+    Args:
+        pred: (H, W, 3) predicted normals.
+        gt: (H, W, 3) true normals.
+        gt_instances: (H, W) true instance ids (0 = ground and walls, 1..n = objects).
+
+    Returns:
+        ``{"mean", "median", "pct_11_25", "pct_30"}`` over the object pixels.
+    """
+    return normal_metrics(pred, gt, valid=object_mask(gt_instances))
+
+
+def object_segmentation_metrics(pred_labels: np.ndarray, gt_instances: np.ndarray) -> dict[str, float]:
+    """Segmentation mIoU over the true OBJECTS only.
+
+    The IoU matrix and the one-to-one matching are those of ``segmentation_metrics`` (whole image, the
+    background an instance too, so the predicted background segment cannot be credited to an object); the
+    mean is then taken over the true object instances (id > 0) only, an unmatched object counting 0.
+
+    Args:
+        pred_labels: (H, W) non-negative integer predicted segment ids.
+        gt_instances: (H, W) true instance ids (0 = ground and walls, 1..n = objects; at least one object).
+
+    Returns:
+        ``{"miou"}``: mean matched IoU over the true objects.
+    """
+    object_mask(gt_instances)  # at least one object
+    iou, _, true_ids = segment_iou_matrix(pred_labels, gt_instances)  # (P, T)
+    rows, cols = match_segments(iou)
+    objects = true_ids != BACKGROUND_ID  # (T,)
+    matched = np.zeros(len(true_ids))  # (T,)
+    matched[cols] = iou[rows, cols]
+    return {"miou": float(matched[objects].mean())}
 
 
 # --------------------------------------------------------------------------------------------------
