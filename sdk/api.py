@@ -164,7 +164,7 @@ class MMGenModel:
             rgb_latent = self.pipeline.encode(images)
         rgb = self.manifest.model.modality_index("rgb")
         with timings.stage("steps"):
-            latents = self.pipeline.loop.sample(noise, condition=rgb_latent, condition_index=rgb, sampler=sampler)
+            latents = self.pipeline.sample(noise, condition=rgb_latent, condition_index=rgb, sampler=sampler)
         modalities = [MAPS[t] for t in tasks]
         with timings.stage("decode"):
             parts = self.pipeline.split_modalities(latents)
@@ -229,9 +229,9 @@ class MMGenModel:
         # depend on what it was batched with).
         rngs = [np.random.default_rng(r.seed) for r in requests]
         noise = np.concatenate([self._noise(1, None, r.noise, rng) for r, rng in zip(requests, rngs)])
-        step_noise = self.pipeline.loop.step_noise(sampler, rngs)
+        step_noise = self.pipeline.step_noise(sampler, rngs)
         with timings.stage("steps"):
-            latents = self.pipeline.loop.sample(
+            latents = self.pipeline.sample(
                 noise, labels=labels, condition=cond_latent, condition_index=cond_index, sampler=sampler,
                 cfg_scale=float(first.cfg_scale), step_noise=step_noise,
             )  # fmt: skip
