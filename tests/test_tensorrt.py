@@ -676,9 +676,9 @@ def _layer(datatype: str) -> dict:
 
 @pytest.fixture()
 def fake_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mmgen_edge.export.tensorrt_build as tensorrt_build
+    from mmgen_edge.runtime import gpu
 
-    monkeypatch.setattr(tensorrt_build, "cuda_device_properties", lambda: ("Fake GPU", "8.7"))
+    monkeypatch.setattr(gpu, "current_device", lambda: ("Fake GPU", "8.7"))
 
 
 def test_build_engine_applies_the_plan(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fake_device: None) -> None:
