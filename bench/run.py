@@ -57,6 +57,8 @@ from typing import Any
 
 import numpy as np
 
+from mmgen_edge.runtime.modalities import PERCEPTION_TASKS
+
 from . import harness
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +92,7 @@ STREAM_VIDEO_FPS = 30.0
 STREAM_MAX_PENDING = 2
 #: Frame rate for the "fraction of a device's roofline needed" of whole-frame cases.
 TARGET_FPS = 30.0
-PERCEIVE_TASKS = ("depth", "normals", "segmentation")
+PERCEIVE_TASKS = PERCEPTION_TASKS
 SEED = 0
 ERROR_TRACEBACK_LINES = 6
 #: 1-minute load average (before the bench starts) above which the JSON warns that the machine was busy.

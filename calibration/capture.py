@@ -25,6 +25,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 from tqdm.auto import tqdm
 
+from mmgen_edge.runtime.modalities import perception_modalities
 from mmgen_edge.runtime.pipeline import Pipeline
 from mmgen_edge.runtime.runner import Runner
 from mmgen_edge.sdk.images import load_image, to_model_size
@@ -40,7 +41,6 @@ CAPTURE_NOISE_SEED = 0
 #: The capture's index, written next to the shards.
 INDEX_FILE = "capture.json"
 #: Perception modalities decoded when the VAE decoder is recorded (the SDK's ``perceive`` decodes these).
-PERCEPTION_MODALITIES: tuple[str, ...] = ("depth", "normal", "mask")
 
 
 @dataclass(frozen=True)
@@ -285,6 +285,6 @@ def _capture_batch(
         if decode:
             recorder.steps = None
             parts = pipeline.split_modalities(latents)
-            pipeline.decode(np.concatenate([parts[m] for m in PERCEPTION_MODALITIES]))
+            pipeline.decode(np.concatenate([parts[m] for m in perception_modalities(manifest.modalities)]))
     recorder.steps = None
 

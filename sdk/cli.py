@@ -14,6 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mmgen_edge import __version__
+from mmgen_edge.runtime.modalities import CONDITION_TASKS
 
 EXPORT_EXTRA_HINT = "this command needs the export extra: pip install 'mmgen-edge[export]' (and torch first)"
 
@@ -410,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", help="use a served model instead of a bundle (grpc://host:port or http://host:port)")
     p.add_argument("--backend", default="auto")
     p.add_argument("--class-label", type=int, help="class label (default: unconditional)")
-    p.add_argument("--condition", choices=["depth", "normals", "segmentation"], help="kind of --condition-image")
+    p.add_argument("--condition", choices=CONDITION_TASKS, help="kind of --condition-image")
     p.add_argument("--condition-image", help="encoded condition image (grey disparity, RGB normals or painted segments)")
     p.add_argument("--cfg-scale", type=float, default=1.0)
     p.add_argument("--steps", type=int)

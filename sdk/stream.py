@@ -47,13 +47,15 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 import numpy as np
 
+from mmgen_edge.runtime.modalities import PERCEPTION_TASKS
+
 from .images import load_image
 from .results import PerceptionResult
 
 #: URL schemes opened with ``cv2.VideoCapture(url)`` (live sources: realtime by default).
 URL_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
 #: Default tasks of a stream.
-DEFAULT_TASKS = ("depth", "normals", "segmentation")
+DEFAULT_TASKS = PERCEPTION_TASKS
 #: How long the consumer / a blocked capture thread sleeps between checks (notifications wake them sooner).
 POLL_INTERVAL_S = 0.05
 #: How long ``close()`` waits for each capture thread.

@@ -30,14 +30,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmgen_edge.runtime.manifest import Manifest
+from mmgen_edge.runtime.modalities import RELEASE_MODALITIES, perception_modalities
 
 INFO_MODEL = "mmgen_info"
 PERCEIVE_MODEL = "mmgen_perceive"
 GENERATE_MODEL = "mmgen_generate"
 MODELS = (INFO_MODEL, PERCEIVE_MODEL, GENERATE_MODEL)
 
-#: Output image tensor per modality (release names).
-IMAGE_OUTPUTS = {"rgb": "image_rgb", "depth": "image_depth", "normal": "image_normal", "mask": "image_mask"}
+#: Output image tensor per modality (release names): ``image_<modality>``.
+IMAGE_OUTPUTS: dict[str, str] = {m: f"image_{m}" for m in RELEASE_MODALITIES}
 NO_STEPS, RANDOM_SEED, NO_LABEL = 0, -1, -1
 
 
@@ -98,7 +99,7 @@ def model_specs(manifest: Manifest) -> dict[str, ModelSpec]:
         PERCEIVE_MODEL: ModelSpec(
             PERCEIVE_MODEL,
             (WireTensor("image", np.uint8, image), WireTensor("tasks", np.bytes_, scalar, optional=True), *sampling),
-            tuple(images[m] for m in manifest.modalities if m != "rgb") + results,
+            tuple(images[m] for m in perception_modalities(manifest.modalities)) + results,
             batch,
         ),
         GENERATE_MODEL: ModelSpec(
