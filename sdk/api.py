@@ -14,8 +14,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from mmgen_edge.runtime.modalities import (
@@ -33,10 +31,8 @@ from mmgen_edge.runtime.sampler import SamplerConfig
 
 from . import processors
 from .images import load_image, to_input_size, to_model_size
+from .model_base import Model
 from .results import GenerationResult, PerceptionResult, SegmentationMap
-
-if TYPE_CHECKING:
-    from .stream import Stream
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "samples" / "shapes" / "bundle"
 BUNDLE_HINT = "create it with `mmgen-edge demo` (or `mmgen-edge export samples/shapes/weights/mmgen --vae samples/shapes/weights/vae --out samples/shapes/bundle`)"
@@ -83,19 +79,16 @@ def load(
     return MMGenModel(pipeline, steps)
 
 
-class MMGenModel:
-    """A loaded bundle. Thread-compatible, not thread-safe: use one per thread (or the stream API)."""
+class MMGenModel(Model):
+    """A loaded bundle (the :class:`~mmgen_edge.sdk.model_base.Model` surface, run here).
+
+    Thread-compatible, not thread-safe: use one per thread (or the stream API).
+    """
 
     def __init__(self, pipeline: Pipeline, steps: int | None = None):
         self.pipeline = pipeline
         self.manifest = pipeline.manifest
         self.steps = steps or self.manifest.sampler.num_steps
-
-    def __enter__(self) -> "MMGenModel":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         self.pipeline.close()
@@ -103,17 +96,6 @@ class MMGenModel:
     @property
     def backend(self) -> str:
         return self.pipeline.choice.kind.value
-
-    @property
-    def resolution(self) -> int:
-        return self.manifest.model.resolution
-
-    @property
-    def num_classes(self) -> int:
-        return self.manifest.model.num_classes
-
-    def latent_shape(self, n: int) -> tuple[int, int, int, int]:
-        return self.pipeline.latent_shape(n)
 
     # ----------------------------------------------------------------- helpers
     def _sampler(self, steps: int | None) -> SamplerConfig:
@@ -144,7 +126,7 @@ class MMGenModel:
         noise: np.ndarray | None = None,
         return_latents: bool = False,
     ) -> PerceptionResult | list[PerceptionResult]:
-        """Depth, normals and/or segmentation of an image (or a list of images, run as one batch)."""
+        """As :meth:`Model.perceive <mmgen_edge.sdk.model_base.Model.perceive>`; a list runs as one batch."""
         tasks = check_tasks(tasks)
         inputs, batched = load_images(image)
         self._check_batch(len(inputs))
@@ -180,15 +162,6 @@ class MMGenModel:
         per_image = [{m: decoded[j * n + i] for j, m in enumerate(modalities)} for i in range(n)]
         return ModelOutput(per_image, latents, timings.stages, sampler.num_steps)
 
-    # ---------------------------------------------------------------- stream
-    def stream(self, sources: object, **options: object) -> "Stream":
-        """Perceive live sources: a camera index, a video file, an RTSP/HTTP URL, an iterator of frames, or a list
-        of those (their latest frames are batched into one engine call). See :func:`mmgen_edge.sdk.stream.stream_frames`
-        for the options (tasks, steps, seed, realtime, max_pending)."""
-        from .stream import stream_frames
-
-        return stream_frames(self, sources, **options)  # type: ignore[arg-type]
-
     # -------------------------------------------------------------- generate
     def generate(
         self,
@@ -200,12 +173,7 @@ class MMGenModel:
         noise: np.ndarray | None = None,
         return_latents: bool = False,
     ) -> GenerationResult:
-        """Generate rgb and the other maps, from a class label and/or one condition map.
-
-        ``condition``: {"depth": disparity (H, W) float in [0, 1] (1 = nearest) or an encoded image},
-        {"normals": unit normals (H, W, 3) float or an encoded image}, or {"segmentation": labels (H, W) int
-        or a colour-painted image}. The class label is null (unconditional) when None.
-        """
+        """As :meth:`Model.generate <mmgen_edge.sdk.model_base.Model.generate>`."""
         start = time.perf_counter()
         request = generation_request(self.resolution, self.num_classes, class_label, condition, cfg_scale, steps, seed, noise)
         preprocess = time.perf_counter() - start

@@ -17,7 +17,7 @@ import numpy as np
 from mmgen_edge.runtime.modalities import CONDITION_TASKS
 from mmgen_edge.sdk.api import GenerationRequest, MMGenModel, ModelOutput, check_tasks
 
-from .protocol import (
+from mmgen_edge.sdk.protocol import (
     GENERATE_MODEL,
     IMAGE_OUTPUTS,
     NO_LABEL,

@@ -1,7 +1,9 @@
 """The wire contract of the served models: names, element types and shapes of every tensor (torch-free).
 
 Three models are served, by ``mmgen-edge serve`` (PyTriton) and by the model repository of ``mmgen-edge
-triton-repo`` (Triton's Python backend) alike, so one client (:mod:`mmgen_edge.sdk.remote`) talks to both:
+triton-repo`` (Triton's Python backend) alike, so one client (:mod:`mmgen_edge.sdk.remote`) talks to both. It lives
+in ``sdk`` so that the client (the ``client`` extra: tritonclient only) imports it without ``mmgen_edge.serve``;
+the servers import it from here too:
 
 ``mmgen_info``     query (1,) BYTES                                  -> manifest (1,) BYTES (the bundle's JSON)
 ``mmgen_perceive`` image (R, R, 3) UINT8 at the model resolution,
