@@ -25,7 +25,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 from tqdm.auto import tqdm
 
-from mmgen_edge.runtime.modalities import perception_modalities
+from mmgen_edge.runtime.modalities import IMAGE_MODALITY, perception_modalities
 from mmgen_edge.runtime.pipeline import Pipeline
 from mmgen_edge.runtime.runner import Runner
 from mmgen_edge.sdk.images import load_image, to_model_size
@@ -275,7 +275,7 @@ def _capture_batch(
     manifest = pipeline.manifest
     recorder.steps = None
     rgb_latent = pipeline.encode(model_images)
-    rgb = manifest.model.modality_index("rgb")
+    rgb = manifest.model.modality_index(IMAGE_MODALITY)
     rng = np.random.default_rng(seed)
     noise = rng.standard_normal(pipeline.latent_shape(len(model_images)), dtype=np.float32)
     for k in steps:

@@ -32,6 +32,7 @@ import numpy as np
 
 from mmgen_edge.runtime.fileio import atomic_directory
 from mmgen_edge.runtime.manifest import Manifest, Precision, read_manifest, write_manifest
+from mmgen_edge.runtime.modalities import IMAGE_MODALITY
 from mmgen_edge.runtime.onnxruntime_runner import CPU, OnnxRuntimeRunner
 from mmgen_edge.runtime.pipeline import Pipeline
 from mmgen_edge.runtime.runner import Runner
@@ -216,7 +217,7 @@ def denoiser_outputs(
         noise = np.random.default_rng(EVAL_SEED).standard_normal(pipeline.latent_shape(len(images)), dtype=np.float32)
         sampler = manifest.sampler.model_copy(update={"num_steps": steps})
         condition = pipeline.encode(images)
-        rgb = manifest.model.modality_index("rgb")
+        rgb = manifest.model.modality_index(IMAGE_MODALITY)
         pipeline.sample(noise, condition=condition, condition_index=rgb, sampler=sampler, rng=np.random.default_rng(EVAL_SEED))
     return probe.times, probe.values
 
