@@ -8,13 +8,15 @@ from typing import Any
 
 import numpy as np
 
+from mmgen_edge.runtime.modalities import PERCEPTION_TASKS
+
 from . import harness
 from .context import Context
 from .costs import case_cost
 from .inputs import SEED, scene_images
 from .outcomes import skipped
 
-PERCEIVE_TASKS = ("depth", "normals", "segmentation")
+PERCEIVE_TASKS = PERCEPTION_TASKS
 
 
 def perceive_fn(model: Any, images: list[np.ndarray], k: int, stages: dict[str, list[float]]) -> Callable[[], object]:

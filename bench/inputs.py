@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from mmgen_edge.runtime.modalities import IMAGE_MODALITY
+
 #: Seed of every random input of the bench (step latents, perceive noise, the SDK evaluation).
 SEED = 0
 
@@ -26,7 +28,7 @@ def step_inputs(config: Any, sampler: Any, n: int) -> StepInputs:
     """The first step of perception: rgb held at the condition timestep, the other slots from t = 1 to 1 - 1/4."""
     from mmgen_edge.runtime import sampler as maths
 
-    rgb = config.modality_index("rgb")
+    rgb = config.modality_index(IMAGE_MODALITY)
     rng = np.random.default_rng(SEED)
     x = rng.standard_normal((n, config.in_channels, config.latent_size, config.latent_size), dtype=np.float32)
     schedule = sampler.model_copy(update={"num_steps": 4}).timesteps()

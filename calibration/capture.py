@@ -25,7 +25,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 from tqdm.auto import tqdm
 
-from mmgen_edge.runtime.loop import DenoisingLoop
+from mmgen_edge.runtime.modalities import IMAGE_MODALITY, perception_modalities
 from mmgen_edge.runtime.pipeline import Pipeline
 from mmgen_edge.runtime.runner import Runner
 from mmgen_edge.sdk.images import load_image, to_model_size
@@ -41,7 +41,6 @@ CAPTURE_NOISE_SEED = 0
 #: The capture's index, written next to the shards.
 INDEX_FILE = "capture.json"
 #: Perception modalities decoded when the VAE decoder is recorded (the SDK's ``perceive`` decodes these).
-PERCEPTION_MODALITIES: tuple[str, ...] = ("depth", "normal", "mask")
 
 
 @dataclass(frozen=True)
@@ -245,13 +244,12 @@ def capture_calibration_feeds(
         batch_size = batch_size or pipeline.manifest.max_batch
         if not 1 <= batch_size <= pipeline.manifest.max_batch:
             raise ValueError(f"batch_size must be in 1..{pipeline.manifest.max_batch}, got {batch_size}")
-        pipeline.runners = wrap_runners(pipeline.runners, recorder, graphs)  # closed with the pipeline
-        loop = DenoisingLoop(pipeline.manifest, pipeline.runners)
+        pipeline.replace_runners(wrap_runners(pipeline.runners, recorder, graphs))  # closed with the pipeline
         with tqdm(total=total, desc="capture", unit="image", disable=not progress) as bar:
             for index, chunk in enumerate(batches(images, batch_size)):
                 model_images = _model_images(chunk, pipeline.resolution, count)
                 pixels.update(model_images.tobytes())
-                _capture_batch(pipeline, loop, recorder, model_images, steps, "vae_decoder" in graphs, (seed, index))
+                _capture_batch(pipeline, recorder, model_images, steps, "vae_decoder" in graphs, (seed, index))
                 count += len(chunk)
                 bar.update(len(chunk))
     if count == 0:
@@ -267,7 +265,6 @@ def _model_images(chunk: Sequence[np.ndarray], resolution: int, offset: int) -> 
 
 def _capture_batch(
     pipeline: Pipeline,
-    loop: DenoisingLoop,
     recorder: FeedRecorder,
     model_images: np.ndarray,
     steps: Sequence[int],
@@ -278,16 +275,16 @@ def _capture_batch(
     manifest = pipeline.manifest
     recorder.steps = None
     rgb_latent = pipeline.encode(model_images)
-    rgb = manifest.model.modality_index("rgb")
+    rgb = manifest.model.modality_index(IMAGE_MODALITY)
     rng = np.random.default_rng(seed)
     noise = rng.standard_normal(pipeline.latent_shape(len(model_images)), dtype=np.float32)
     for k in steps:
         recorder.steps = k
         sampler = manifest.sampler.model_copy(update={"num_steps": k})
-        latents = loop.sample(noise, condition=rgb_latent, condition_index=rgb, sampler=sampler, rng=rng)
+        latents = pipeline.sample(noise, condition=rgb_latent, condition_index=rgb, sampler=sampler, rng=rng)
         if decode:
             recorder.steps = None
             parts = pipeline.split_modalities(latents)
-            pipeline.decode(np.concatenate([parts[m] for m in PERCEPTION_MODALITIES]))
+            pipeline.decode(np.concatenate([parts[m] for m in perception_modalities(manifest.modalities)]))
     recorder.steps = None
 

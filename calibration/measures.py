@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mmgen_edge.runtime.loop import DenoisingLoop
+from mmgen_edge.runtime.modalities import IMAGE_MODALITY
 from mmgen_edge.runtime.onnxruntime_runner import CPU, OnnxRuntimeRunner
 from mmgen_edge.runtime.pipeline import Pipeline
 from mmgen_edge.runtime.runner import Runner
@@ -79,16 +79,16 @@ def denoiser_outputs(
         if denoiser is not None:  # swapped in the pipeline, so that closing the pipeline closes it
             graph = manifest.graphs[DENOISER_GRAPH].model_copy(update={"file": denoiser.name})
             pipeline.runners[DENOISER_GRAPH].deactivate()
-            pipeline.runners[DENOISER_GRAPH] = OnnxRuntimeRunner(denoiser.parent, DENOISER_GRAPH, graph, manifest.dims, [CPU], threads)
-            pipeline.runners[DENOISER_GRAPH].activate()
+            variant = OnnxRuntimeRunner(denoiser.parent, DENOISER_GRAPH, graph, manifest.dims, [CPU], threads)
+            variant.activate()
+            pipeline.replace_runners({DENOISER_GRAPH: variant})
         probe = OutputProbe(pipeline.runners[DENOISER_GRAPH], "x_next")
-        runners = {**pipeline.runners, DENOISER_GRAPH: probe}
+        pipeline.replace_runners({DENOISER_GRAPH: probe})
         noise = np.random.default_rng(EVAL_SEED).standard_normal(pipeline.latent_shape(len(images)), dtype=np.float32)
         sampler = manifest.sampler.model_copy(update={"num_steps": steps})
         condition = pipeline.encode(images)
-        rgb = manifest.model.modality_index("rgb")
-        DenoisingLoop(manifest, runners).sample(noise, condition=condition, condition_index=rgb, sampler=sampler,
-                                                rng=np.random.default_rng(EVAL_SEED))  # fmt: skip
+        rgb = manifest.model.modality_index(IMAGE_MODALITY)
+        pipeline.sample(noise, condition=condition, condition_index=rgb, sampler=sampler, rng=np.random.default_rng(EVAL_SEED))
     return probe.times, probe.values
 
 

@@ -30,11 +30,11 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import Literal, NamedTuple
 
 from tqdm.auto import tqdm
 
+from mmgen_edge.runtime import gpu
 from mmgen_edge.runtime.fileio import sha256_file
 from mmgen_edge.runtime.manifest import (
     DimRange,
@@ -53,7 +53,6 @@ from .tensorrt_build import (
     Precision,
     ShapeProfile,
     build_engine,
-    cuda_device_properties,
     plan_build,
     tensorrt_capabilities,
 )
@@ -93,6 +92,16 @@ class BuildEnvironment(NamedTuple):
     trt_version: str
     device_name: str
     compute_capability: str
+
+
+def build_environment() -> BuildEnvironment:
+    """The GPU identity engines are built for here: the current CUDA device and the installed TensorRT.
+
+    Read by :func:`mmgen_edge.runtime.gpu.gpu_identity`, as ``runtime.backend.detect_environment`` reads it for
+    matching, so an engine built here is one that matching accepts on the same device.
+    """
+    identity = gpu.gpu_identity()
+    return BuildEnvironment(identity.tensorrt_version, identity.device_name, identity.compute_capability)
 
 
 class EngineAction(NamedTuple):
@@ -315,14 +324,6 @@ def _update_manifest(bundle: Path, change: Callable[[Manifest], tuple[Manifest, 
 # ------------------------------------------------------------------------------------------------- building
 
 
-def _import_tensorrt() -> ModuleType:
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise ImportError("building TensorRT engines needs the 'tensorrt' package: pip install 'mmgen-edge[tensorrt]'") from exc
-    return tensorrt
-
-
 def _preflight(
     bundle: Path, manifest: Manifest, graphs: list[str], precision: Precision, caps: Mapping[str, bool], trt_version: str
 ) -> None:
@@ -362,9 +363,8 @@ def build_bundle_engines(
     bundle = Path(bundle)
     graphs = list(graphs)
     want = Precision(precision)
-    trt = _import_tensorrt()
-    device_name, capability = cuda_device_properties()
-    env = BuildEnvironment(str(trt.__version__), device_name, capability)
+    trt = gpu.import_tensorrt("building TensorRT engines")
+    env = build_environment()
     manifest = read_manifest(bundle, verify="none")
     actions = plan_engine_builds(manifest, env, want.value, graphs, lambda f: file_ok(bundle, manifest, f), rebuild)
     for action in actions:

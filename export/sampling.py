@@ -1,8 +1,9 @@
 """PyTorch reference samplers: the numerical reference for the ONNX graphs and the torch-free runtime.
 
-The schedule and update maths live in :mod:`mmgen_edge.runtime.sampler` (shared with the runtime); this
-module only calls the model. :func:`denoise_step` is exactly what one call of the exported ``denoiser`` graph
-computes (guided velocity, Euler update, x0 estimate); :func:`sample` is the whole loop:
+The schedule, the update maths and the sampler step (:func:`mmgen_edge.runtime.sampler.step`) live in
+:mod:`mmgen_edge.runtime.sampler`, shared with the runtime; this module only calls the model.
+:func:`denoise_step` is exactly what one call of the exported ``denoiser`` graph computes (guided velocity,
+Euler update, x0 estimate); :func:`sample` is the whole loop:
 
 - category generation: every slot from noise, one shared schedule, task index 0, the class label;
 - conditioning on modality k: slot k is set to ``t_b * noise + (1 - t_b) * latent`` and its timestep is held at
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from mmgen_edge.runtime import sampler as maths
-from mmgen_edge.runtime.sampler import SamplerConfig, SamplerKind
+from mmgen_edge.runtime.sampler import SamplerConfig
 
 from .model import MMGen
 
@@ -106,29 +107,20 @@ def sample(
     x = prepare_latents(noise, condition, cond_index, config.condition_t)
 
     schedule = config.timesteps()
-    num_noisy = sum(1 for t in schedule[1:] if t > 0)
-    if config.kind == SamplerKind.EULER_MARUYAMA and step_noise is None:
+    if step_noise is None:  # Euler-Maruyama draws one z per noisy step; the ODE samplers none
+        num_noisy = config.num_noisy_steps()
         step_noise = [torch.randn(noise.shape, generator=generator, dtype=noise.dtype) for _ in range(num_noisy)]
-    if step_noise is not None and len(step_noise) < num_noisy and config.kind == SamplerKind.EULER_MARUYAMA:
-        raise ValueError(f"step_noise has {len(step_noise)} tensors, the schedule needs {num_noisy}")
+    maths.check_step_noise(config, step_noise)
 
     def timesteps(t: float) -> torch.Tensor:
         return torch.from_numpy(
             maths.step_timesteps(t, n, cfg.num_modalities, cond_index, config.condition_t)
         ).to(noise.dtype)
 
+    def evaluate(x: torch.Tensor, t_cur: torch.Tensor, t_next: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        v = guided_velocity(model, x, t_cur, y, task, scale)
+        return maths.euler_update(x, v, t_cur, t_next), v
+
     for i in range(config.num_steps):
-        t_cur, t_next = timesteps(schedule[i]), timesteps(schedule[i + 1])
-        s = cfg_scale if config.guidance_active(float(schedule[i])) else 1.0
-        v = guided_velocity(model, x, t_cur, y, task, s)
-        if config.kind == SamplerKind.EULER_MARUYAMA:
-            z = step_noise[i] if schedule[i + 1] > 0 else None  # type: ignore[index]
-            x = maths.euler_maruyama_update(x, v, t_cur, t_next, z)
-        elif config.kind == SamplerKind.HEUN and i < config.num_steps - 1:
-            x_euler = maths.euler_update(x, v, t_cur, t_next)
-            s_next = cfg_scale if config.guidance_active(float(schedule[i + 1])) else 1.0
-            v_next = guided_velocity(model, x_euler, t_next, y, task, s_next)
-            x = maths.heun_update(x, v, v_next, t_cur, t_next)
-        else:
-            x = maths.euler_update(x, v, t_cur, t_next)
+        x = maths.step(config, i, x, evaluate, timesteps, cfg_scale, step_noise, schedule)
     return x

@@ -2,7 +2,8 @@
 
 All decisions are pure functions that run without TensorRT (:func:`tensorrt_capabilities` reads a module object,
 :func:`plan_build`, :func:`validate_profiles`, :func:`parse_engine_information`, :func:`check_layer_precisions`);
-:func:`build_engine` only applies them. ``tensorrt`` (and ``cuda-python`` for the device name) are imported lazily.
+:func:`build_engine` only applies them. ``tensorrt`` (and ``cuda-python`` for the GPU identity the engine is built
+for) are imported lazily by :mod:`mmgen_edge.runtime.gpu`, the same reader engine matching uses.
 
 Precision policy (no INT8 calibrator, ever):
 
@@ -33,6 +34,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from mmgen_edge.runtime import gpu
+
 __all__ = [
     "BuildPlan",
     "EngineReport",
@@ -40,7 +43,6 @@ __all__ = [
     "ShapeProfile",
     "build_engine",
     "check_layer_precisions",
-    "cuda_device_properties",
     "parse_engine_information",
     "plan_build",
     "tensorrt_capabilities",
@@ -48,8 +50,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-INSTALL_HINT = "pip install 'mmgen-edge[tensorrt]'"
 
 #: Layer-precision names used in :attr:`EngineReport.layer_precisions` (TensorRT's own DataType spelling).
 FLOAT, HALF, BFLOAT16, INT8, FP8, INT4, FP4 = "Float", "Half", "BFloat16", "Int8", "FP8", "Int4", "FP4"
@@ -337,43 +337,6 @@ def check_layer_precisions(layer_precisions: Mapping[str, int], precision: Preci
 # ------------------------------------------------------------------------------------------ TensorRT glue
 
 
-def _import_tensorrt() -> ModuleType:
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise ImportError(f"building TensorRT engines needs the 'tensorrt' package: {INSTALL_HINT}") from exc
-    return tensorrt
-
-
-def _import_cudart() -> ModuleType:
-    """cuda-python's runtime module (``cuda.bindings.runtime`` since 12.6; ``cuda.cudart`` before)."""
-    try:
-        from cuda.bindings import runtime
-    except ImportError:
-        try:
-            from cuda import cudart as runtime
-        except ImportError as exc:
-            raise ImportError(f"reading the CUDA device needs the 'cuda-python' package: {INSTALL_HINT}") from exc
-    return runtime
-
-
-def _cuda_check(result: tuple[Any, ...], what: str) -> Any:
-    """Unwrap a cuda-python ``(err, value...)`` result, raising on error."""
-    err, *values = result
-    if getattr(err, "value", err) != 0:  # cudaError_t.cudaSuccess == 0
-        raise RuntimeError(f"{what} failed: {err}")
-    return values[0] if len(values) == 1 else tuple(values)
-
-
-def cuda_device_properties() -> tuple[str, str]:
-    """(name, "major.minor" compute capability) of the current CUDA device, via cuda-python (no torch)."""
-    cudart = _import_cudart()
-    device = _cuda_check(cudart.cudaGetDevice(), "cudaGetDevice")
-    props = _cuda_check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
-    name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
-    return name.rstrip("\x00").strip(), f"{props.major}.{props.minor}"
-
-
 def _atomic_write(path: Path, data: Any) -> None:
     """Write ``data`` (bytes-like) to ``path`` through a temporary file in the same folder + ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -502,7 +465,7 @@ def build_engine(
     loaded from and saved back to ``timing_cache_path`` atomically; the engine is written atomically and only
     after :func:`check_layer_precisions` accepted it. ``progress`` logs the builder phases (TensorRT >= 10).
     """
-    trt = _import_tensorrt()
+    trt = gpu.import_tensorrt("building TensorRT engines")
     onnx_file, engine_file = Path(onnx_path), Path(engine_path)
     cache_file = Path(timing_cache_path) if timing_cache_path is not None else None
     plan = plan_build(precision, tensorrt_capabilities(trt), graph_is_annotated)
@@ -527,11 +490,11 @@ def build_engine(
     layer_precisions = _inspect_engine(trt, logger, serialized, profiles)
     check_layer_precisions(layer_precisions, precision)
     _atomic_write(engine_file, serialized)
-    device_name, compute_capability = cuda_device_properties()
+    built_on = gpu.gpu_identity()
     return EngineReport(
-        trt_version=str(trt.__version__),
-        device_name=device_name,
-        compute_capability=compute_capability,
+        trt_version=built_on.tensorrt_version,
+        device_name=built_on.device_name,
+        compute_capability=built_on.compute_capability,
         precision=Precision(precision),
         strongly_typed=plan.strongly_typed,
         layer_precisions=layer_precisions,

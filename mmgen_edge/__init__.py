@@ -8,10 +8,9 @@ Sub-packages:
 - ``mmgen_edge.serve``: serving through Triton Inference Server (PyTriton, or a Triton model repository).
 """
 
-__version__ = "0.1.0"
+from mmgen_edge.runtime.modalities import RELEASE_MODALITIES as MODALITIES  # noqa: F401 (public name)
 
-#: Modality ("task") order of the release: the channel slots of the 16-channel latent, in this order.
-MODALITIES: tuple[str, ...] = ("rgb", "depth", "normal", "mask")
+__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mmgen_edge.runtime.modalities import RELEASE_MODALITIES
+
 #: SiT size presets of the release (spec table): name -> (depth, hidden size, heads).
 SIZE_PRESETS: dict[str, tuple[int, int, int]] = {
     "XL": (28, 1152, 16),
@@ -33,7 +35,7 @@ class ModelConfig(BaseModel):
     resolution: int = Field(gt=0, description="Image size in pixels (square).")
     vae_downsample: int = Field(8, gt=0, description="Pixels per latent cell of the VAE.")
     latent_channels: int = Field(4, gt=0, description="Latent channels per modality.")
-    modalities: tuple[str, ...] = ("rgb", "depth", "normal", "mask")
+    modalities: tuple[str, ...] = RELEASE_MODALITIES
     num_classes: int = Field(1000, gt=0, description="Class labels; index num_classes is the null label.")
     mlp_ratio: float = 4.0
     qk_norm: bool = False

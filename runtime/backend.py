@@ -3,7 +3,8 @@
 ``backend="auto"`` tries, in this order, and says which it chose and why:
 
 1. native TensorRT, only with engines in the manifest built for this GPU model, compute capability and TensorRT
-   version (a stale or foreign engine is never used: it is listed as rejected with the reason);
+   version (a stale or foreign engine is never used: it is listed as rejected with the reason); the GPU is the
+   current CUDA device, read by :func:`mmgen_edge.runtime.gpu.current_device` as engine building reads it;
 2. ONNX Runtime's TensorRT execution provider;
 3. ONNX Runtime's CUDA execution provider;
 4. ONNX Runtime on CPU.
@@ -16,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import gpu
 from .manifest import EngineEntry, Manifest
 from .onnxruntime_runner import CPU, CUDA, TENSORRT, OnnxRuntimeRunner, available_providers
 from .runner import Runner
@@ -44,6 +46,7 @@ class Environment:
     tensorrt_version: str | None = None
     gpu_name: str | None = None
     compute_capability: str | None = None
+    gpu_problem: str | None = None  # why TensorRT or GPU facts are unknown (detect_environment)
 
 
 @dataclass(frozen=True)
@@ -60,24 +63,22 @@ class BackendChoice:
 
 
 def detect_environment() -> Environment:
-    """ORT providers, and TensorRT / GPU facts when those packages are installed (no torch)."""
+    """ORT providers, and the GPU identity (:mod:`mmgen_edge.runtime.gpu`) where the GPU stack allows (no torch).
+
+    Missing tensorrt / cuda-python, or no usable CUDA device, leave those facts unknown (None) and say why in
+    ``gpu_problem``; then no engine can match, and the rejection reasons carry that explanation.
+    """
+    problems: list[str] = []
     trt_version = gpu_name = capability = None
     try:
-        import tensorrt
-
-        trt_version = str(tensorrt.__version__)
-    except ImportError:
-        pass  # no TensorRT: the native backend is simply not a candidate
+        trt_version = gpu.tensorrt_version()
+    except ImportError as exc:
+        problems.append(str(exc))
     try:
-        from cuda.bindings import runtime as cudart
-
-        err, props = cudart.cudaGetDeviceProperties(0)
-        if int(err) == 0:
-            gpu_name = props.name.decode(errors="replace").rstrip("\x00").strip()  # as export/tensorrt_build.py
-            capability = f"{props.major}.{props.minor}"
-    except ImportError:
-        pass  # no cuda-python: GPU facts unknown, so no engine can be matched
-    return Environment(tuple(available_providers()), trt_version, gpu_name, capability)
+        gpu_name, capability = gpu.current_device()
+    except (ImportError, gpu.CudaError) as exc:
+        problems.append(str(exc))
+    return Environment(tuple(available_providers()), trt_version, gpu_name, capability, "; ".join(problems) or None)
 
 
 def matching_engines(manifest: Manifest, env: Environment, bundle: Path | None) -> tuple[tuple[EngineEntry, ...], list[str]]:
@@ -87,7 +88,9 @@ def matching_engines(manifest: Manifest, env: Environment, bundle: Path | None) 
     for engine in manifest.engines:
         why = None
         if env.tensorrt_version is None:
-            why = "TensorRT is not installed"
+            why = "TensorRT is not installed" + (f" ({env.gpu_problem})" if env.gpu_problem else "")
+        elif env.gpu_name is None:
+            why = "no CUDA device is known" + (f" ({env.gpu_problem})" if env.gpu_problem else "")
         elif engine.trt_version != env.tensorrt_version:
             why = f"built with TensorRT {engine.trt_version}, this machine has {env.tensorrt_version}"
         elif engine.device_name != env.gpu_name or engine.compute_capability != env.compute_capability:

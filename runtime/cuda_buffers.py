@@ -6,11 +6,10 @@ object that owns exactly one CUDA resource and releases it in ``free()`` / ``des
 without ``free()`` leaks until the process ends. :class:`~mmgen_edge.runtime.tensorrt_runner.TensorRTRunner`
 owns all of its buffers and frees them in ``deactivate()``.
 
-cuda-python calls return ``(cudaError_t, value...)``; :func:`check_cuda` unwraps them and raises
-``RuntimeError`` naming the error (``cudaErrorMemoryAllocation`` ...) on any failure: errors are never swallowed.
-
-``cuda.bindings.runtime`` (cuda-python >= 12.6) is imported lazily, falling back to the older ``cuda.cudart``
-module; without cuda-python an ``ImportError`` names the extra to install.
+cuda-python calls return ``(cudaError_t, value...)``; :func:`mmgen_edge.runtime.gpu.check_cuda` unwraps them and
+raises ``CudaError`` (a ``RuntimeError``) naming the error (``cudaErrorMemoryAllocation`` ...) on any failure:
+errors are never swallowed. cuda-python is imported lazily by :func:`mmgen_edge.runtime.gpu.import_cudart`;
+without it an ``ImportError`` names the extra to install.
 """
 
 from __future__ import annotations
@@ -18,63 +17,14 @@ from __future__ import annotations
 import ctypes
 import math
 from collections.abc import Sequence
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-INSTALL_HINT = "pip install 'mmgen-edge[tensorrt]'"
-#: cudaError_t.cudaSuccess
-CUDA_SUCCESS = 0
+from .gpu import check_cuda, import_cudart
+
 #: Zero-byte requests still get a real (1-byte) allocation, so every buffer has a valid, unique address.
 MIN_ALLOCATION_BYTES = 1
-
-_cudart: ModuleType | None = None
-
-
-def import_cudart() -> ModuleType:
-    """cuda-python's runtime API module (``cuda.bindings.runtime``; ``cuda.cudart`` before cuda-python 12.6)."""
-    global _cudart
-    if _cudart is None:
-        try:
-            from cuda.bindings import runtime
-        except ImportError:
-            try:
-                from cuda import cudart as runtime  # cuda-python < 12.6 (removed in 13.x)
-            except ImportError as exc:
-                raise ImportError(
-                    f"the TensorRT backend needs cuda-python (cuda.bindings.runtime): {INSTALL_HINT}"
-                ) from exc
-        _cudart = runtime
-    return _cudart
-
-
-def _error_code(err: Any) -> int:
-    return int(getattr(err, "value", err))
-
-
-def cuda_error_text(err: Any) -> str:
-    """``"cudaErrorMemoryAllocation (2): out of memory"`` for a ``cudaError_t`` (name, code, description)."""
-    name = getattr(err, "name", None) or f"cudaError {_error_code(err)}"
-    text = f"{name} ({_error_code(err)})"
-    if _cudart is not None and hasattr(_cudart, "cudaGetErrorString"):
-        status, description = _cudart.cudaGetErrorString(err)
-        if _error_code(status) == CUDA_SUCCESS and description:
-            text += f": {description.decode(errors='replace') if isinstance(description, bytes) else description}"
-    return text
-
-
-def check_cuda(result: Any, what: str = "CUDA call") -> Any:
-    """Unwrap a cuda-python result ``(err, *values)``: the single value, a tuple of values, or None.
-
-    Raises ``RuntimeError("<what> failed: cudaError... (code): description")`` when ``err`` is not cudaSuccess.
-    """
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if _error_code(err) != CUDA_SUCCESS:
-        raise RuntimeError(f"{what} failed: {cuda_error_text(err)}")
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else tuple(values)
 
 
 def nbytes_of(shape: Sequence[int], dtype: Any) -> int:

@@ -2,8 +2,8 @@
 
 It runs the bundle's ``conditioning`` + ``denoiser_cached`` graphs: the per-block modulation depends only on
 (timesteps, labels, task, guidance), so for a fixed schedule it is computed once and kept in a small cache; each
-step then costs one ``denoiser_cached`` call. The sampler maths (schedule, Heun, Euler-Maruyama) is
-:mod:`mmgen_edge.runtime.sampler`, the same code as the PyTorch reference.
+step then costs one ``denoiser_cached`` call. The sampler step (schedule, Heun, Euler-Maruyama) is
+:func:`mmgen_edge.runtime.sampler.step`, the same code as the PyTorch reference's.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 from . import sampler as maths
 from .manifest import Manifest
 from .runner import Runner
-from .sampler import SamplerConfig, SamplerKind
+from .sampler import SamplerConfig
 
 CACHE_ENTRIES = 256  # modulation sets kept (one per step x (labels, task, guidance)); small arrays
 
@@ -83,10 +83,10 @@ class DenoisingLoop:
     ) -> list[np.ndarray] | None:
         """The Euler-Maruyama step noise (None for deterministic samplers): per noisy step, ``rows`` draws from
         each generator, stacked in order (so one sample's noise does not depend on its batch)."""
-        if sampler.kind != SamplerKind.EULER_MARUYAMA:
+        noisy = sampler.num_noisy_steps()
+        if noisy == 0:
             return None
         shape = self.manifest.latent_shape(rows)
-        noisy = sum(1 for t in sampler.timesteps()[1:] if t > 0)
         per_rng = [[rng.standard_normal(shape, dtype=np.float32) for _ in range(noisy)] for rng in rngs]
         return [np.concatenate([draws[i] for draws in per_rng]) for i in range(noisy)]
 
@@ -117,20 +117,13 @@ class DenoisingLoop:
         def timesteps(t: float) -> np.ndarray:
             return maths.step_timesteps(t, n, model.num_modalities, condition_index, config.condition_t)
 
+        def evaluate(x: np.ndarray, t_cur: np.ndarray, t_next: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+            return self.velocity_step(x, t_cur, t_next, labels, task, scale)
+
         if step_noise is None:
             step_noise = self.step_noise(config, [rng or np.random.default_rng()], n)
+        maths.check_step_noise(config, step_noise)
         for i in range(config.num_steps):
-            t_cur, t_next = timesteps(schedule[i]), timesteps(schedule[i + 1])
-            scale = cfg_scale if config.guidance_active(float(schedule[i])) else 1.0
-            x_euler, v = self.velocity_step(x, t_cur, t_next, labels, task, scale)
-            if config.kind == SamplerKind.EULER_MARUYAMA:
-                z = step_noise[i] if schedule[i + 1] > 0 else None  # type: ignore[index]
-                x = maths.euler_maruyama_update(x, v, t_cur, t_next, z)
-            elif config.kind == SamplerKind.HEUN and i < config.num_steps - 1:
-                scale_next = cfg_scale if config.guidance_active(float(schedule[i + 1])) else 1.0
-                _, v_next = self.velocity_step(x_euler, t_next, t_next, labels, task, scale_next)
-                x = maths.heun_update(x, v, v_next, t_cur, t_next)
-            else:
-                x = x_euler
+            x = maths.step(config, i, x, evaluate, timesteps, cfg_scale, step_noise, schedule)
             self.stats.steps += 1
         return x.astype(np.float32, copy=False)

@@ -1,6 +1,8 @@
 """A bundle opened on a backend: VAE encode/decode and the denoising loop, numpy in and out (no torch).
 
-Images here are already at the model's resolution; resizing, validation and post-processing live in ``sdk``.
+:class:`Pipeline` is the façade the SDK, the servers and calibration call (``encode``, ``sample``, ``decode``);
+the denoising loop behind it is an implementation detail. Images here are already at the model's resolution;
+resizing, validation and post-processing live in ``sdk``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from .backend import RUNTIME_GRAPHS, BackendChoice, Environment, choose_backend,
 from .loop import DenoisingLoop
 from .manifest import BATCH_DIM, DECODE_DIM, Manifest, read_manifest
 from .runner import Runner
+from .sampler import SamplerConfig
 
 
 @dataclass
@@ -53,7 +56,7 @@ class Pipeline:
         self.runners: dict[str, Runner] = open_runners(
             self.bundle, self.manifest, self.choice, threads=threads, cuda_graph=cuda_graph
         )
-        self.loop = DenoisingLoop(self.manifest, self.runners)
+        self._loop = DenoisingLoop(self.manifest, self.runners)
 
     @classmethod
     def from_runners(cls, manifest: Manifest, runners: Mapping[str, Runner], choice: BackendChoice) -> "Pipeline":
@@ -69,8 +72,24 @@ class Pipeline:
         pipeline.manifest = manifest
         pipeline.choice = choice
         pipeline.runners = dict(runners)
-        pipeline.loop = DenoisingLoop(manifest, pipeline.runners)
+        pipeline._loop = DenoisingLoop(manifest, pipeline.runners)
         return pipeline
+
+    def replace_runners(self, runners: Mapping[str, Runner]) -> None:
+        """Swap the runners of some graphs (e.g. for wrappers that record or probe their calls).
+
+        The new runners are closed with the pipeline; the replaced ones are not deactivated here (a wrapper
+        usually still uses the runner it wraps). The loop's modulation cache starts empty, so every call after
+        the swap reaches the new runners.
+
+        Args:
+            runners: graph name -> active runner, for graphs this pipeline already has.
+        """
+        unknown = sorted(set(runners) - set(self.runners))
+        if unknown:
+            raise ValueError(f"cannot replace runners of {unknown}: the pipeline has {sorted(self.runners)}")
+        self.runners.update(runners)
+        self._loop = DenoisingLoop(self.manifest, self.runners)
 
     def __enter__(self) -> "Pipeline":
         return self
@@ -105,6 +124,51 @@ class Pipeline:
         ]
         images = np.concatenate(parts)  # (V, 3, H, W) in [-1, 1]
         return np.clip((images + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+
+    def sample(
+        self,
+        noise: np.ndarray,
+        labels: np.ndarray | None = None,
+        condition: np.ndarray | None = None,
+        condition_index: int | None = None,
+        sampler: SamplerConfig | None = None,
+        cfg_scale: float = 1.0,
+        step_noise: list[np.ndarray] | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> np.ndarray:
+        """Run the sampler from ``noise`` to the final latents.
+
+        Args:
+            noise: starting noise (N, M*C, h, w) float32 (see :meth:`latent_shape`).
+            labels: class labels (N,) int; None = the null label (unconditional).
+            condition: scaled latent of the condition modality (N, C, h, w), or None for category generation.
+            condition_index: the condition's modality index in the manifest's order (required with ``condition``).
+            sampler: the sampler (default: the manifest's).
+            cfg_scale: classifier-free guidance scale (1 = none).
+            step_noise: Euler-Maruyama only: the z of each noisy step (see :meth:`step_noise`); drawn from ``rng``
+                when None.
+            rng: generator for the step noise when ``step_noise`` is None.
+
+        Returns:
+            Final latents (N, M*C, h, w) float32.
+        """
+        return self._loop.sample(
+            noise, labels=labels, condition=condition, condition_index=condition_index, sampler=sampler,
+            cfg_scale=cfg_scale, step_noise=step_noise, rng=rng,
+        )  # fmt: skip
+
+    def step_noise(self, sampler: SamplerConfig, rngs: list[np.random.Generator], rows: int = 1) -> list[np.ndarray] | None:
+        """The Euler-Maruyama step noise for :meth:`sample` (None for the ODE samplers).
+
+        Args:
+            sampler: the sampler that will run.
+            rngs: one generator per sample group; ``rows`` draws from each, stacked in order, per noisy step.
+            rows: samples per generator.
+
+        Returns:
+            One (len(rngs) * rows, M*C, h, w) float32 array per noisy step, or None.
+        """
+        return self._loop.step_noise(sampler, rngs, rows)
 
     def split_modalities(self, latents: np.ndarray) -> dict[str, np.ndarray]:
         """(N, M*C, h, w) -> {modality: (N, C, h, w)} in the manifest's order."""

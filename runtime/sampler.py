@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import numbers
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -79,6 +80,16 @@ class SamplerConfig(BaseModel):
 
     def guidance_active(self, t: float) -> bool:
         return self.guidance_low <= t <= self.guidance_high
+
+    def guidance_scale(self, t: float, cfg_scale: float) -> float:
+        """The guidance scale used at schedule point ``t``: ``cfg_scale`` inside the guidance interval, else 1."""
+        return cfg_scale if self.guidance_active(float(t)) else 1.0
+
+    def num_noisy_steps(self) -> int:
+        """How many steps draw Euler-Maruyama noise (the steps that end above t = 0); 0 for the ODE samplers."""
+        if self.kind != SamplerKind.EULER_MARUYAMA:
+            return 0
+        return sum(1 for t in self.timesteps()[1:] if t > 0)
 
 
 def step_timesteps(
@@ -170,3 +181,74 @@ def euler_maruyama_update(x: Array, v: Array, t_cur: Array, t_next: Array, z: Ar
 def guide(v_cond: Array, v_uncond: Array, scale: float) -> Array:
     """Classifier-free guidance: v_uncond + s * (v_cond - v_uncond)."""
     return v_uncond + scale * (v_cond - v_uncond)
+
+
+#: One model evaluation, supplied by the loop that calls :func:`step`: ``evaluate(x, t_cur, t_next, cfg_scale)``
+#: returns ``(x_euler, v)``, the guided velocity ``v`` at ``(x, t_cur)`` and ``x_euler``, the Euler update of x
+#: from ``t_cur`` to ``t_next`` with that velocity (the runtime's fused graph computes it; the reference calls
+#: :func:`euler_update`). Timesteps are per modality, (N, M).
+Evaluate = Callable[[Array, Array, Array, float], tuple[Array, Array]]
+
+
+def check_step_noise(config: SamplerConfig, step_noise: Sequence[Array] | None) -> None:
+    """Raise ``ValueError`` if an Euler-Maruyama sampler is given fewer noise arrays than it has noisy steps.
+
+    Args:
+        config: the sampler.
+        step_noise: the z of each noisy step, or None (only valid for the ODE samplers).
+    """
+    needed = config.num_noisy_steps()
+    have = 0 if step_noise is None else len(step_noise)
+    if have < needed:
+        raise ValueError(f"step_noise has {have} arrays, the {config.kind.value} schedule needs {needed}")
+
+
+def step(
+    config: SamplerConfig,
+    i: int,
+    x: Array,
+    evaluate: Evaluate,
+    timesteps: Callable[[float], Array],
+    cfg_scale: float = 1.0,
+    step_noise: Sequence[Array] | None = None,
+    schedule: np.ndarray | None = None,
+) -> Array:
+    """Advance the latents from schedule point ``i`` to ``i + 1``: the one sampler step of every loop.
+
+    Both the torch-free runtime (:class:`mmgen_edge.runtime.loop.DenoisingLoop`) and the PyTorch reference
+    (:func:`mmgen_edge.export.sampling.sample`) call this, so the dispatch on :class:`SamplerKind` is written once:
+
+    - Euler: one evaluation, ``x_euler``;
+    - Heun: Euler, then a second evaluation at ``(x_euler, t_next)`` and the average of the two velocities
+      (except on the last step, which is plain Euler: its ``t_next`` is 0);
+    - Euler-Maruyama: one evaluation, the SDE update with ``step_noise[i]``, noiseless on the final step to 0.
+
+    Args:
+        config: the sampler.
+        i: the step index, 0 <= i < ``config.num_steps``.
+        x: latents (N, M*C, h, w) at schedule point ``i`` (numpy array or torch tensor).
+        evaluate: the loop's model evaluation (see :data:`Evaluate`).
+        timesteps: maps a schedule point to the per-modality timesteps (N, M) in ``x``'s array type
+            (the condition slot held at ``config.condition_t``).
+        cfg_scale: classifier-free guidance scale, applied only inside the guidance interval.
+        step_noise: Euler-Maruyama only: the z of each noisy step (see :func:`check_step_noise`).
+        schedule: ``config.timesteps()``, passed in to avoid recomputing it each step.
+
+    Returns:
+        The latents at schedule point ``i + 1``, same shape and array type as ``x``.
+    """
+    if not 0 <= i < config.num_steps:
+        raise ValueError(f"step index {i} outside 0..{config.num_steps - 1}")
+    points = config.timesteps() if schedule is None else schedule
+    t_cur, t_next = timesteps(float(points[i])), timesteps(float(points[i + 1]))
+    x_euler, v = evaluate(x, t_cur, t_next, config.guidance_scale(points[i], cfg_scale))
+    if config.kind == SamplerKind.EULER_MARUYAMA:
+        if points[i + 1] == 0:
+            return euler_maruyama_update(x, v, t_cur, t_next, None)
+        if step_noise is None or i >= len(step_noise):
+            raise ValueError(f"euler_maruyama step {i} needs step_noise[{i}]; see check_step_noise")
+        return euler_maruyama_update(x, v, t_cur, t_next, step_noise[i])
+    if config.kind == SamplerKind.HEUN and i < config.num_steps - 1:
+        _, v_next = evaluate(x_euler, t_next, t_next, config.guidance_scale(points[i + 1], cfg_scale))
+        return heun_update(x, v, v_next, t_cur, t_next)
+    return x_euler

@@ -33,16 +33,15 @@ from typing import Any
 import numpy as np
 
 from .cuda_buffers import (
-    INSTALL_HINT,
     CudaGraph,
     CudaStream,
     DeviceBuffer,
     PinnedHostBuffer,
-    import_cudart,
     memcpy_dtoh_async,
     memcpy_htod_async,
     nbytes_of,
 )
+from .gpu import import_cudart, import_tensorrt
 from .manifest import DimRange, GraphEntry
 from .runner import Runner
 
@@ -146,15 +145,6 @@ def graph_key(input_shapes: Mapping[str, Sequence[int]], addresses: Mapping[str,
 # ------------------------------------------------------------------------------------------ TensorRT glue
 
 _logger: Any = None
-
-
-def import_tensorrt() -> ModuleType:
-    """The ``tensorrt`` module, or an ImportError naming the extra to install."""
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise ImportError(f"the TensorRT backend needs the 'tensorrt' package: {INSTALL_HINT}") from exc
-    return tensorrt
 
 
 def _trt_logger(trt: ModuleType) -> Any:

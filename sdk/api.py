@@ -14,23 +14,26 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 
+from mmgen_edge.runtime.modalities import (
+    CONDITION_TASKS,
+    DEPTH,
+    IMAGE_MODALITY,
+    MASK,
+    NORMAL,
+    PERCEPTION_TASKS,
+    modality_task,
+    task_modality,
+)
 from mmgen_edge.runtime.pipeline import Pipeline, Timings
 from mmgen_edge.runtime.sampler import SamplerConfig, check_integer, check_steps
 
 from . import processors
 from .images import load_image, to_input_size, to_model_size
+from .model_base import Model
 from .results import GenerationResult, PerceptionResult, SegmentationMap
 
-if TYPE_CHECKING:
-    from .stream import Stream
-
-#: User-facing map names -> the release's modality names.
-MAPS: dict[str, str] = {"rgb": "rgb", "depth": "depth", "normals": "normal", "segmentation": "mask"}
-PERCEPTION_TASKS = ("depth", "normals", "segmentation")
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "samples" / "shapes" / "bundle"
 BUNDLE_HINT = "create it with `mmgen-edge demo` (or `mmgen-edge export samples/shapes/weights/mmgen --vae samples/shapes/weights/vae --out samples/shapes/bundle`)"
 
@@ -76,19 +79,16 @@ def load(
     return MMGenModel(pipeline, steps)
 
 
-class MMGenModel:
-    """A loaded bundle. Thread-compatible, not thread-safe: use one per thread (or the stream API)."""
+class MMGenModel(Model):
+    """A loaded bundle (the :class:`~mmgen_edge.sdk.model_base.Model` surface, run here).
+
+    Thread-compatible, not thread-safe: use one per thread (or the stream API).
+    """
 
     def __init__(self, pipeline: Pipeline, steps: int | None = None):
         self.pipeline = pipeline
         self.manifest = pipeline.manifest
         self.steps = self.manifest.sampler.num_steps if steps is None else check_steps(steps)
-
-    def __enter__(self) -> "MMGenModel":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         self.pipeline.close()
@@ -96,17 +96,6 @@ class MMGenModel:
     @property
     def backend(self) -> str:
         return self.pipeline.choice.kind.value
-
-    @property
-    def resolution(self) -> int:
-        return self.manifest.model.resolution
-
-    @property
-    def num_classes(self) -> int:
-        return self.manifest.model.num_classes
-
-    def latent_shape(self, n: int) -> tuple[int, int, int, int]:
-        return self.pipeline.latent_shape(n)
 
     # ----------------------------------------------------------------- helpers
     def _sampler(self, steps: int | None) -> SamplerConfig:
@@ -135,7 +124,7 @@ class MMGenModel:
         noise: np.ndarray | None = None,
         return_latents: bool = False,
     ) -> PerceptionResult | list[PerceptionResult]:
-        """Depth, normals and/or segmentation of an image (or a list of images, run as one batch)."""
+        """As :meth:`Model.perceive <mmgen_edge.sdk.model_base.Model.perceive>`; a list runs as one batch."""
         tasks = check_tasks(tasks)
         inputs, batched = load_images(image)
         self._check_batch(len(inputs))
@@ -160,25 +149,16 @@ class MMGenModel:
         timings = Timings()
         with timings.stage("encode"):
             rgb_latent = self.pipeline.encode(images)
-        rgb = self.manifest.model.modality_index("rgb")
+        rgb = self.manifest.model.modality_index(IMAGE_MODALITY)
         with timings.stage("steps"):
-            latents = self.pipeline.loop.sample(noise, condition=rgb_latent, condition_index=rgb, sampler=sampler)
-        modalities = [MAPS[t] for t in tasks]
+            latents = self.pipeline.sample(noise, condition=rgb_latent, condition_index=rgb, sampler=sampler)
+        modalities = [task_modality(t) for t in tasks]
         with timings.stage("decode"):
             parts = self.pipeline.split_modalities(latents)
             decoded = self.pipeline.decode(np.concatenate([parts[m] for m in modalities]))  # (T*N, H, W, 3)
         n = len(images)
         per_image = [{m: decoded[j * n + i] for j, m in enumerate(modalities)} for i in range(n)]
         return ModelOutput(per_image, latents, timings.stages, sampler.num_steps)
-
-    # ---------------------------------------------------------------- stream
-    def stream(self, sources: object, **options: object) -> "Stream":
-        """Perceive live sources: a camera index, a video file, an RTSP/HTTP URL, an iterator of frames, or a list
-        of those (their latest frames are batched into one engine call). See :func:`mmgen_edge.sdk.stream.stream_frames`
-        for the options (tasks, steps, seed, realtime, max_pending)."""
-        from .stream import stream_frames
-
-        return stream_frames(self, sources, **options)  # type: ignore[arg-type]
 
     # -------------------------------------------------------------- generate
     def generate(
@@ -191,12 +171,7 @@ class MMGenModel:
         noise: np.ndarray | None = None,
         return_latents: bool = False,
     ) -> GenerationResult:
-        """Generate rgb and the other maps, from a class label and/or one condition map.
-
-        ``condition``: {"depth": disparity (H, W) float in [0, 1] (1 = nearest) or an encoded image},
-        {"normals": unit normals (H, W, 3) float or an encoded image}, or {"segmentation": labels (H, W) int
-        or a colour-painted image}. The class label is null (unconditional) when None.
-        """
+        """As :meth:`Model.generate <mmgen_edge.sdk.model_base.Model.generate>`."""
         start = time.perf_counter()
         request = generation_request(self.resolution, self.num_classes, class_label, condition, cfg_scale, steps, seed, noise)
         preprocess = time.perf_counter() - start
@@ -220,25 +195,26 @@ class MMGenModel:
         if first.condition is not None:
             with timings.stage("encode"):
                 cond_latent = self.pipeline.encode(np.stack([r.condition_image for r in requests]))  # type: ignore[misc]
-            cond_index = self.manifest.model.modality_index(MAPS[first.condition])
+            cond_index = self.manifest.model.modality_index(task_modality(first.condition))
         null = self.manifest.model.null_label
         labels = np.array([null if r.class_label is None else r.class_label for r in requests], np.int64)
         # One generator per request: its start noise, then its SDE step noise (so a request's sample does not
         # depend on what it was batched with).
         rngs = [np.random.default_rng(r.seed) for r in requests]
         noise = np.concatenate([self._noise(1, None, r.noise, rng) for r, rng in zip(requests, rngs)])
-        step_noise = self.pipeline.loop.step_noise(sampler, rngs)
+        step_noise = self.pipeline.step_noise(sampler, rngs)
         with timings.stage("steps"):
-            latents = self.pipeline.loop.sample(
+            latents = self.pipeline.sample(
                 noise, labels=labels, condition=cond_latent, condition_index=cond_index, sampler=sampler,
                 cfg_scale=float(first.cfg_scale), step_noise=step_noise,
             )  # fmt: skip
-        outputs = [m for m in MAPS if m != first.condition]
+        condition = None if first.condition is None else task_modality(first.condition)
+        outputs = [m for m in self.manifest.modalities if m != condition]  # every other modality, manifest order
         n = len(requests)
         with timings.stage("decode"):
             parts = self.pipeline.split_modalities(latents)
-            decoded = self.pipeline.decode(np.concatenate([parts[MAPS[m]] for m in outputs]))
-        per_sample = [{MAPS[m]: decoded[j * n + i] for j, m in enumerate(outputs)} for i in range(n)]
+            decoded = self.pipeline.decode(np.concatenate([parts[m] for m in outputs]))
+        per_sample = [{m: decoded[j * n + i] for j, m in enumerate(outputs)} for i in range(n)]
         return ModelOutput(per_sample, latents, timings.stages, sampler.num_steps)
 
 
@@ -262,7 +238,7 @@ class GenerationRequest:
     """One ``generate`` call, checked, with its condition map encoded at the model resolution."""
 
     class_label: int | None = None
-    condition: str | None = None  # "depth", "normals" or "segmentation"
+    condition: str | None = None  # a task name of CONDITION_TASKS ("depth", "normals" or "segmentation")
     condition_image: np.ndarray | None = None  # (R, R, 3) uint8
     cfg_scale: float = 1.0
     steps: int | None = None
@@ -318,8 +294,8 @@ def generation_request(
         if len(condition) != 1:
             raise ValueError(f"give exactly one condition map, got {sorted(condition)}")
         ((name, value),) = condition.items()
-        if name not in ("depth", "normals", "segmentation"):
-            raise ValueError(f"unknown condition {name!r}; choose depth, normals or segmentation")
+        if name not in CONDITION_TASKS:
+            raise ValueError(f"unknown condition {name!r}; choose {', '.join(CONDITION_TASKS)}")
         image = to_model_size(condition_image(name, value, seed or 0), resolution)
     label = None if class_label is None else int(class_label)
     return GenerationRequest(label, name, image, float(cfg_scale), steps, seed, noise)
@@ -328,14 +304,14 @@ def generation_request(
 def maps_from_images(images: Mapping[str, np.ndarray], size: tuple[int, int]) -> dict[str, object]:
     """Decoded modality images (model resolution) -> typed maps (depth, normals, segmentation) at ``size``."""
     out: dict[str, object] = {}
-    if "depth" in images:
-        out["depth"] = to_input_size(processors.depth_from_image(images["depth"]), size)
-    if "normal" in images:
-        normals = to_input_size(processors.normals_from_image(images["normal"]), size)
-        out["normals"] = normals / np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-6)
-    if "mask" in images:
-        seg = processors.segment_from_image(images["mask"])
-        out["segmentation"] = SegmentationMap(
+    if DEPTH in images:
+        out[modality_task(DEPTH)] = to_input_size(processors.depth_from_image(images[DEPTH]), size)
+    if NORMAL in images:
+        normals = to_input_size(processors.normals_from_image(images[NORMAL]), size)
+        out[modality_task(NORMAL)] = normals / np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-6)
+    if MASK in images:
+        seg = processors.segment_from_image(images[MASK])
+        out[modality_task(MASK)] = SegmentationMap(
             labels=to_input_size(seg.labels, size, nearest=True).astype(np.int32), colours=seg.colours
         )
     return out
@@ -366,10 +342,10 @@ def perception_result(raw: ModelOutput, i: int, size: tuple[int, int], backend: 
 def generation_result(raw: ModelOutput, i: int, request: GenerationRequest, backend: str, return_latents: bool) -> GenerationResult:
     """Sample ``i`` of a generate batch as the typed result (maps at the model resolution)."""
     images = raw.images[i]
-    resolution = images["rgb"].shape[0]
-    maps, timings = _postprocess(raw, {k: v for k, v in images.items() if k != "rgb"}, (resolution, resolution))
+    resolution = images[IMAGE_MODALITY].shape[0]
+    maps, timings = _postprocess(raw, {k: v for k, v in images.items() if k != IMAGE_MODALITY}, (resolution, resolution))
     return GenerationResult(
-        rgb=images["rgb"],
+        rgb=images[IMAGE_MODALITY],
         **maps,  # type: ignore[arg-type]
         images=images,
         condition=request.condition,

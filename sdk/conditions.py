@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmgen_edge.runtime.modalities import CONDITION_TASKS, DEPTH_TASK, NORMALS_TASK, SEGMENTATION_TASK
+
 from .encoding import encode_mask, encode_normals
 from .images import load_image
 
@@ -63,10 +65,10 @@ def segmentation_condition(value: object, seed: int) -> np.ndarray:
 
 
 def condition_image(name: str, value: object, seed: int) -> np.ndarray:
-    if name == "depth":
+    if name == DEPTH_TASK:
         return depth_condition(value)
-    if name == "normals":
+    if name == NORMALS_TASK:
         return normals_condition(value)
-    if name == "segmentation":
+    if name == SEGMENTATION_TASK:
         return segmentation_condition(value, seed)
-    raise ValueError(f"unknown condition {name!r}; choose depth, normals or segmentation")
+    raise ValueError(f"unknown condition {name!r}; choose {', '.join(CONDITION_TASKS)}")

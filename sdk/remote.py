@@ -25,7 +25,7 @@ import numpy as np
 
 from mmgen_edge.runtime.manifest import Manifest
 from mmgen_edge.runtime.sampler import check_integer, check_steps
-from mmgen_edge.serve.protocol import (
+from mmgen_edge.sdk.protocol import (
     GENERATE_MODEL,
     IMAGE_OUTPUTS,
     INFO_MODEL,
@@ -51,6 +51,7 @@ from .api import (
     perception_result,
 )
 from .images import to_model_size
+from .model_base import Model
 from .results import GenerationResult, PerceptionResult
 
 DEFAULT_URL = "grpc://127.0.0.1:8001"
@@ -76,8 +77,8 @@ def _client_module(scheme: str) -> Any:
     return module
 
 
-class RemoteModel:
-    """A bundle served by Triton. ``manifest``, ``resolution``, ``num_classes`` as on the local model."""
+class RemoteModel(Model):
+    """A bundle served by Triton (the :class:`~mmgen_edge.sdk.model_base.Model` surface, run by the server)."""
 
     def __init__(self, url: str = DEFAULT_URL, steps: int | None = None, timeout: float = 60.0):
         parsed = urlparse(url if "://" in url else f"grpc://{url}")
@@ -99,7 +100,6 @@ class RemoteModel:
         self.manifest: Manifest = Manifest.model_validate_json(manifest_text)
         self.specs: dict[str, ModelSpec] = model_specs(self.manifest)
         self.steps = steps
-        self.backend = "remote"
 
     def _new_client(self) -> Any:
         if self._grpc:
@@ -119,12 +119,6 @@ class RemoteModel:
         raise ConnectionError(f"no mmgen-edge models ready at {self.url} after {self.timeout:.0f} s ({last or 'not ready'})")
 
     # ------------------------------------------------------------------------------------------------ plumbing
-    def __enter__(self) -> "RemoteModel":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
@@ -134,15 +128,8 @@ class RemoteModel:
             client.close()
 
     @property
-    def resolution(self) -> int:
-        return self.manifest.model.resolution
-
-    @property
-    def num_classes(self) -> int:
-        return self.manifest.model.num_classes
-
-    def latent_shape(self, n: int) -> tuple[int, int, int, int]:
-        return self.manifest.latent_shape(n)
+    def backend(self) -> str:
+        return "remote"
 
     def _infer(self, model: str, inputs: Mapping[str, np.ndarray], client: Any = None) -> dict[str, np.ndarray]:
         m = self._module
@@ -220,7 +207,7 @@ class RemoteModel:
         noise: np.ndarray | None = None,
         return_latents: bool = False,
     ) -> PerceptionResult | list[PerceptionResult]:
-        """As :meth:`mmgen_edge.sdk.api.MMGenModel.perceive`; a list is sent as concurrent requests."""
+        """As :meth:`Model.perceive <mmgen_edge.sdk.model_base.Model.perceive>`; a list is sent as concurrent requests."""
         tasks = check_tasks(tasks)
         inputs, batched = load_images(image)
         if not inputs:
@@ -256,7 +243,7 @@ class RemoteModel:
         noise: np.ndarray | None = None,
         return_latents: bool = False,
     ) -> GenerationResult:
-        """As :meth:`mmgen_edge.sdk.api.MMGenModel.generate`."""
+        """As :meth:`Model.generate <mmgen_edge.sdk.model_base.Model.generate>`."""
         request: GenerationRequest = generation_request(
             self.resolution, self.num_classes, class_label, condition, cfg_scale, steps, seed, noise
         )
@@ -274,9 +261,3 @@ class RemoteModel:
         raw = self._output([self._infer(GENERATE_MODEL, inputs)])
         raw.timings = {"remote": time.perf_counter() - start, **raw.timings}
         return generation_result(raw, 0, request, self.backend, return_latents)
-
-    def stream(self, sources: object, **options: object) -> Any:
-        """As :meth:`mmgen_edge.sdk.api.MMGenModel.stream` (each round's frames go as concurrent requests)."""
-        from .stream import stream_frames
-
-        return stream_frames(self, sources, **options)  # type: ignore[arg-type]

@@ -44,12 +44,14 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from mmgen_edge.runtime.modalities import PERCEPTION_TASKS
+
 from .frame_sources import POLL_INTERVAL_S, CapturedFrame, FrameSource, SourceError, open_source
 from .images import load_image
 from .results import PerceptionResult
 
 #: Default tasks of a stream.
-DEFAULT_TASKS = ("depth", "normals", "segmentation")
+DEFAULT_TASKS = PERCEPTION_TASKS
 #: Codec of :func:`write_video`.
 VIDEO_FOURCC = "mp4v"
 

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mmgen_edge.runtime.modalities import CONDITION_TASKS
 from mmgen_edge.runtime.sampler import MAX_STEPS
 from mmgen_edge.sdk.api import GenerationRequest, MMGenModel, ModelOutput, check_tasks
 
-from .protocol import (
+from mmgen_edge.sdk.protocol import (
     GENERATE_MODEL,
     IMAGE_OUTPUTS,
     NO_LABEL,
@@ -126,8 +127,8 @@ class RequestHandler:
         if not (label == NO_LABEL or 0 <= label < classes):
             raise RequestError(f"class_label must be in 0..{classes - 1} (or {NO_LABEL} for none), got {label}")
         condition = read_text(inputs["condition"]) if "condition" in inputs else ""
-        if condition not in ("", "depth", "normals", "segmentation"):
-            raise RequestError(f"unknown condition {condition!r}; choose depth, normals or segmentation")
+        if condition and condition not in CONDITION_TASKS:
+            raise RequestError(f"unknown condition {condition!r}; choose {', '.join(CONDITION_TASKS)}")
         if bool(condition) != ("condition_image" in inputs):
             raise RequestError("condition and condition_image go together (give both or neither)")
         cfg_scale = float(inputs["cfg_scale"][0]) if "cfg_scale" in inputs else 1.0

@@ -1,7 +1,7 @@
 """``mmgen-edge serve``: a bundle behind NVIDIA Triton Inference Server, through PyTriton (no model repository).
 
 PyTriton starts a ``tritonserver`` process and binds Python callables as models: here the three models of
-:mod:`mmgen_edge.serve.protocol` (``mmgen_info``, ``mmgen_perceive``, ``mmgen_generate``), each with Triton's
+:mod:`mmgen_edge.sdk.protocol` (``mmgen_info``, ``mmgen_perceive``, ``mmgen_generate``), each with Triton's
 dynamic batcher, so concurrent clients' requests are merged into one engine batch. The callables run in this
 process on the bundle's best local backend (TensorRT engines, ONNX Runtime CUDA or CPU), one loaded model per
 instance. It works on a CPU-only machine.
@@ -28,9 +28,9 @@ from types import FrameType
 from typing import Any
 
 from mmgen_edge.sdk.api import MMGenModel, load
+from mmgen_edge.sdk.protocol import GENERATE_MODEL, INFO_MODEL, PERCEIVE_MODEL, ModelSpec, model_specs
 
 from .handlers import RequestHandler
-from .protocol import GENERATE_MODEL, INFO_MODEL, PERCEIVE_MODEL, ModelSpec, model_specs
 
 LOG = logging.getLogger("mmgen_edge.serve")
 LOOPBACK = "127.0.0.1"

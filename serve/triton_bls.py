@@ -26,9 +26,9 @@ from mmgen_edge.runtime.manifest import MANIFEST_FILE, DimRange, GraphEntry, Man
 from mmgen_edge.runtime.pipeline import Pipeline
 from mmgen_edge.runtime.runner import Runner
 from mmgen_edge.sdk.api import MMGenModel
+from mmgen_edge.sdk.protocol import GENERATE_MODEL, INFO_MODEL, MODELS as ENTRY_MODELS, PERCEIVE_MODEL, model_specs
 
 from .handlers import RequestHandler
-from .protocol import GENERATE_MODEL, INFO_MODEL, MODELS as ENTRY_MODELS, PERCEIVE_MODEL, model_specs
 from .triton_repo import MANIFEST_PARAMETER, batch_symbol, component_model_name, from_triton, to_triton
 
 PB_UTILS = "triton_python_backend_utils"

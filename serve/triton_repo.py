@@ -10,7 +10,7 @@ The repository holds two kinds of models:
   version the engines were built with (the generated README lists both); write with ``engines="none"`` for a
   repository that runs anywhere.
 * three Python-backend *entry* models (``mmgen_info``, ``mmgen_perceive``, ``mmgen_generate``, the wire contract of
-  :mod:`mmgen_edge.serve.protocol`), whose ``model.py`` imports :mod:`mmgen_edge.serve.triton_bls`: they run the
+  :mod:`mmgen_edge.sdk.protocol`), whose ``model.py`` imports :mod:`mmgen_edge.serve.triton_bls`: they run the
   denoising loop and call the component models through BLS. Triton's Python environment therefore needs
   ``mmgen-edge`` installed (``pip install mmgen-edge``, the version that wrote the repository).
 
@@ -36,7 +36,7 @@ from mmgen_edge.runtime.backend import RUNTIME_GRAPHS
 from mmgen_edge.runtime.fileio import atomic_directory
 from mmgen_edge.runtime.manifest import MANIFEST_FILE, EngineEntry, GraphEntry, Manifest, TensorSpec, read_manifest
 
-from .protocol import INFO_MODEL, ModelSpec, WireTensor, model_specs
+from mmgen_edge.sdk.protocol import INFO_MODEL, ModelSpec, WireTensor, model_specs
 
 VERSION = "1"  # the one model version written
 ENGINE_MODES = ("auto", "require", "none")

@@ -154,3 +154,38 @@ def test_runtime_and_sdk_never_import_torch():
         if any(line.strip().startswith(("import torch", "from torch")) for line in p.read_text().splitlines())
     ]
     assert offenders == []
+
+
+def test_pipeline_facade_samples_like_the_loop_and_swaps_runners(tiny_bundle, manifest, runners):
+    """``Pipeline.sample`` / ``step_noise`` are the loop's; ``replace_runners`` reaches the sampler, unknown graphs fail."""
+    from mmgen_edge.runtime.pipeline import Pipeline
+
+    config = SamplerConfig(kind="euler_maruyama", num_steps=3)
+    noise = np.random.default_rng(1).standard_normal((2, 16, 4, 4), dtype=np.float32)
+    loop = DenoisingLoop(manifest, runners)
+    with Pipeline(tiny_bundle, backend="ort-cpu", verify="size", environment=CPU_ONLY) as pipeline:
+        zs = pipeline.step_noise(config, [np.random.default_rng(5), np.random.default_rng(6)])
+        assert zs is not None and len(zs) == 2 and zs[0].shape == (2, 16, 4, 4)
+        expected = loop.step_noise(config, [np.random.default_rng(5), np.random.default_rng(6)])
+        assert expected is not None and all(np.array_equal(a, b) for a, b in zip(zs, expected, strict=True))
+        assert pipeline.step_noise(SamplerConfig(kind="heun"), [np.random.default_rng(0)]) is None
+        out = pipeline.sample(noise, labels=np.array([1, 2]), sampler=config, cfg_scale=1.5, step_noise=zs)
+        np.testing.assert_allclose(out, loop.sample(noise, labels=np.array([1, 2]), sampler=config, cfg_scale=1.5, step_noise=zs), rtol=1e-6, atol=1e-6)
+
+        calls: list[str] = []
+        inner = pipeline.runners["denoiser_cached"]
+
+        class Counting:
+            def infer(self, feeds):
+                calls.append("denoiser_cached")
+                return inner.infer(feeds)
+
+            def deactivate(self):
+                inner.deactivate()
+
+        pipeline.replace_runners({"denoiser_cached": Counting()})  # type: ignore[dict-item]
+        again = pipeline.sample(noise, labels=np.array([1, 2]), sampler=config, cfg_scale=1.5, step_noise=zs)
+        np.testing.assert_array_equal(again, out)
+        assert calls == ["denoiser_cached"] * 3
+        with pytest.raises(ValueError, match=r"cannot replace runners of \['decoder'\]"):
+            pipeline.replace_runners({"decoder": inner})

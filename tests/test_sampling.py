@@ -13,6 +13,8 @@ pytestmark = require_export()  # torch/onnx/diffusers: skipped on a base install
 import torch
 
 from mmgen_edge.export.sampling import denoise_step, prepare_latents, sample
+from mmgen_edge.runtime import sampler as maths
+from mmgen_edge.runtime.loop import DenoisingLoop
 from mmgen_edge.runtime.sampler import SamplerConfig, SamplerKind, step_timesteps
 
 
@@ -173,3 +175,115 @@ def test_bad_sampler_inputs_are_named(tiny_model):
         sample(tiny_model, _noise(1, dtype=torch.float32), SamplerConfig(), condition=torch.randn(1, 4, 4, 4), condition_modality="lidar")
     with pytest.raises(ValueError, match="neither"):
         sample(tiny_model, _noise(1, dtype=torch.float32), SamplerConfig(), condition=torch.randn(1, 4, 4, 4))
+
+
+_MODALITIES = ["rgb", "depth", "normal", "mask"]
+
+
+class _TorchField(torch.nn.Module):
+    """A label- and time-dependent velocity field (the reference loop's model) that records its calls.
+
+    ``calls`` gets (t_cur of row 0, guided?) per evaluation; guidance doubles the batch of ``batch`` rows.
+    """
+
+    def __init__(self, calls: list, batch: int):
+        super().__init__()
+        self.calls, self.batch = calls, batch
+        self.config = SimpleNamespace(null_label=10, num_modalities=4, in_channels=16, latent_size=4, modality_index=_MODALITIES.index)
+
+    def forward(self, x, t, y, task):
+        self.calls.append((tuple(round(float(v), 6) for v in t[0]), x.shape[0] == 2 * self.batch))
+        t4 = t.repeat_interleave(4, dim=1)[:, :, None, None]  # (N, 16, 1, 1)
+        return _field(x, t4, y.to(x.dtype)[:, None, None, None], task.to(x.dtype)[:, None, None, None])
+
+
+def _field(x, t, y, task):
+    """v(x, t, y, task); the same arithmetic on numpy arrays and torch tensors."""
+    return (0.5 + t) * x - 0.3 + 0.02 * y + 0.05 * task
+
+
+class _FakeConditioning:
+    """Stands in for the ``conditioning`` graph: its 'modulation' carries (t, y, task) to the denoiser."""
+
+    def infer(self, feeds):
+        rows = np.concatenate([feeds["t"], feeds["y"][:, None], feeds["task"][:, None]], axis=1).astype(np.float32)
+        return {"block_modulation": rows, "final_modulation": rows}
+
+
+class _FakeDenoiser:
+    """Stands in for the fused ``denoiser_cached`` graph on the same field as :class:`_TorchField` (records calls)."""
+
+    def __init__(self, calls: list):
+        self.calls = calls
+
+    def infer(self, feeds):
+        x, t_cur, t_next, rows, scale = feeds["x_t"], feeds["t_cur"], feeds["t_next"], feeds["block_modulation"], feeds["cfg_scale"][0]
+        guided = rows.shape[0] == 2 * x.shape[0]
+        self.calls.append((tuple(round(float(v), 6) for v in t_cur[0]), guided))
+        xs = np.concatenate([x, x]) if guided else x
+        t = np.repeat(rows[:, :4], 4, axis=1)[:, :, None, None]
+        v = _field(xs, t, rows[:, 4, None, None, None], rows[:, 5, None, None, None])
+        if guided:
+            v = maths.guide(v[: x.shape[0]], v[x.shape[0] :], float(scale))
+        return {"x_next": maths.euler_update(x, v, t_cur, t_next), "x0_hat": maths.velocity_to_x0(x, v, t_cur)}
+
+
+@pytest.mark.parametrize("kind", list(SamplerKind))
+@pytest.mark.parametrize("condition", [None, "depth"])
+def test_both_loops_dispatch_every_sampler_kind_through_the_one_step(monkeypatch, kind, condition):
+    """The runtime loop and the PyTorch reference make the same model evaluations, step by step, for every kind.
+
+    A loop that dispatched a sampler kind itself (instead of calling ``runtime.sampler.step``) would differ in the
+    number of calls, their timesteps or guidance, or skip the step function; each of those fails here.
+    """
+    config = SamplerConfig(kind=kind, num_steps=4, guidance_low=0.3, guidance_high=0.9)
+    steps = []
+    real_step = maths.step
+    monkeypatch.setattr(maths, "step", lambda config, i, *a, **k: steps.append(i) or real_step(config, i, *a, **k))
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(2, 16, 4, 4, generator=g, dtype=torch.float64)
+    cond = torch.randn(2, 4, 4, 4, generator=g, dtype=torch.float64) if condition else None
+    zs = [torch.randn(noise.shape, generator=g, dtype=torch.float64) for _ in range(config.num_noisy_steps())]
+    labels = torch.tensor([1, 7])
+
+    ref_calls: list = []
+    ref = sample(_TorchField(ref_calls, 2), noise, config, labels=labels, condition=cond, condition_modality=condition, cfg_scale=2.5, step_noise=zs)
+    ref_steps, steps[:] = list(steps), []
+
+    run_calls: list = []
+    manifest = SimpleNamespace(model=SimpleNamespace(null_label=10, num_modalities=4), sampler=config)
+    loop = DenoisingLoop(manifest, {"conditioning": _FakeConditioning(), "denoiser_cached": _FakeDenoiser(run_calls)})  # type: ignore[arg-type]
+    out = loop.sample(
+        noise.numpy(), labels=labels.numpy(), condition=None if cond is None else cond.numpy(),
+        condition_index=None if condition is None else _MODALITIES.index(condition),
+        sampler=config, cfg_scale=2.5, step_noise=[z.numpy() for z in zs],
+    )  # fmt: skip
+
+    assert ref_steps == steps == [0, 1, 2, 3]
+    expected_calls = {"euler": 4, "heun": 7, "euler_maruyama": 4}[kind.value]  # Heun: no correction on the last step
+    assert len(ref_calls) == len(run_calls) == expected_calls
+    assert ref_calls == run_calls
+    assert [guided for _, guided in ref_calls].count(True) > 0 and [guided for _, guided in ref_calls].count(False) > 0
+    np.testing.assert_allclose(out, ref.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_step_names_a_bad_index_and_missing_noise():
+    config = SamplerConfig(kind="euler_maruyama", num_steps=3)
+    x = np.zeros((1, 16, 2, 2), np.float32)
+
+    def evaluate(x, t_cur, t_next, scale):
+        return x, np.ones_like(x)
+
+    def timesteps(t):
+        return np.full((1, 4), t, np.float32)
+
+    with pytest.raises(ValueError, match="step index 3 outside 0..2"):
+        maths.step(config, 3, x, evaluate, timesteps)
+    with pytest.raises(ValueError, match=r"needs step_noise\[0\]"):
+        maths.step(config, 0, x, evaluate, timesteps)
+    with pytest.raises(ValueError, match="step_noise has 1 arrays, the euler_maruyama schedule needs 2"):
+        maths.check_step_noise(config, [x])
+    maths.check_step_noise(SamplerConfig(kind="heun"), None)
+    # the final step to t = 0 is noiseless, so it needs no z
+    np.testing.assert_allclose(maths.step(config, 2, x, evaluate, timesteps), x + (0.0 - 0.04) * (2 - 0.04))

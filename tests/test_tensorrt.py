@@ -705,9 +705,9 @@ def _layer(datatype: str) -> dict:
 
 @pytest.fixture()
 def fake_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mmgen_edge.export.tensorrt_build as tensorrt_build
+    from mmgen_edge.runtime import gpu
 
-    monkeypatch.setattr(tensorrt_build, "cuda_device_properties", lambda: ("Fake GPU", "8.7"))
+    monkeypatch.setattr(gpu, "current_device", lambda: ("Fake GPU", "8.7"))
 
 
 def test_fakes_refuse_what_the_release_lacks(surface: Surface) -> None:

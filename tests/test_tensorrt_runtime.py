@@ -34,7 +34,7 @@ from mmgen_edge.export.engines import (
     without_engines,
 )
 from mmgen_edge.export.tensorrt_build import EngineReport, Precision
-from mmgen_edge.runtime import cuda_buffers
+from mmgen_edge.runtime import cuda_buffers, gpu
 from mmgen_edge.runtime.cuda_buffers import check_cuda, nbytes_of, view_bytes
 from mmgen_edge.runtime.manifest import (
     DimRange,
@@ -191,7 +191,7 @@ class _FakeError(enum.IntEnum):
 
 
 def test_check_cuda_unwraps_and_raises_with_the_error_name(monkeypatch):
-    monkeypatch.setattr(cuda_buffers, "_cudart", None)  # no description lookup: no cuda-python needed
+    monkeypatch.setattr(gpu, "_cudart", None)  # no description lookup: no cuda-python needed
     assert check_cuda((_FakeError.cudaSuccess, 1234)) == 1234
     assert check_cuda((_FakeError.cudaSuccess, 1, 2)) == (1, 2)
     assert check_cuda((_FakeError.cudaSuccess,)) is None
@@ -207,7 +207,7 @@ def test_runner_without_tensorrt_names_the_extra(monkeypatch):
 
 
 def test_cuda_buffers_without_cuda_python_name_the_extra(monkeypatch):
-    monkeypatch.setattr(cuda_buffers, "_cudart", None)
+    monkeypatch.setattr(gpu, "_cudart", None)
     for module in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart"):
         monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(ImportError, match=r"cuda-python.*pip install 'mmgen-edge\[tensorrt\]'"):
@@ -468,7 +468,7 @@ class FakeBuilds:
         self.env = env
         self.calls: list[dict] = []
         monkeypatch.setitem(sys.modules, "tensorrt", self.trt)
-        monkeypatch.setattr(engines, "cuda_device_properties", lambda: (env.device_name, env.compute_capability))
+        monkeypatch.setattr(gpu, "current_device", lambda: (env.device_name, env.compute_capability))
         monkeypatch.setattr(engines, "build_engine", self.build)
 
     def build(self, onnx_path, engine_path, profiles, precision, timing_cache_path=None, graph_is_annotated=False,

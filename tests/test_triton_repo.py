@@ -27,7 +27,7 @@ from mmgen_edge.runtime.backend import RUNTIME_GRAPHS
 from mmgen_edge.runtime.manifest import BundleError, DimRange, EngineEntry, file_entry, read_manifest, write_manifest
 from mmgen_edge.sdk.api import GenerationRequest
 from mmgen_edge.serve import triton_repo
-from mmgen_edge.serve.protocol import IMAGE_OUTPUTS, model_specs, read_text, text
+from mmgen_edge.sdk.protocol import IMAGE_OUTPUTS, model_specs, read_text, text
 from mmgen_edge.serve.triton_bls import BlsRunner, TritonPythonModel
 from mmgen_edge.serve.triton_repo import component_model_name, write_model_repository
 

@@ -24,6 +24,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         "tensorrt": env.tensorrt_version,
         "gpu": env.gpu_name,
         "compute_capability": env.compute_capability,
+        "gpu_problem": env.gpu_problem,
         "torch_installed": importlib.util.find_spec("torch") is not None,
     }
     bundle = Path(args.bundle) if args.bundle else default_bundle()

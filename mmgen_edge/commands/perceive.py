@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from mmgen_edge.runtime.modalities import CONDITION_TASKS
+
 def _write_rgb(path: Path, image: np.ndarray) -> None:
     import cv2
 
@@ -194,7 +196,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--server", help="use a served model instead of a bundle (grpc://host:port or http://host:port)")
     p.add_argument("--backend", default="auto")
     p.add_argument("--class-label", type=int, help="class label (default: unconditional)")
-    p.add_argument("--condition", choices=["depth", "normals", "segmentation"], help="kind of --condition-image")
+    p.add_argument("--condition", choices=CONDITION_TASKS, help="kind of --condition-image")
     p.add_argument("--condition-image", help="encoded condition image (grey disparity, RGB normals or painted segments)")
     p.add_argument("--cfg-scale", type=float, default=1.0)
     p.add_argument("--steps", type=int)

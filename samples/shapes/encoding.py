@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from mmgen_edge import MODALITIES
+from mmgen_edge.runtime.modalities import DEPTH, MASK, NORMAL, RGB
 from mmgen_edge.sdk.encoding import encode_depth, encode_mask, encode_normals
 
 from .scenes import Scene
@@ -17,10 +18,10 @@ from .scenes import Scene
 def encode_scene(scene: Scene, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """The four encoded modalities, keys ``rgb, depth, normal, mask`` in that order, each (H, W, 3) uint8."""
     encoded = {
-        "rgb": scene.rgb,
-        "depth": encode_depth(scene.depth),
-        "normal": encode_normals(scene.normals),
-        "mask": encode_mask(scene.instances, rng),
+        RGB: scene.rgb,
+        DEPTH: encode_depth(scene.depth),
+        NORMAL: encode_normals(scene.normals),
+        MASK: encode_mask(scene.instances, rng),
     }
     return {name: encoded[name] for name in MODALITIES}
 

@@ -1,7 +1,9 @@
 """The wire contract of the served models: names, element types and shapes of every tensor (torch-free).
 
 Three models are served, by ``mmgen-edge serve`` (PyTriton) and by the model repository of ``mmgen-edge
-triton-repo`` (Triton's Python backend) alike, so one client (:mod:`mmgen_edge.sdk.remote`) talks to both:
+triton-repo`` (Triton's Python backend) alike, so one client (:mod:`mmgen_edge.sdk.remote`) talks to both. It lives
+in ``sdk`` so that the client (the ``client`` extra: tritonclient only) imports it without ``mmgen_edge.serve``;
+the servers import it from here too:
 
 ``mmgen_info``     query (1,) BYTES                                  -> manifest (1,) BYTES (the bundle's JSON)
 ``mmgen_perceive`` image (R, R, 3) UINT8 at the model resolution,
@@ -30,14 +32,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmgen_edge.runtime.manifest import Manifest
+from mmgen_edge.runtime.modalities import RELEASE_MODALITIES, perception_modalities
 
 INFO_MODEL = "mmgen_info"
 PERCEIVE_MODEL = "mmgen_perceive"
 GENERATE_MODEL = "mmgen_generate"
 MODELS = (INFO_MODEL, PERCEIVE_MODEL, GENERATE_MODEL)
 
-#: Output image tensor per modality (release names).
-IMAGE_OUTPUTS = {"rgb": "image_rgb", "depth": "image_depth", "normal": "image_normal", "mask": "image_mask"}
+#: Output image tensor per modality (release names): ``image_<modality>``.
+IMAGE_OUTPUTS: dict[str, str] = {m: f"image_{m}" for m in RELEASE_MODALITIES}
 NO_STEPS, RANDOM_SEED, NO_LABEL = 0, -1, -1
 
 
@@ -98,7 +101,7 @@ def model_specs(manifest: Manifest) -> dict[str, ModelSpec]:
         PERCEIVE_MODEL: ModelSpec(
             PERCEIVE_MODEL,
             (WireTensor("image", np.uint8, image), WireTensor("tasks", np.bytes_, scalar, optional=True), *sampling),
-            tuple(images[m] for m in manifest.modalities if m != "rgb") + results,
+            tuple(images[m] for m in perception_modalities(manifest.modalities)) + results,
             batch,
         ),
         GENERATE_MODEL: ModelSpec(
