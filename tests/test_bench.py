@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import math
 import time
 from pathlib import Path
@@ -317,3 +318,13 @@ def test_peak_rss_and_cpu_peaks_are_positive(harness):
     assert harness.cpu_gemm_peak_gflops(n=128, repeats=2) > 0
     gbps = harness.cpu_memory_bandwidth_gbps(nbytes=1 << 20, repeats=2)
     assert gbps > 0 and math.isfinite(gbps)
+
+
+def test_soak_stream_counts_every_frame_in_order(tmp_path):
+    from mmgen_edge.bench import soak
+    from mmgen_edge.sdk.demo import ensure_demo_bundle
+
+    result = soak.soak_stream(str(ensure_demo_bundle(progress=False)), frames=12, steps=1)
+    assert (result["frames_received"], result["lost"], result["reordered"]) == (12, 0, 0)
+    assert result["rss_end_mb"] > 0 and result["frames_per_s"] > 0
+    assert soak.session_rss_bytes(os.getsid(0)) >= soak.rss_bytes()

@@ -18,7 +18,7 @@ from mmgen_edge.export.engines import BuildEnvironment, engine_entry, engine_fil
 from mmgen_edge.export.tensorrt_build import EngineReport, Precision
 from mmgen_edge.runtime import gpu
 from mmgen_edge.runtime.backend import RUNTIME_GRAPHS, detect_environment, matching_engines
-from mmgen_edge.runtime.manifest import LatentInfo, Manifest, VaeInfo
+from mmgen_edge.runtime.manifest import FileEntry, LatentInfo, Manifest, VaeInfo
 from mmgen_edge.runtime.sampler import SamplerConfig
 
 TRT_VERSION = "10.13.0.35"
@@ -74,7 +74,8 @@ def _manifest(engines_: tuple = ()) -> Manifest:
     return Manifest(
         model=config, latent=LatentInfo(channels_per_modality=4, height=4, width=4, scaling_factor=0.5, downsample=8),
         vae=VaeInfo(kind="tiny", scaling_factor=0.5, parameters=1), sampler=SamplerConfig(), precision="fp16",
-        dims={}, opset=17, graphs={}, files=(), engines=engines_,
+        dims={}, opset=17, graphs={}, engines=engines_,
+        files=tuple(FileEntry(path=e.file, bytes=1, sha256="0" * 64) for e in engines_),  # engines are listed files
     )  # fmt: skip
 
 
