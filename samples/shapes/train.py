@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import argparse
 import argparse as _argparse
+import contextlib
+import functools
+import multiprocessing
 import math
 import os
 import time
@@ -94,6 +97,13 @@ FINETUNE_RECIPE = RecipeConfig(
     num_scenes=8000, steps=5500, warmup=100, condition_fraction=0.75, rgb_condition_prob=2 / 3, lr_schedule="cosine",
 )  # fmt: skip
 
+#: Phase 2 at scale, for a GPU (the same code; on 2 CPU cores it is a many-run, resumable job): 40 000 scenes,
+#: batch 256, 24 000 steps, from the phase-1 weights, with phase 2's perception weighting and cosine decay.
+LONG_RECIPE = RecipeConfig(
+    num_scenes=40000, batch=256, steps=24000, warmup=500, ema_decay=0.9998, condition_fraction=0.75,
+    rgb_condition_prob=2 / 3, lr_schedule="cosine", checkpoint_every=2000,
+)  # fmt: skip
+
 TINY_RECIPE = RecipeConfig(
     num_scenes=24, resolution=64, vae_steps=3, vae_batch=4, vae_crop=32, vae_full_steps=2, vae_full_batch=2,
     depth=1, hidden_size=32, num_heads=2, steps=4, batch=8, warmup=2, checkpoint_every=2,
@@ -106,7 +116,12 @@ def _atomic_save(obj: object, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def build_dataset(work: Path, recipe: RecipeConfig) -> tuple[np.ndarray, np.ndarray]:
+def _render_example(seed: int, size: int) -> tuple[np.ndarray, int]:
+    scene = render_scene(seed, size)
+    return modality_stack(scene, np.random.default_rng(seed)), scene.category
+
+
+def build_dataset(work: Path, recipe: RecipeConfig, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(N, 4, H, W, 3) uint8 modality images and (N,) labels, cached in dataset.npz."""
     path = work / "dataset.npz"
     if path.exists():
@@ -114,10 +129,14 @@ def build_dataset(work: Path, recipe: RecipeConfig) -> tuple[np.ndarray, np.ndar
         return data["images"], data["labels"]
     images = np.empty((recipe.num_scenes, 4, recipe.resolution, recipe.resolution, 3), np.uint8)
     labels = np.empty(recipe.num_scenes, np.int64)
-    for i in tqdm(range(recipe.num_scenes), desc="render scenes", unit="scene"):
-        scene = render_scene(recipe.seed + i, recipe.resolution)
-        images[i] = modality_stack(scene, np.random.default_rng(recipe.seed + i))
-        labels[i] = scene.category
+    seeds = [recipe.seed + i for i in range(recipe.num_scenes)]
+    render = functools.partial(_render_example, size=recipe.resolution)
+    with contextlib.ExitStack() as stack:
+        mapper = map
+        if workers > 1:  # same seeds, same images: only the wall time changes
+            mapper = functools.partial(stack.enter_context(multiprocessing.get_context("fork").Pool(workers)).imap, chunksize=64)
+        for i, (stack_, label) in enumerate(tqdm(mapper(render, seeds), total=len(seeds), desc="render scenes", unit="scene")):
+            images[i], labels[i] = stack_, label
     tmp = work / "dataset.tmp.npz"
     np.savez(tmp, images=images, labels=labels)
     os.replace(tmp, path)
@@ -192,9 +211,10 @@ def training_batch(
     """x_t, t (N, 4), y, task, target v, loss mask (N, 16, 1, 1) for one batch of the release recipe."""
     b, m = recipe.batch, 4
     idx = torch.randint(0, len(latents), (b,), generator=g)
-    x0, y = latents[idx], labels[idx].clone()
+    device = latents.device
+    x0, y = latents[idx.to(device)], labels[idx].clone()
     y[torch.rand(b, generator=g) < recipe.class_dropout] = null_label
-    noise = torch.randn(x0.shape, generator=g)
+    noise = torch.randn(x0.shape, generator=g).to(device)
     t = torch.rand(b, 1, generator=g).expand(b, m).clone()  # one shared t per sample
     task = torch.zeros(b, dtype=torch.long)
     conditioned = torch.arange(b) >= round(b * (1 - recipe.condition_fraction))  # the tail: one modality held clean
@@ -203,6 +223,7 @@ def training_batch(
     rows = torch.nonzero(conditioned).squeeze(1)
     t[rows, k[rows]] = RELEASE_CONDITION_T
     task[rows] = k[rows] + 1
+    t, y, task = t.to(device), y.to(device), task.to(device)
     tt = t.repeat_interleave(x0.shape[1] // m, dim=1)[:, :, None, None]  # (B, 16, 1, 1)
     x_t = (1 - tt) * x0 + tt * noise
     weight = (tt != RELEASE_CONDITION_T).float()  # no loss on the held slot
@@ -211,38 +232,44 @@ def training_batch(
 
 def train_mmgen(
     work: Path, latents: torch.Tensor, labels: np.ndarray, recipe: RecipeConfig, minutes: float | None,
-    init: Path | None = None,
+    init: Path | None = None, device: str = "cpu",
 ) -> Path:
-    """Train (or resume) ``work/checkpoint.pt``; a new run starts from the model directory ``init`` when given."""
+    """Train (or resume) ``work/checkpoint.pt``; a new run starts from the model directory ``init`` when given.
+
+    ``device`` only changes where the arithmetic runs: the random draws come from the same CPU generator, and the
+    checkpoint is device-independent, so a run may resume on another device.
+    """
     from mmgen_edge.export.checkpoint import architecture_from_args
     from mmgen_edge.export.model_dir import load_model
 
     path = work / "checkpoint.pt"
     args = recipe.args()
     config = architecture_from_args(args, None)
-    model = MMGen(config)
-    ema = MMGen(config).eval().requires_grad_(False)
+    model = MMGen(config).to(device)
+    ema = MMGen(config).to(device).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
+    latents = latents.to(device)
     g = torch.Generator().manual_seed(recipe.seed)
     step = 0
     if path.exists():
         with torch.serialization.safe_globals([_argparse.Namespace]):
-            state = torch.load(path, weights_only=True)
+            state = torch.load(path, weights_only=True, map_location=device)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
-        g.set_state(state["rng"])
+        g.set_state(state["rng"].cpu())
         step = int(state["steps"])
     else:
         if init is not None:
             start = load_model(init, dtype=torch.float32)
             if start.config != config:
                 raise ValueError(f"--init {init}: its architecture {start.config} is not the recipe's {config}")
-            model.load_state_dict(start.state_dict())
+            model.load_state_dict({k: v.to(device) for k, v in start.state_dict().items()})
         ema.load_state_dict(model.state_dict())
     y_all = torch.from_numpy(labels)
     deadline = time.monotonic() + 60 * minutes if minutes else math.inf
     bar = tqdm(total=recipe.steps, initial=step, desc="train MMGen", unit="step")
+    started = time.monotonic()
 
     def save() -> None:
         _atomic_save(
@@ -263,16 +290,24 @@ def train_mmgen(
         opt.step()
         decay = min(recipe.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - decay)
+            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % recipe.checkpoint_every == 0:
             save()
+            log_progress(work, step, loss.item(), time.monotonic() - started)
     save()
     bar.close()
     return path
+
+
+def log_progress(work: Path, step: int, loss: float, seconds: float) -> None:
+    """Append one line to ``work/progress.jsonl``: the learning curve of every (resumed) run."""
+    import json
+
+    with open(work / "progress.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, "loss": round(loss, 5), "run_seconds": round(seconds, 1)}) + "\n")
 
 
 def export_weights(work: Path, out: Path, vae: AutoencoderKL) -> None:
@@ -289,19 +324,24 @@ def export_weights(work: Path, out: Path, vae: AutoencoderKL) -> None:
 
 def run(
     work: Path, recipe: RecipeConfig, minutes: float | None = None, export: Path | None = None,
-    init: Path | None = None, vae_dir: Path | None = None, threads: int | None = None,
+    init: Path | None = None, vae_dir: Path | None = None, threads: int | None = None, device: str = "cpu",
+    workers: int = 1,
 ) -> Path:
     """Every stage, each cached in ``work``; ``vae_dir`` uses a trained VAE instead of training one."""
     torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
     work.mkdir(parents=True, exist_ok=True)
-    images, labels = build_dataset(work, recipe)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True  # set here, for this run only (never at import)
+        torch.backends.cudnn.allow_tf32 = True
+    images, labels = build_dataset(work, recipe, workers)
     if vae_dir is not None and not (work / "vae" / "config.json").exists():
         import shutil
 
         shutil.copytree(vae_dir, work / "vae")
     vae = train_vae(work, images, recipe)
-    latents = encode_dataset(work, vae, images)
-    checkpoint = train_mmgen(work, latents, labels, recipe, minutes, init)
+    latents = encode_dataset(work, vae.to(device), images)
+    checkpoint = train_mmgen(work, latents, labels, recipe, minutes, init, device)
+    vae = vae.cpu()
     if export is not None:
         export_weights(work, export, vae)
     return checkpoint
@@ -314,18 +354,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="MMGen steps (default: the recipe's)")
     parser.add_argument("--export", type=Path, help="write the shipped weights here (e.g. samples/shapes/weights)")
     parser.add_argument("--tiny", action="store_true", help="a seconds-long smoke run of every stage")
-    parser.add_argument("--recipe", choices=("base", "finetune"), default="base",
-                        help="base: phase 1 from scratch; finetune: phase 2 (use with --init and --vae)")
+    parser.add_argument("--recipe", choices=("base", "finetune", "long"), default="base",
+                        help="base: phase 1 from scratch; finetune / long: phase 2 (use with --init and --vae)")
     parser.add_argument("--init", type=Path, help="start a new MMGen run from this model directory's weights")
     parser.add_argument("--vae", type=Path, help="use this trained VAE directory instead of training one")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: every core)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (same draws, same recipe; resumable across devices)")
+    parser.add_argument("--workers", type=int, default=1, help="processes rendering the scenes (same images)")
     args = parser.parse_args()
-    recipe = TINY_RECIPE if args.tiny else FINETUNE_RECIPE if args.recipe == "finetune" else RecipeConfig()
+    recipes = {"base": RecipeConfig(), "finetune": FINETUNE_RECIPE, "long": LONG_RECIPE}
+    recipe = TINY_RECIPE if args.tiny else recipes[args.recipe]
     if args.steps:
         from dataclasses import replace
 
         recipe = replace(recipe, steps=args.steps)
-    print(run(args.work, recipe, args.minutes, args.export, args.init, args.vae, args.threads))
+    print(run(args.work, recipe, args.minutes, args.export, args.init, args.vae, args.threads, args.device, args.workers))
 
 
 if __name__ == "__main__":

@@ -44,8 +44,9 @@ def tensor_to_images(x: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def encode(vae: AutoencoderKL, images: np.ndarray, batch_size: int = 64) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> scaled latent means (N, 4, H/8, W/8)."""
+    device = next(vae.parameters()).device
     out = [
-        vae.encode(images_to_tensor(images[i : i + batch_size])).latent_dist.mean * vae.config.scaling_factor
+        (vae.encode(images_to_tensor(images[i : i + batch_size]).to(device)).latent_dist.mean * vae.config.scaling_factor).cpu()
         for i in range(0, len(images), batch_size)
     ]
     return torch.cat(out)
