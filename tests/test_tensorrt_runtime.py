@@ -106,7 +106,8 @@ def fake_manifest(precision: str = "fp32", engines_: tuple[EngineEntry, ...] = (
               "V": DimRange(min=1, opt=3, max=4 * MAX_BATCH)},  # fmt: skip
         opset=17,
         graphs=_graph_entries(precision),
-        files=(),
+        files=tuple(FileEntry(path=f, bytes=1, sha256="0" * 64)  # the manifest lists every file it names
+                    for f in [g.file for g in _graph_entries(precision).values()] + [e.file for e in engines_]),
         engines=engines_,
     )
 
