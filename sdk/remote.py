@@ -66,7 +66,7 @@ class ServerUnavailable(ConnectionError):
     """Nothing answers at the URL, or its mmgen-edge models never became ready; the message says what to do."""
 
 
-def connect(url: str = DEFAULT_URL, steps: int | None = None, timeout: float = 60.0, connect_timeout: float = CONNECT_TIMEOUT_S) -> "RemoteModel":
+def connect(url: str = DEFAULT_URL, steps: int | None = None, timeout: float = 60.0, connect_timeout: float = CONNECT_TIMEOUT_S) -> RemoteModel:
     """Connect to a served bundle and read its manifest.
 
     Args:

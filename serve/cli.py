@@ -36,10 +36,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def ready(server: Server) -> None:
         backend = server.handlers[0].model.backend
         urls = server.bind_urls()
-        lines = [
+        banner = (
             f"mmgen-edge serve: {bundle} ({backend}, {options.instances} instance(s)) ready at {urls['grpc']} (gRPC) "
             f"and {urls['http']} (HTTP), metrics at {urls['metrics']}; Ctrl-C or SIGTERM stops"
-        ]
+        )
+        lines = [banner]
         if exposure_warning(options.host):
             lines.append(
                 f"mmgen-edge serve: WARNING: listening on {options.host}, unauthenticated; clients on this machine "

@@ -243,7 +243,7 @@ class RequestHandler:
             except RequestError as e:
                 responses[i] = error_response(str(e))
                 continue
-            except Exception as e:  # noqa: BLE001 - a request we failed to read fails alone, never its batch
+            except Exception as e:  # a request we failed to read fails alone, never its batch
                 LOG.exception("could not read a request")
                 responses[i] = error_response(f"could not read the request ({type(e).__name__}: {e})")
                 continue
@@ -259,7 +259,7 @@ class RequestHandler:
                     for i, _ in chunk:
                         responses[i] = error_response(str(e))
                     continue
-                except Exception as e:  # noqa: BLE001 - logged here; its clients get a one-line error, not a traceback
+                except Exception as e:  # logged here; its clients get a one-line error, not a traceback
                     LOG.exception("an engine batch of %d failed", len(chunk))
                     for i, _ in chunk:
                         responses[i] = error_response(f"the server failed to run this batch ({type(e).__name__}: {e})")
