@@ -42,7 +42,7 @@ def run_level(url: str, streams: int, requests: int, tasks: tuple[str, ...]) -> 
     """S concurrent streams, each ``requests`` back-to-back perceive calls; latency per call, rate overall."""
     from mmgen_edge.sdk.remote import connect
 
-    models = [connect(url, timeout=120) for _ in range(streams)]
+    models = [connect(url, timeout=120, connect_timeout=120) for _ in range(streams)]  # the server may still be starting
     frames = _frames(requests, seed=streams)
     try:
         models[0].perceive(frames[0], tasks=tasks, seed=0)  # warm-up (first request loads lazily)

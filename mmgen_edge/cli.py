@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(hint, file=sys.stderr)
         return EXIT_USAGE
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, ImportError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, ImportError, ConnectionError) as e:
         print(f"mmgen-edge {name}: error: {describe_error(e)}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -5,7 +5,7 @@ triton-repo`` (Triton's Python backend) alike, so one client (:mod:`mmgen_edge.s
 in ``sdk`` so that the client (the ``client`` extra: tritonclient only) imports it without ``mmgen_edge.serve``;
 the servers import it from here too:
 
-``mmgen_info``     query (1,) BYTES                                  -> manifest (1,) BYTES (the bundle's JSON)
+``mmgen_info``     query (1,) BYTES                                  -> manifest (1,) BYTES (the bundle's JSON), error
 ``mmgen_perceive`` image (R, R, 3) UINT8 at the model resolution,
                    [tasks (1,) BYTES "depth,normals,segmentation"], [steps (1,) INT32, 0 = default],
                    [seed (1,) INT64, -1 = random], [noise (C, h, w) FP32]
@@ -18,8 +18,15 @@ the servers import it from here too:
 Every model batches (Triton adds a leading batch axis to each tensor); a request carries ONE sample (batch 1) and
 the server's dynamic batcher merges concurrent requests into one engine batch. The client resizes and encodes
 inputs and post-processes the decoded images (segment clustering, resizing back) with the same SDK code as the
-local model, so the server runs only the model part and both give the same results. A request the server cannot
-serve gets a non-empty ``error`` (and no other outputs); the other requests of its batch are unaffected.
+local model, so the server runs only the model part and both give the same results.
+
+Every field is bounded (the limits below; README journey 6 lists them): images exactly
+(R, R, 3), tasks a comma-separated set of known task names (each at most once), steps 1..MAX_STEPS, class_label in
+0..num_classes-1, cfg_scale finite in 0..MAX_CFG_SCALE, seed 0..2**63-1, noise (C, h, w) and finite, every BYTES
+input at most MAX_TEXT_BYTES bytes of UTF-8. Each request is checked on its own; a request outside the bounds
+fails alone, as a Triton error (a failed request in Triton's statistics and metrics, an
+``InferenceServerException`` in tritonclient) naming the field, while the other requests of its batch are served.
+A served response carries ``error`` = "" (kept on the wire for older clients).
 
 R, C, h, w and the batch limit come from the bundle manifest (:func:`model_specs`), never re-typed.
 """
@@ -42,6 +49,13 @@ MODELS = (INFO_MODEL, PERCEIVE_MODEL, GENERATE_MODEL)
 #: Output image tensor per modality (release names): ``image_<modality>``.
 IMAGE_OUTPUTS: dict[str, str] = {m: f"image_{m}" for m in RELEASE_MODALITIES}
 NO_STEPS, RANDOM_SEED, NO_LABEL = 0, -1, -1
+
+#: The longest BYTES input (tasks, condition, query) in bytes: "depth,normals,segmentation" is 26.
+MAX_TEXT_BYTES = 64
+#: The largest classifier-free guidance scale a server accepts.
+MAX_CFG_SCALE = 100.0
+#: The largest seed (seeds are INT64; -1 asks for a random one).
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -96,7 +110,10 @@ def model_specs(manifest: Manifest) -> dict[str, ModelSpec]:
     batch = manifest.max_batch
     return {
         INFO_MODEL: ModelSpec(
-            INFO_MODEL, (WireTensor("query", np.bytes_, scalar),), (WireTensor("manifest", np.bytes_, scalar),), batch
+            INFO_MODEL,
+            (WireTensor("query", np.bytes_, scalar),),
+            (WireTensor("manifest", np.bytes_, scalar), WireTensor("error", np.bytes_, scalar)),
+            batch,
         ),
         PERCEIVE_MODEL: ModelSpec(
             PERCEIVE_MODEL,

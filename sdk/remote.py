@@ -55,15 +55,33 @@ from .model_base import Model
 from .results import GenerationResult, PerceptionResult
 
 DEFAULT_URL = "grpc://127.0.0.1:8001"
+CONNECT_TIMEOUT_S = 5.0
 
 
 class RemoteError(RuntimeError):
     """The server refused or failed a request; the message is the server's."""
 
 
-def connect(url: str = DEFAULT_URL, steps: int | None = None, timeout: float = 60.0) -> "RemoteModel":
-    """Connect to a served bundle (``grpc://host:port`` or ``http://host:port``) and read its manifest."""
-    return RemoteModel(url, steps=steps, timeout=timeout)
+class ServerUnavailable(ConnectionError):
+    """Nothing answers at the URL, or its mmgen-edge models never became ready; the message says what to do."""
+
+
+def connect(url: str = DEFAULT_URL, steps: int | None = None, timeout: float = 60.0, connect_timeout: float = CONNECT_TIMEOUT_S) -> RemoteModel:
+    """Connect to a served bundle and read its manifest.
+
+    Args:
+        url: ``grpc://host:port`` or ``http://host:port``.
+        steps: default sampler steps for this client's requests (the server's default when None).
+        timeout: seconds one request may take (also how long to wait for a live server's models to be ready).
+        connect_timeout: seconds to wait for the server to answer at all; raise it to wait for one still starting.
+
+    Returns:
+        The remote model.
+
+    Raises:
+        ServerUnavailable: nothing answered within ``connect_timeout``, or the models were not ready in ``timeout``.
+    """
+    return RemoteModel(url, steps=steps, timeout=timeout, connect_timeout=connect_timeout)
 
 
 def _client_module(scheme: str) -> Any:
@@ -77,15 +95,23 @@ def _client_module(scheme: str) -> Any:
     return module
 
 
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 class RemoteModel(Model):
     """A bundle served by Triton (the :class:`~mmgen_edge.sdk.model_base.Model` surface, run by the server)."""
 
-    def __init__(self, url: str = DEFAULT_URL, steps: int | None = None, timeout: float = 60.0):
+    def __init__(self, url: str = DEFAULT_URL, steps: int | None = None, timeout: float = 60.0, connect_timeout: float = CONNECT_TIMEOUT_S):
         parsed = urlparse(url if "://" in url else f"grpc://{url}")
         if parsed.scheme not in ("grpc", "http") or not parsed.hostname or not parsed.port:
             raise ValueError(f"url must look like grpc://host:port or http://host:port, got {url!r}")
+        if not (timeout > 0 and connect_timeout > 0):
+            raise ValueError(f"timeout and connect_timeout must be > 0 seconds, got {timeout} and {connect_timeout}")
         self.url = url
         self.timeout = timeout
+        self.connect_timeout = min(connect_timeout, timeout)
         self._grpc = parsed.scheme == "grpc"
         self._module = _client_module(parsed.scheme)
         self._address = f"{parsed.hostname}:{parsed.port}"
@@ -101,22 +127,58 @@ class RemoteModel(Model):
         self.specs: dict[str, ModelSpec] = model_specs(self.manifest)
         self.steps = steps
 
-    def _new_client(self) -> Any:
+    def _new_client(self, timeout: float | None = None) -> Any:
         if self._grpc:
             return self._module.InferenceServerClient(self._address)
-        return self._module.InferenceServerClient(self._address, connection_timeout=self.timeout, network_timeout=self.timeout)
+        timeout = self.timeout if timeout is None else timeout
+        return self._module.InferenceServerClient(self._address, connection_timeout=timeout, network_timeout=timeout)
+
+    def _is_live(self, probe: Any, timeout: float) -> bool:
+        if self._grpc:
+            return bool(probe.is_server_live(client_timeout=timeout))
+        return bool(probe.is_server_live())
+
+    def _wait_live(self) -> None:
+        """Fail within ``connect_timeout`` when nothing answers at the URL (no 60 s hang on a closed port)."""
+        deadline = time.monotonic() + self.connect_timeout
+        probe = self._client if self._grpc else self._new_client(timeout=self.connect_timeout)
+        last: Exception | None = None
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                try:
+                    if self._is_live(probe, max(left, 0.1)):
+                        return
+                except Exception as e:  # noqa: BLE001 - refused / unreachable: retried until the deadline, then named
+                    last = e
+                if time.monotonic() + 0.2 >= deadline:
+                    break
+                time.sleep(0.2)
+        finally:
+            if probe is not self._client:
+                probe.close()
+        reason = _first_line(last) if last else "not live"
+        raise ServerUnavailable(
+            f"no server answers at {self.url} (waited {self.connect_timeout:g} s: {reason}); start one with "
+            "`mmgen-edge serve BUNDLE` (or a Triton repository from `mmgen-edge triton-repo`), or check the URL, "
+            "the port and any firewall"
+        )
 
     def _wait_ready(self) -> None:
+        self._wait_live()
         deadline = time.monotonic() + self.timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
             try:
                 if all(self._client.is_model_ready(m) for m in (INFO_MODEL, PERCEIVE_MODEL, GENERATE_MODEL)):
                     return
-            except Exception as e:  # connection refused while the server starts
+            except Exception as e:  # noqa: BLE001 - the server went away or is still loading; named below
                 last = e
             time.sleep(0.2)
-        raise ConnectionError(f"no mmgen-edge models ready at {self.url} after {self.timeout:.0f} s ({last or 'not ready'})")
+        raise ServerUnavailable(
+            f"no mmgen-edge models ready at {self.url} after {self.timeout:.0f} s ({_first_line(last) if last else 'not ready'}); "
+            "is it an mmgen-edge server (mmgen_info, mmgen_perceive, mmgen_generate)?"
+        )
 
     # ------------------------------------------------------------------------------------------------ plumbing
     def close(self) -> None:
@@ -142,11 +204,13 @@ class RemoteModel(Model):
         client = client or self._client
         if client is None:
             raise RuntimeError("the remote model is closed")
+        # ``timeout`` is also the request's deadline on the server: Triton drops it if still queued by then.
+        deadline_us = int(self.timeout * 1e6)
         try:
             if self._grpc:
-                result = client.infer(model, tensors, client_timeout=self.timeout)
+                result = client.infer(model, tensors, client_timeout=self.timeout, timeout=deadline_us)
             else:
-                result = client.infer(model, tensors)
+                result = client.infer(model, tensors, timeout=deadline_us)
         except Exception as e:  # tritonclient's InferenceServerException and transport errors
             raise RemoteError(f"{model} at {self.url}: {e}") from e
         response = result.get_response()
@@ -208,7 +272,7 @@ class RemoteModel(Model):
         return_latents: bool = False,
     ) -> PerceptionResult | list[PerceptionResult]:
         """As :meth:`Model.perceive <mmgen_edge.sdk.model_base.Model.perceive>`; a list is sent as concurrent requests."""
-        tasks = check_tasks(tasks)
+        tasks = tuple(dict.fromkeys(check_tasks(tasks)))  # the server takes each task once
         inputs, batched = load_images(image)
         if not inputs:
             raise ValueError("no images given")

@@ -1,7 +1,8 @@
 """``mmgen-edge serve`` and ``mmgen-edge triton-repo``.
 
     mmgen-edge serve [BUNDLE] [--host 127.0.0.1] [--http-port 8000] [--grpc-port 8001] [--metrics-port 8002]
-        [--backend auto] [--instances 1] [--max-queue-delay-us 2000] [--threads N] [--steps K]
+        [--backend auto] [--instances 1] [--max-queue-delay-us 2000] [--max-queue-size 256] [--threads N] [--steps K]
+        [--access-token TOKEN]
     mmgen-edge triton-repo BUNDLE --out REPO [--instances 1] [--max-queue-delay-us 2000] [--engines auto|none|require]
 
 ``mmgen_edge/cli.py`` wires them in with ``add_parsers(subparsers)``.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -19,24 +21,34 @@ from typing import Any
 def cmd_serve(args: argparse.Namespace) -> int:
     from mmgen_edge.sdk.api import default_bundle
 
-    from .server import Server, ServerOptions, serve
+    from .server import ACCESS_TOKEN_ENV, Server, ServerOptions, exposure_warning, serve
 
     options = ServerOptions(
         host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         backend=args.backend, instances=args.instances, max_queue_delay_us=args.max_queue_delay_us,
-        threads=args.threads, steps=args.steps,
+        max_queue_size=args.max_queue_size, threads=args.threads, steps=args.steps,
+        access_token=args.access_token or os.environ.get(ACCESS_TOKEN_ENV) or None,
     )  # fmt: skip
+    options.check()
     bundle = args.bundle or default_bundle()
     logging.basicConfig(level=logging.INFO, format="mmgen-edge serve: %(message)s")
 
     def ready(server: Server) -> None:
         backend = server.handlers[0].model.backend
-        print(
-            f"mmgen-edge serve: {bundle} ({backend}, {options.instances} instance(s)) ready at {server.grpc_url} "
-            f"(gRPC) and {server.http_url} (HTTP); Ctrl-C or SIGTERM stops",
-            file=sys.stderr,
-            flush=True,
+        urls = server.bind_urls()
+        banner = (
+            f"mmgen-edge serve: {bundle} ({backend}, {options.instances} instance(s)) ready at {urls['grpc']} (gRPC) "
+            f"and {urls['http']} (HTTP), metrics at {urls['metrics']}; Ctrl-C or SIGTERM stops"
         )
+        lines = [banner]
+        if exposure_warning(options.host):
+            lines.append(
+                f"mmgen-edge serve: WARNING: listening on {options.host}, unauthenticated; clients on this machine "
+                f"connect to {server.grpc_url}"
+            )
+        token = "the one given" if options.access_token else f"a random one (choose it with --access-token or {ACCESS_TOKEN_ENV})"
+        lines.append(f"mmgen-edge serve: Triton's admin endpoints need header triton-access-token: {token}")
+        print("\n".join(lines), file=sys.stderr, flush=True)
 
     serve(bundle, options, on_ready=ready)
     print("mmgen-edge serve: stopped", file=sys.stderr)
@@ -66,15 +78,27 @@ def add_parsers(subparsers: Any) -> None:
         "bound to this bundle; clients use mmgen_edge.connect(URL). Loopback only unless --host says otherwise.",
     )
     p.add_argument("bundle", nargs="?", help="bundle directory (default: the demo model's)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1). Inference is unauthenticated: any other address exposes it "
+        "(a warning says so); put an authenticating proxy in front to expose it",
+    )
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--backend", default="auto", help="auto, tensorrt, ort-tensorrt, ort-cuda or ort-cpu")
     p.add_argument("--instances", type=int, default=1, help="model copies serving batches concurrently (default: 1)")
     p.add_argument("--max-queue-delay-us", type=int, default=2000, help="how long the batcher waits to fill a batch")
+    p.add_argument("--max-queue-size", type=int, default=256, help="requests waiting per model; more are refused (default: 256)")
     p.add_argument("--threads", type=int, help="ONNX Runtime CPU threads per instance")
     p.add_argument("--steps", type=int, help="default sampler steps (default: the bundle's)")
+    p.add_argument(
+        "--access-token",
+        help="token for Triton's admin endpoints (model repository, shared memory, trace, logging), sent as header "
+        "triton-access-token (default: $MMGEN_EDGE_ACCESS_TOKEN, else a random one); inference, health, metadata and "
+        "statistics (perf_analyzer) need none",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = subparsers.add_parser(

@@ -1,26 +1,34 @@
 """Serving one batch of requests: the part every server shares (PyTriton, Triton's Python backend). Torch-free.
 
 A request is a mapping of input name -> numpy array with the batch axis (size 1) in front, as Triton delivers it;
-a response is a mapping of output name -> array, also with the batch axis. Each request is checked on its own: a
-bad one gets an ``error`` response naming the problem while the others are served. Requests that can share an
-engine batch (same tasks and steps; for generation also guidance and condition kind) run as one batch.
+a response is a mapping of output name -> array, also with the batch axis. Each request is checked on its own,
+against the bounds of :mod:`mmgen_edge.sdk.protocol`, before any engine batch is assembled: a bad one gets an
+``{"error": message}`` response naming the problem while the others are served, and the server turns that
+response into a Triton error for that request alone (:mod:`.pytriton_errors` for ``serve``, the BLS model for a
+Triton repository). Requests that can share an engine batch (same tasks and steps; for generation also guidance
+and condition kind) run as one batch.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from mmgen_edge.runtime.modalities import CONDITION_TASKS
+from mmgen_edge.runtime.modalities import CONDITION_TASKS, perception_tasks
 from mmgen_edge.runtime.sampler import MAX_STEPS
-from mmgen_edge.sdk.api import GenerationRequest, MMGenModel, ModelOutput, check_tasks
+from mmgen_edge.sdk.api import GenerationRequest, MMGenModel, ModelOutput
 
 from mmgen_edge.sdk.protocol import (
     GENERATE_MODEL,
     IMAGE_OUTPUTS,
+    INFO_MODEL,
+    MAX_CFG_SCALE,
+    MAX_SEED,
+    MAX_TEXT_BYTES,
     NO_LABEL,
     NO_STEPS,
     PERCEIVE_MODEL,
@@ -28,9 +36,10 @@ from mmgen_edge.sdk.protocol import (
     ModelSpec,
     info_json,
     model_specs,
-    read_text,
     text,
 )
+
+LOG = logging.getLogger("mmgen_edge.serve")
 
 Request = Mapping[str, np.ndarray]
 Response = dict[str, np.ndarray]
@@ -41,7 +50,52 @@ class RequestError(ValueError):
 
 
 def error_response(message: str) -> Response:
+    """The response of a refused request: only a non-empty ``error`` (the server makes it a Triton error)."""
     return {"error": text(message)}
+
+
+def response_error(response: Mapping[str, np.ndarray]) -> str | None:
+    """The message of a refused request's response (see :func:`error_response`), None for a served one."""
+    if set(response) != {"error"}:
+        return None
+    value = np.asarray(response["error"]).reshape(-1)[0]
+    message = value.decode(errors="replace") if isinstance(value, (bytes, np.bytes_)) else str(value)
+    return message or None
+
+
+def request_text(array: np.ndarray, name: str) -> str:
+    """The string of one BYTES input, at most ``MAX_TEXT_BYTES`` bytes of UTF-8; RequestError naming it otherwise.
+
+    Args:
+        array: the input without the batch axis, shape (1,) (object array of bytes, or numpy bytes/str).
+        name: the input's name, for the message.
+
+    Returns:
+        The decoded text.
+    """
+    value = np.asarray(array).reshape(-1)[0]
+    if isinstance(value, str):
+        value = value.encode("utf-8", errors="surrogatepass")
+    if not isinstance(value, (bytes, np.bytes_)):
+        raise RequestError(f"input {name!r} must be text (BYTES), got {type(value).__name__}")
+    if len(value) > MAX_TEXT_BYTES:
+        raise RequestError(f"input {name!r} is {len(value)} bytes long; at most {MAX_TEXT_BYTES} are accepted")
+    try:
+        return bytes(value).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RequestError(f"input {name!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def parse_tasks(value: str, known: Sequence[str]) -> tuple[str, ...]:
+    """Comma-separated task names: each known, each at most once, at least one (so at most ``len(known)``)."""
+    tasks = tuple(t.strip() for t in value.split(",") if t.strip())
+    unknown = [t for t in tasks if t not in known]
+    if unknown or not tasks:
+        raise RequestError(f"unknown tasks {unknown or list(tasks)}; choose from {list(known)}")
+    repeated = sorted({t for t in tasks if tasks.count(t) > 1})
+    if repeated:
+        raise RequestError(f"tasks must name each task at most once; repeated: {repeated}")
+    return tasks
 
 
 @dataclass(frozen=True)
@@ -60,6 +114,7 @@ class RequestHandler:
         self.specs: dict[str, ModelSpec] = model_specs(model.manifest)
         self.manifest_json = model.manifest.model_dump_json()
         self.batch_sizes: Counter[int] = Counter()  # engine batch size -> times run (shows the batcher working)
+        self.tasks = perception_tasks(model.manifest.modalities)
 
     # ------------------------------------------------------------------------------------------ request parsing
     def _inputs(self, model: str, request: Request) -> dict[str, np.ndarray]:
@@ -100,8 +155,8 @@ class RequestHandler:
     @staticmethod
     def _seed(inputs: Mapping[str, np.ndarray]) -> int | None:
         seed = int(inputs["seed"][0]) if "seed" in inputs else RANDOM_SEED
-        if seed < RANDOM_SEED:
-            raise RequestError(f"seed must be >= 0 (or {RANDOM_SEED} for a random one), got {seed}")
+        if not (seed == RANDOM_SEED or 0 <= seed <= MAX_SEED):
+            raise RequestError(f"seed must be in 0..{MAX_SEED} (or {RANDOM_SEED} for a random one), got {seed}")
         return None if seed == RANDOM_SEED else seed
 
     def _noise(self, inputs: Mapping[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
@@ -112,11 +167,8 @@ class RequestHandler:
 
     def parse_perceive(self, request: Request) -> PerceiveItem:
         inputs = self._inputs(PERCEIVE_MODEL, request)
-        tasks_text = read_text(inputs["tasks"]) if "tasks" in inputs else "depth,normals,segmentation"
-        try:
-            tasks = check_tasks([t.strip() for t in tasks_text.split(",") if t.strip()])
-        except ValueError as e:
-            raise RequestError(str(e)) from None
+        tasks_text = request_text(inputs["tasks"], "tasks") if "tasks" in inputs else ",".join(self.tasks)
+        tasks = parse_tasks(tasks_text, self.tasks)
         rng = np.random.default_rng(self._seed(inputs))
         return PerceiveItem(inputs["image"], tasks, self._steps(inputs), self._noise(inputs, rng))
 
@@ -126,14 +178,14 @@ class RequestHandler:
         classes = self.model.num_classes
         if not (label == NO_LABEL or 0 <= label < classes):
             raise RequestError(f"class_label must be in 0..{classes - 1} (or {NO_LABEL} for none), got {label}")
-        condition = read_text(inputs["condition"]) if "condition" in inputs else ""
+        condition = request_text(inputs["condition"], "condition") if "condition" in inputs else ""
         if condition and condition not in CONDITION_TASKS:
             raise RequestError(f"unknown condition {condition!r}; choose {', '.join(CONDITION_TASKS)}")
         if bool(condition) != ("condition_image" in inputs):
             raise RequestError("condition and condition_image go together (give both or neither)")
         cfg_scale = float(inputs["cfg_scale"][0]) if "cfg_scale" in inputs else 1.0
-        if not np.isfinite(cfg_scale) or cfg_scale < 0:
-            raise RequestError(f"cfg_scale must be a finite number >= 0, got {cfg_scale}")
+        if not (np.isfinite(cfg_scale) and 0 <= cfg_scale <= MAX_CFG_SCALE):
+            raise RequestError(f"cfg_scale must be a finite number in 0..{MAX_CFG_SCALE:g}, got {cfg_scale}")
         seed = self._seed(inputs)
         noise = inputs.get("noise")
         if noise is not None:
@@ -150,7 +202,15 @@ class RequestHandler:
 
     # ------------------------------------------------------------------------------------------------- serving
     def info(self, requests: Sequence[Request]) -> list[Response]:
-        return [{"manifest": text(self.manifest_json)} for _ in requests]
+        return [self._info(request) for request in requests]
+
+    def _info(self, request: Request) -> Response:
+        try:
+            inputs = self._inputs(INFO_MODEL, request)
+            request_text(inputs["query"], "query")
+        except RequestError as e:
+            return error_response(f"{INFO_MODEL}: {e}")
+        return {"manifest": text(self.manifest_json), "error": text("")}
 
     def perceive(self, requests: Sequence[Request]) -> list[Response]:
         def run(items: list[PerceiveItem]) -> ModelOutput:
@@ -183,6 +243,10 @@ class RequestHandler:
             except RequestError as e:
                 responses[i] = error_response(str(e))
                 continue
+            except Exception as e:  # a request we failed to read fails alone, never its batch
+                LOG.exception("could not read a request")
+                responses[i] = error_response(f"could not read the request ({type(e).__name__}: {e})")
+                continue
             groups.setdefault(group_key(item), []).append((i, item))
         limit = self.model.manifest.max_batch
         for members in groups.values():
@@ -194,6 +258,11 @@ class RequestHandler:
                 except ValueError as e:  # a request the model refuses (checked in the SDK); the server is fine
                     for i, _ in chunk:
                         responses[i] = error_response(str(e))
+                    continue
+                except Exception as e:  # logged here; its clients get a one-line error, not a traceback
+                    LOG.exception("an engine batch of %d failed", len(chunk))
+                    for i, _ in chunk:
+                        responses[i] = error_response(f"the server failed to run this batch ({type(e).__name__}: {e})")
                     continue
                 for j, (i, _) in enumerate(chunk):
                     responses[i] = self._response(out, j)

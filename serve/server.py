@@ -10,10 +10,27 @@ instance. It works on a CPU-only machine.
         model = mmgen_edge.sdk.remote.connect(server.grpc_url)
 
 ``serve()`` runs until SIGINT/SIGTERM, then stops Triton (in-flight requests finish) and returns.
+
+Hardening (README journey 6):
+
+* every request is checked on its own before its engine batch is assembled (:mod:`.handlers`), and a refused one
+  fails alone as a Triton error (:mod:`.pytriton_errors`), so Triton's failure metrics and perf_analyzer see it;
+* each model's queue is bounded (``max_queue_size``; more requests are refused by Triton at once) and a client may
+  give a request a deadline (Triton's per-request ``timeout``, which the queue policy lets override): Triton
+  rejects a request still queued at its deadline, and drops one whose gRPC client cancelled or went away before
+  it reached the model. Work already running is not interrupted (PyTriton does not pass Triton's cancellation to
+  the callable, and an engine batch serves several clients); it is bounded by ``MAX_STEPS`` steps per batch;
+* Triton's admin endpoints (model repository, shared memory, trace, logging) need the ``access_token`` (PyTriton
+  uses it to load the models; a random one by default); inference, metadata, health and statistics (read-only, no
+  more than inference already tells) are open, so perf_analyzer works against ``serve`` out of the box;
+* inference is unauthenticated: loopback by default, and a warning for any other address;
+* a watchdog process (:mod:`.watchdog`) kills tritonserver and its stubs if this process dies without stopping
+  them (SIGKILL, the OOM killer), so nothing keeps the ports.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -31,9 +48,15 @@ from mmgen_edge.sdk.api import MMGenModel, load
 from mmgen_edge.sdk.protocol import GENERATE_MODEL, INFO_MODEL, PERCEIVE_MODEL, ModelSpec, model_specs
 
 from .handlers import RequestHandler
+from .pytriton_errors import install_per_request_errors
+from .watchdog import Watchdog, children, start_watchdog
 
 LOG = logging.getLogger("mmgen_edge.serve")
 LOOPBACK = "127.0.0.1"
+ACCESS_TOKEN_ENV = "MMGEN_EDGE_ACCESS_TOKEN"
+#: Triton endpoints that need the access token (PyTriton's defaults less "statistics", which perf_analyzer reads).
+PROTECTED_ENDPOINTS = ("shared-memory", "model-repository", "trace", "logging")
+ACCESS_HEADER = "triton-access-token"
 
 
 @dataclass(frozen=True)
@@ -48,6 +71,8 @@ class ServerOptions:
     threads: int | None = None  # ONNX Runtime CPU threads per instance
     steps: int | None = None  # default sampler steps (the manifest's when None)
     verify: str = "full"
+    max_queue_size: int = 256  # requests waiting per model; Triton refuses more at once
+    access_token: str | None = None  # for Triton's admin endpoints (random when None); see PROTECTED_ENDPOINTS
 
     def check(self) -> None:
         for name in ("http_port", "grpc_port", "metrics_port"):
@@ -61,6 +86,32 @@ class ServerOptions:
             raise ValueError(f"instances must be >= 1, got {self.instances}")
         if self.max_queue_delay_us < 0:
             raise ValueError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
+        if self.max_queue_size < 1:
+            raise ValueError(f"max_queue_size must be >= 1, got {self.max_queue_size}")
+        if self.access_token is not None and (len(self.access_token) < 16 or not self.access_token.isprintable() or " " in self.access_token):
+            raise ValueError("the access token must be at least 16 printable characters without spaces")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server on this machine ("localhost", 127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def exposure_warning(host: str) -> str | None:
+    """The warning for binding ``host``: None on loopback; else what it exposes and what to do."""
+    if is_loopback(host):
+        return None
+    where = "every network interface" if host in ("0.0.0.0", "::", "") else host
+    return (
+        f"serving on {where}: anyone who can reach this machine can run inference (mmgen-edge serve has no "
+        "authentication or TLS); put it behind an authenticating proxy (e.g. nginx with TLS and auth) or a service "
+        "mesh, or bind 127.0.0.1 (README: journey 6, security)"
+    )
 
 
 def free_ports(n: int, host: str = LOOPBACK) -> list[int]:
@@ -123,8 +174,20 @@ class Server:
         self.options = options or ServerOptions(**overrides)
         self.options.check()
         self._triton: Any = None
+        self._watchdog: Watchdog | None = None
         self._models: list[MMGenModel] = []
         self.handlers: list[RequestHandler] = []  # one per instance
+        self.access_token: str | None = None  # the token in use for the admin endpoints, once started
+
+    def bind_urls(self) -> dict[str, str]:
+        """Where Triton listens, as bound (``0.0.0.0`` stays ``0.0.0.0``): ``grpc``, ``http``, ``metrics``."""
+        o = self.options
+        host = f"[{o.host}]" if ":" in o.host else o.host
+        return {
+            "grpc": f"grpc://{host}:{o.grpc_port}",
+            "http": f"http://{host}:{o.http_port}",
+            "metrics": f"http://{host}:{o.metrics_port}/metrics",
+        }
 
     @property
     def http_url(self) -> str:
@@ -148,10 +211,13 @@ class Server:
     def start(self) -> None:
         """Load the bundle (one model per instance), start Triton, bind the models; returns once they are ready."""
         triton_module = _import_pytriton()
-        from pytriton.model_config import DynamicBatcher, ModelConfig
+        from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy
 
         o = self.options
         check_ports_free(o.host, (o.http_port, o.grpc_port, o.metrics_port))
+        warning = exposure_warning(o.host)
+        if warning:
+            LOG.warning(warning)
         self._models = [
             load(self.bundle, backend=o.backend, steps=o.steps, threads=o.threads, verify=o.verify if i == 0 else "none")
             for i in range(o.instances)
@@ -163,16 +229,21 @@ class Server:
             http_address=o.host, http_port=o.http_port, grpc_address=o.host, grpc_port=o.grpc_port,
             metrics_address=o.host, metrics_port=o.metrics_port, log_verbose=0,
         )  # fmt: skip
-        self._triton = triton_module.Triton(config=config)
+        security = triton_module.TritonSecurityConfig(access_token=o.access_token, restricted_endpoints=list(PROTECTED_ENDPOINTS))
+        self.access_token = security.access_token
+        self._triton = triton_module.Triton(config=config, security_config=security)
+        queue = QueuePolicy(allow_timeout_override=True, max_queue_size=o.max_queue_size)
         try:
-            self._triton.__enter__()
+            # bind every model before starting tritonserver (run()): a model bound to a running Triton loads at once,
+            # before install_per_request_errors could give it its proxy model
             bindings: list[tuple[ModelSpec, Callable[[RequestHandler], Callable[..., Any]], bool]] = [
                 (specs[INFO_MODEL], lambda h: h.info, False),
                 (specs[PERCEIVE_MODEL], lambda h: h.perceive, True),
                 (specs[GENERATE_MODEL], lambda h: h.generate, True),
             ]
             for spec, method, batched in bindings:
-                batcher = DynamicBatcher(max_queue_delay_microseconds=o.max_queue_delay_us) if batched else DynamicBatcher()
+                delay = o.max_queue_delay_us if batched else 0
+                batcher = DynamicBatcher(max_queue_delay_microseconds=delay, default_queue_policy=queue)
                 self._triton.bind(
                     model_name=spec.name,
                     infer_func=[_infer_func(method(h)) for h in handlers] if batched else _infer_func(method(handlers[0])),
@@ -181,11 +252,20 @@ class Server:
                     config=ModelConfig(max_batch_size=spec.max_batch_size, batcher=batcher),
                     strict=True,
                 )
-            self._triton.run()
+                install_per_request_errors(self._triton, spec.name)
+            self._watchdog = start_watchdog()
+            self._triton.run()  # starts tritonserver, loads the models
+            self._guard_children()
         except BaseException:
             self.stop()
             raise
-        LOG.info("serving %s on %s (HTTP) and %s (gRPC)", self.bundle, self.http_url, self.grpc_url)
+        urls = self.bind_urls()
+        LOG.info("serving %s on %s (gRPC) and %s (HTTP)", self.bundle, urls["grpc"], urls["http"])
+
+    def _guard_children(self) -> None:
+        if self._watchdog is not None:
+            guarded = self._watchdog.guard(p for p in children(os.getpid()) if p != self._watchdog.process.pid)
+            LOG.debug("the watchdog guards processes %s", guarded)
 
     def stop(self) -> None:
         """Stop Triton (waits for in-flight requests) and release the models. Safe to call twice."""
@@ -195,6 +275,9 @@ class Server:
             for i, handler in enumerate(self.handlers):
                 sizes = json.dumps({str(k): v for k, v in sorted(handler.batch_sizes.items())})
                 LOG.info("instance %d ran engine batches of size: %s", i, sizes)
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.disarm()
         models, self._models = self._models, []
         for model in models:
             model.close()

@@ -28,7 +28,7 @@ from mmgen_edge.runtime.runner import Runner
 from mmgen_edge.sdk.api import MMGenModel
 from mmgen_edge.sdk.protocol import GENERATE_MODEL, INFO_MODEL, MODELS as ENTRY_MODELS, PERCEIVE_MODEL, model_specs
 
-from .handlers import RequestHandler
+from .handlers import RequestHandler, response_error
 from .triton_repo import MANIFEST_PARAMETER, batch_symbol, component_model_name, from_triton, to_triton
 
 PB_UTILS = "triton_python_backend_utils"
@@ -123,15 +123,22 @@ class TritonPythonModel:
         }[self.model_name]
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        """One response per request, in order. A bad request gets an ``error`` output; a failing component model
-        (a BLS error) fails the requests of this batch with a Triton error naming it."""
+        """One response per request, in order. A refused request gets a Triton error of its own (a failure in
+        Triton's metrics) while the others are served; a failing component model (a BLS error) fails the requests
+        of its engine batch with a Triton error naming it."""
         batch = [self._inputs(request) for request in requests]
         try:
             responses = self.serve(batch)
         except Exception as e:  # noqa: BLE001 - reported to every client of the batch instead of killing the stub
             error = self.pb.TritonError(f"{self.model_name}: {type(e).__name__}: {e}")
             return [self.pb.InferenceResponse(output_tensors=[], error=error) for _ in requests]
-        return [self.pb.InferenceResponse(output_tensors=self._tensors(response)) for response in responses]
+        return [self._response(response) for response in responses]
+
+    def _response(self, response: Mapping[str, np.ndarray]) -> Any:
+        message = response_error(response)
+        if message is not None:
+            return self.pb.InferenceResponse(output_tensors=[], error=self.pb.TritonError(f"{self.model_name}: {message}"))
+        return self.pb.InferenceResponse(output_tensors=self._tensors(response))
 
     def _tensors(self, response: Mapping[str, np.ndarray]) -> list[Any]:
         return [self.pb.Tensor(name, bytes_for_triton(array)) for name, array in response.items()]

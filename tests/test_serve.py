@@ -6,7 +6,9 @@ MMGEN_EDGE_REQUIRE_SERVE=1 (set by CI), where a missing extra is a failure.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +25,7 @@ if os.environ.get("MMGEN_EDGE_REQUIRE_SERVE") != "1":
     pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed")
 
 import mmgen_edge  # noqa: E402
+from mmgen_edge.sdk.protocol import TRITON_DTYPES  # noqa: E402
 from mmgen_edge.sdk.remote import RemoteError, RemoteModel, connect  # noqa: E402
 from mmgen_edge.serve.server import Server  # noqa: E402
 from serving import assert_same_perception, free_ports, image, session_processes  # noqa: E402
@@ -33,10 +36,16 @@ CLIENT_THREADS, REQUESTS_PER_THREAD = 6, 3
 BATCH_WINDOW_US = 200_000  # long enough that concurrent requests surely meet in the batcher
 
 
+ACCESS_TOKEN = "test-token-0123456789abcdef"
+
+
 @pytest.fixture(scope="module")
 def server(tiny_bundle):
     http, grpc, metrics = free_ports(3)
-    with Server(tiny_bundle, http_port=http, grpc_port=grpc, metrics_port=metrics, max_queue_delay_us=BATCH_WINDOW_US, threads=1) as s:
+    with Server(
+        tiny_bundle, http_port=http, grpc_port=grpc, metrics_port=metrics, max_queue_delay_us=BATCH_WINDOW_US, threads=1,
+        access_token=ACCESS_TOKEN,
+    ) as s:  # fmt: skip
         yield s
 
 
@@ -135,7 +144,7 @@ def test_remote_stream_runs_the_served_model(server, local):
 
 def test_connect_fails_clearly(tmp_path):
     (port,) = free_ports(1)
-    with pytest.raises(ConnectionError, match="no mmgen-edge models ready"):
+    with pytest.raises(ConnectionError, match="no server answers at"):
         connect(f"grpc://127.0.0.1:{port}", timeout=1.0)
     with pytest.raises(ValueError, match="grpc://host:port"):
         RemoteModel("ftp://somewhere")
@@ -149,7 +158,7 @@ def test_cli_serve_shuts_down_on_sigterm_and_leaves_no_process(tiny_bundle, tmp_
     log = open(tmp_path / "serve.log", "w+")
     process = subprocess.Popen(cli, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        with connect(f"grpc://127.0.0.1:{grpc}", timeout=REQUEST_TIMEOUT_S) as model:
+        with connect(f"grpc://127.0.0.1:{grpc}", timeout=REQUEST_TIMEOUT_S, connect_timeout=REQUEST_TIMEOUT_S) as model:
             assert model.perceive(image(1), seed=1).depth.shape == (40, 56)
         assert len(session_processes(process.pid)) >= 2, "expected the CLI and its tritonserver"
         process.send_signal(signal.SIGTERM)
@@ -214,3 +223,237 @@ def test_serve_load_benchmark_reports_every_level(tiny_bundle, tmp_path, capsys)
     (batches,) = report["server_engine_batches"]  # one instance
     assert sum(int(size) * count for size, count in batches.items()) == 2 + 6 + 2  # requests + one warm-up per level
     assert "| 3 |" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ hardening (issue 12, section 1)
+def _raw_client(server):
+    import tritonclient.grpc as grpcclient
+
+    return grpcclient.InferenceServerClient(f"127.0.0.1:{server.options.grpc_port}")
+
+
+def _raw_infer(client, model: str, request: dict[str, np.ndarray]):
+    """One request through tritonclient as is (no SDK checks): the result, or the InferenceServerException."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    tensors = []
+    for name, array in request.items():
+        kind = TRITON_DTYPES[np.bytes_ if array.dtype.kind in "SO" else array.dtype.type]
+        tensor = grpcclient.InferInput(name, list(array.shape), kind)
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    try:
+        return client.infer(model, tensors, client_timeout=REQUEST_TIMEOUT_S)
+    except InferenceServerException as e:
+        return e
+
+
+def _bytes(value: bytes) -> np.ndarray:
+    return np.array([[value]], dtype=np.object_)
+
+
+def _counters(server, model: str) -> dict[str, float]:
+    """Triton's request counters for ``model`` from the metrics endpoint (Prometheus text; summed over reasons)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.options.metrics_port}/metrics", timeout=10).read().decode()
+    out = {"nv_inference_request_success": 0.0, "nv_inference_request_failure": 0.0}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0]
+        if name in out and f'model="{model}"' in line:
+            out[name] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_every_request_field_is_bounded_and_refused_quickly(server, local):
+    """Hostile values for each field fail alone, fast, naming the field; the server keeps serving."""
+    r = local.resolution
+    c, h, w = local.latent_shape(1)[1:]
+    img = image(3, r, r)[None]
+    perceive_cases = {
+        "tasks": {"image": img, "tasks": _bytes(b"depth," * 200_000)},  # the 10 GB request
+        "each task at most once": {"image": img, "tasks": _bytes(b"depth,depth")},
+        "not UTF-8": {"image": img, "tasks": _bytes(b"depth,\xff\xfe")},
+        "steps must be in 1..250": {"image": img, "steps": np.array([[10_000]], np.int32)},
+        "seed must be in": {"image": img, "seed": np.array([[-7]], np.int64)},
+        "NaN or infinite": {"image": img, "noise": np.full((1, c, h, w), np.inf, np.float32)},
+    }
+    generate_cases = {
+        "cfg_scale must be a finite number in 0..100": {"cfg_scale": np.array([[1e6]], np.float32)},
+        "cfg_scale must be a finite": {"cfg_scale": np.array([[np.nan]], np.float32)},
+        "class_label must be in": {"class_label": np.array([[-2]], np.int64)},
+        "condition": {"condition": _bytes(b"x" * 100_000), "condition_image": img},
+    }
+    client = _raw_client(server)
+    try:
+        start = time.monotonic()
+        for model, cases in (("mmgen_perceive", perceive_cases), ("mmgen_generate", generate_cases)):
+            for expected, request in cases.items():
+                outcome = _raw_infer(client, model, request)
+                assert isinstance(outcome, Exception), f"{model} accepted a request with bad {expected!r}"
+                assert expected in outcome.message(), outcome.message()
+                assert "Traceback" not in outcome.message()
+        info = _raw_infer(client, "mmgen_info", {"query": _bytes(b"q" * 1000)})
+        assert isinstance(info, Exception) and "at most 64" in info.message()
+        assert time.monotonic() - start < 15, "refusing ten bad requests took too long"
+    finally:
+        client.close()
+    with connect(server.grpc_url, timeout=REQUEST_TIMEOUT_S) as model:
+        served = model.perceive(image(8), seed=8, tasks=("depth", "depth"))  # the client sends each task once
+    here = local.perceive(image(8), seed=8, tasks=("depth",))
+    assert served.images.keys() == here.images.keys() == {"depth"}
+    np.testing.assert_allclose(served.depth, here.depth, atol=2e-2)
+
+
+def test_a_bad_request_fails_alone_as_a_triton_failure(server, local):
+    """A non-UTF-8 request batched with good ones: an InferenceServerException (status and message) for it alone,
+    results for the others."""
+    import tritonclient.grpc as grpcclient
+
+    r = local.resolution
+    good = [{"image": image(30 + i, r, r)[None], "seed": np.array([[30 + i]], np.int64)} for i in range(3)]
+    bad = {"image": image(9, r, r)[None], "tasks": _bytes(b"\xc3\x28")}
+    clients = [_raw_client(server) for _ in range(4)]
+    try:
+        before = _counters(server, "mmgen_perceive")
+        stats_before = clients[0].get_inference_statistics("mmgen_perceive", as_json=True)
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(_raw_infer, c, "mmgen_perceive", q) for c, q in zip(clients, (good[0], bad, good[1], good[2]))]
+            outcomes = [f.result(timeout=REQUEST_TIMEOUT_S) for f in futures]
+        stats_after = clients[0].get_inference_statistics("mmgen_perceive", as_json=True)
+    finally:
+        for c in clients:
+            c.close()
+    assert isinstance(outcomes[1], Exception) and "not UTF-8" in outcomes[1].message()
+    assert "Traceback" not in outcomes[1].message()
+    for seed, outcome in zip((30, 31, 32), (outcomes[0], outcomes[2], outcomes[3])):
+        assert isinstance(outcome, grpcclient.InferResult), outcome
+        np.testing.assert_allclose(
+            outcome.as_numpy("latents")[0], local.perceive(image(seed, r, r), seed=seed, return_latents=True).latents, atol=1e-4
+        )
+    after = _counters(server, "mmgen_perceive")
+    counted = {k: after[k] - before[k] for k in after}
+    assert sum(counted.values()) == 4, counted  # every request is in Triton's metrics...
+    # ...but the Python backend of the Triton that nvidia-pytriton 0.7 bundles (2.51) counts a request whose own
+    # response is an error as a success; only a whole failed execute counts as failures (README, journey 6).
+    assert counted["nv_inference_request_failure"] in (0, 1), counted
+
+    def executions(stats) -> int:
+        return int(stats["model_stats"][0].get("execution_count", 0))
+
+    assert executions(stats_after) - executions(stats_before) < 4, "the four requests were never batched together"
+
+
+def test_statistics_are_open_and_admin_endpoints_need_the_token(server):
+    import urllib.error
+    import urllib.request
+
+    base = f"http://127.0.0.1:{server.options.http_port}"
+    stats = json.loads(urllib.request.urlopen(f"{base}/v2/models/mmgen_perceive/stats", timeout=10).read())
+    assert stats["model_stats"][0]["name"] == "mmgen_perceive"
+    index = urllib.request.Request(f"{base}/v2/repository/index", data=b"{}", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(index, timeout=10)
+    assert refused.value.code in (401, 403)
+    index.add_header("triton-access-token", ACCESS_TOKEN)
+    with urllib.request.urlopen(index, timeout=10) as answer:  # PyTriton loads models through the API: [] here
+        assert answer.status == 200 and isinstance(json.loads(answer.read()), list)
+    assert server.access_token == ACCESS_TOKEN
+    client = _raw_client(server)
+    config = client.get_model_config("mmgen_perceive", as_json=True)["config"]
+    client.close()
+    policy = config["dynamic_batching"]["default_queue_policy"]
+    assert int(policy["max_queue_size"]) == server.options.max_queue_size and policy["allow_timeout_override"]
+
+
+@pytest.mark.skipif(shutil.which("perf_analyzer") is None, reason="perf_analyzer is not on PATH (Triton's SDK container or pip install perf-analyzer)")
+def test_perf_analyzer_runs_against_serve(server, tmp_path):
+    r = server.handlers[0].model.resolution
+    data = {"data": [{"image": {"content": [0] * (r * r * 3), "shape": [r, r, 3]}}]}
+    (tmp_path / "input.json").write_text(json.dumps(data))
+    cmd = ["perf_analyzer", "-m", "mmgen_perceive", "-u", f"127.0.0.1:{server.options.grpc_port}", "-i", "grpc",
+           "--input-data", str(tmp_path / "input.json"), "--concurrency-range", "2", "--measurement-interval", "2000"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Throughput" in done.stdout
+
+
+def _ports_free(ports) -> bool:
+    from mmgen_edge.serve.server import check_ports_free
+
+    try:
+        check_ports_free("0.0.0.0", ports)
+    except RuntimeError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process accounting reads /proc (Linux)")
+def test_sigkilled_serve_on_all_interfaces_warns_and_leaves_no_process_or_port(tiny_bundle, tmp_path):
+    """--host 0.0.0.0 warns and prints the real bind address; SIGKILL with requests in flight leaves nothing behind."""
+    ports = free_ports(3, host="0.0.0.0")
+    http, grpc, metrics = ports
+    cli = [sys.executable, "-m", "mmgen_edge.cli", "serve", str(tiny_bundle), "--host", "0.0.0.0", "--http-port", str(http),
+           "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--threads", "1"]  # fmt: skip
+    log = open(tmp_path / "serve.log", "w+")
+    process = subprocess.Popen(cli, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"grpc://127.0.0.1:{grpc}"
+        with connect(url, timeout=REQUEST_TIMEOUT_S, connect_timeout=REQUEST_TIMEOUT_S):
+            pass
+        assert len(session_processes(process.pid)) >= 2, "expected the CLI and its tritonserver"
+
+        def busy() -> None:  # requests in flight when the server dies (they would hold tritonserver's shutdown)
+            try:
+                with connect(url, timeout=REQUEST_TIMEOUT_S) as model:
+                    while True:
+                        model.perceive(image(1), steps=250, seed=1)
+            except (RemoteError, ConnectionError):
+                pass
+
+        pool = ThreadPoolExecutor(3)
+        busy_clients = [pool.submit(busy) for _ in range(3)]
+        time.sleep(2)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while (session_processes(process.pid) or not _ports_free(ports)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert session_processes(process.pid) == [], "tritonserver or its stubs outlived the killed server"
+        assert _ports_free(ports), "a port is still held after the server was killed"
+        for f in busy_clients:
+            f.result(timeout=REQUEST_TIMEOUT_S)
+        pool.shutdown()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        for pid in session_processes(process.pid):
+            os.kill(pid, signal.SIGKILL)
+        log.seek(0)
+        output = log.read()
+        log.close()
+    assert f"ready at grpc://0.0.0.0:{grpc}" in output, output[-2000:]
+    assert "every network interface" in output and "no authentication" in output, output[-2000:]
+    assert f"clients on this machine connect to grpc://127.0.0.1:{grpc}" in output
+    assert "watchdog: server" in output and "killed" in output, output[-2000:]
+
+
+def test_connect_to_a_closed_port_fails_fast_and_the_cli_says_why(tmp_path, capsys):
+    import cv2
+
+    from mmgen_edge.cli import main
+
+    (port,) = free_ports(1)
+    for url in (f"grpc://127.0.0.1:{port}", f"http://127.0.0.1:{port}"):
+        start = time.monotonic()
+        with pytest.raises(ConnectionError, match=f"no server answers at {url}.*mmgen-edge serve"):
+            connect(url, timeout=REQUEST_TIMEOUT_S, connect_timeout=2.0)
+        assert time.monotonic() - start < 6
+    path = tmp_path / "frame.png"
+    cv2.imwrite(str(path), image(5))
+    start = time.monotonic()
+    assert main(["perceive", str(path), "--server", f"grpc://127.0.0.1:{port}", "--out", str(tmp_path / "p")]) == 2
+    assert time.monotonic() - start < 10
+    err = capsys.readouterr().err
+    assert f"no server answers at grpc://127.0.0.1:{port}" in err and "Traceback" not in err
