@@ -354,6 +354,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="MMGen steps (default: the recipe's)")
     parser.add_argument("--export", type=Path, help="write the shipped weights here (e.g. samples/shapes/weights)")
     parser.add_argument("--tiny", action="store_true", help="a seconds-long smoke run of every stage")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --work (an error if it has no checkpoint.pt; without --resume an "
+                             "existing checkpoint is continued too)")
     parser.add_argument("--recipe", choices=("base", "finetune", "long"), default="base",
                         help="base: phase 1 from scratch; finetune / long: phase 2 (use with --init and --vae)")
     parser.add_argument("--init", type=Path, help="start a new MMGen run from this model directory's weights")
@@ -362,6 +365,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (same draws, same recipe; resumable across devices)")
     parser.add_argument("--workers", type=int, default=1, help="processes rendering the scenes (same images)")
     args = parser.parse_args()
+    if args.resume and not (args.work / "checkpoint.pt").is_file():
+        parser.error(f"--resume: {args.work / 'checkpoint.pt'} does not exist (nothing to resume; drop --resume to start)")
     recipes = {"base": RecipeConfig(), "finetune": FINETUNE_RECIPE, "long": LONG_RECIPE}
     recipe = TINY_RECIPE if args.tiny else recipes[args.recipe]
     if args.steps:
