@@ -68,6 +68,15 @@ def tiny_bundle(tiny_model_dir, tiny_vae_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def demo_bundle(tmp_path_factory) -> Path:
+    """The demo model's bundle (samples/shapes/weights), exported into a temporary directory once per session."""
+    skip_without_export()
+    from mmgen_edge.sdk.demo import ensure_demo_bundle
+
+    return ensure_demo_bundle(tmp_path_factory.mktemp("demo") / "bundle", progress=False)
+
+
+@pytest.fixture(scope="session")
 def runtime_bundle(request) -> Path:
     """A bundle for torch-free tests: ``MMGEN_EDGE_TEST_BUNDLE`` when set (exported elsewhere), else the tiny one."""
     given = os.environ.get("MMGEN_EDGE_TEST_BUNDLE")

@@ -21,12 +21,7 @@ from mmgen_edge.export.sampling import sample
 from mmgen_edge.runtime.manifest import read_manifest
 from mmgen_edge.runtime.sampler import SamplerConfig
 from mmgen_edge.samples.shapes.evaluate import baselines, evaluate_perception, held_out_scenes
-from mmgen_edge.sdk.demo import WEIGHTS_DIR, ensure_demo_bundle
-
-
-@pytest.fixture(scope="session")
-def demo_bundle(tmp_path_factory):
-    return ensure_demo_bundle(tmp_path_factory.mktemp("demo") / "bundle", progress=False)
+from mmgen_edge.sdk.demo import WEIGHTS_DIR
 
 
 @pytest.fixture(scope="session")
