@@ -253,3 +253,28 @@ def test_full_xl2_random_weights_export_uses_external_data_and_passes_the_checke
     assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == [OUTPUT_MARKER, "denoiser.onnx", "denoiser.onnx.data", "manifest.json"]
     onnx.checker.check_model(str(tmp_path / "bundle" / "denoiser.onnx"))
     assert entry.inputs[0].shape == ("N", 16, 32, 32)
+
+
+def test_default_bundle_is_lean_and_every_file_is_readable(tiny_model_dir, tiny_vae_dir, tmp_path, monkeypatch):
+    """Only the runtime's graphs by default; external data (forced here) as readable as the graph files."""
+    import stat
+
+    from mmgen_edge.export import onnx_export
+    from mmgen_edge.runtime.backend import RUNTIME_GRAPHS
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)  # every graph's weights in a .onnx.data file
+    manifest = export_bundle(tiny_model_dir, tiny_vae_dir, tmp_path / "bundle", max_batch=2)
+    assert sorted(manifest.graphs) == sorted(RUNTIME_GRAPHS)
+    data = [g.external_data for g in manifest.graphs.values()]
+    assert all(data) and {f.path for f in manifest.files} >= set(data)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "bundle").iterdir()}
+    assert set(modes.values()) == {modes["manifest.json"]}, modes  # was: .onnx.data 0600, the rest 0644
+    assert modes["vae_decoder.onnx.data"] & 0o044 == stat.S_IMODE((tmp_path / "bundle").stat().st_mode) & 0o044
+
+
+def test_export_with_denoiser_on_request(tiny_model_dir, tiny_vae_dir, tmp_path):
+    from mmgen_edge.cli import main as cli_main
+
+    out = tmp_path / "bundle"
+    assert cli_main(["export", str(tiny_model_dir), "--vae", str(tiny_vae_dir), "--out", str(out), "--with-denoiser", "--json"]) == 0
+    assert sorted(read_manifest(out).graphs) == sorted(["denoiser", "conditioning", "denoiser_cached", "vae_encoder", "vae_decoder"])
