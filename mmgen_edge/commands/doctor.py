@@ -24,6 +24,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         "tensorrt": env.tensorrt_version,
         "gpu": env.gpu_name,
         "compute_capability": env.compute_capability,
+        "openvino": env.openvino.describe() if env.openvino else None,
         "torch_installed": importlib.util.find_spec("torch") is not None,
     }
     bundle = Path(args.bundle) if args.bundle else default_bundle()
