@@ -48,6 +48,12 @@ def collect_ratios(report: Mapping[str, Any]) -> dict[str, dict[str, float]]:
         for where, case in (batches.items() if isinstance(batches, dict) else []):
             if isinstance(case, dict):
                 put("conditioning_cache_speedup", f"{label}/{where}", case.get("conditioning_cache_speedup"))
+    backends = report.get("backends", {})
+    for where, case in (backends.items() if isinstance(backends, dict) else []):
+        for name, found in (case.items() if isinstance(case, dict) and where.startswith("K") else []):
+            if name.endswith("_vs_ort-cpu") and isinstance(found, dict):
+                for stage, value in found.items():
+                    put(f"{name}_{stage}", where, value)
     stream = report.get("stream", {})
     for where, case in (stream.items() if isinstance(stream, dict) else []):
         if isinstance(case, dict):

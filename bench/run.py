@@ -28,6 +28,8 @@ Cases
 - ``conditioning_cache``: ``DenoisingLoop.velocity_step`` with the modulation cache warm vs a loop with
   ``cache_size=0`` (``conditioning`` + ``denoiser_cached`` every step).
 - ``perceive``: ``model.perceive`` of a held-out scene at K steps, median per stage (SDK ``timings``).
+- ``backends``: the fp32 bundle on ORT FP32, OpenVINO fp32 and OpenVINO bf16 (emulated and labelled so where the
+  CPU has no bf16), batch 1 per K, round-robin: whole frame and encode / one step / decode, speedups vs ORT.
 - ``stream``: a video of held-out scenes streamed with ``realtime=False``; frames/s vs 1 / (median single-frame
   latency at the same K, measured right before and after the stream).
 - ``accuracy_latency``: accuracy of ``mmgen-edge eval --json`` reports (``--eval-json``) or, without one, of a
@@ -38,7 +40,7 @@ measured numpy GEMM and copy (run last, after the peak RSS is recorded, as their
 H100 / RTX 4090 / Orin lines give the roofline bound there and the fraction of it needed to match this CPU.
 
 Modules: ``settings`` (what to run), ``artifacts`` (the inputs), ``context`` (the live state), ``case_step``,
-``case_cache``, ``case_perceive``, ``case_stream``, ``case_accuracy`` (one case each), ``costs`` and ``roofline``
+``case_cache``, ``case_perceive``, ``case_backends``, ``case_stream``, ``case_accuracy`` (one case each), ``costs`` and ``roofline``
 (FLOPs, bytes, roofline lines), ``report`` (ratios, goals, the JSON); this one parses the command line and runs the
 cases in order.
 """
@@ -62,6 +64,7 @@ from .artifacts import (
     find_artifacts,
 )
 from .case_accuracy import PLOT_FILE, bench_accuracy
+from .case_backends import bench_backends
 from .case_cache import bench_cache
 from .case_perceive import bench_perceive
 from .case_step import bench_step
@@ -152,6 +155,7 @@ def run_bench(ctx: Context, out_dir: Path, workdir: Path) -> dict[str, Any]:
     report["conditioning_cache"] = run_case(ctx, "conditioning_cache", lambda: bench_cache(ctx))
     report["perceive"] = run_case(ctx, "perceive", lambda: bench_perceive(ctx))
     rss["after_perceive"] = harness.peak_rss_bytes()
+    report["backends"] = run_case(ctx, "backends", lambda: bench_backends(ctx))
     report["stream"] = run_case(ctx, "stream", lambda: bench_stream(ctx, workdir))
     report["accuracy_latency"] = run_case(ctx, "accuracy_latency", lambda: bench_accuracy(ctx, out_dir))
     report["peak_rss_bytes"] = harness.peak_rss_bytes()

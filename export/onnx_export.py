@@ -23,6 +23,7 @@ from diffusers import AutoencoderKL
 from torch import nn
 from tqdm.auto import tqdm
 
+from mmgen_edge.runtime.backend import RUNTIME_GRAPHS
 from mmgen_edge.runtime.fileio import atomic_directory, sha256_file
 from mmgen_edge.runtime.manifest import (
     BATCH_DIM,
@@ -46,7 +47,10 @@ from .model import MMGen, count_parameters
 from .model_dir import WEIGHTS_FILE, load_model, read_model_dir_config
 
 DEFAULT_OPSET = 17
+#: Every graph the exporter knows: the runtime's four and the self-contained ``denoiser`` (for other runtimes).
 ALL_GRAPHS = tuple(GRAPH_IO)
+#: What a bundle holds by default: the graphs the runtime loads (``runtime.backend.RUNTIME_GRAPHS``).
+DEFAULT_GRAPHS = RUNTIME_GRAPHS
 EXTERNAL_DATA_THRESHOLD = 1 << 30
 #: Ops kept in fp32 by the fp16 conversion: normalisations and softmax (range), the timestep sinusoids (precision).
 FP16_KEEP_FP32_OPS = ("LayerNormalization", "Softmax", "Sin", "Cos", "InstanceNormalization", "ReduceMean", "Pow", "Sqrt")
@@ -180,12 +184,14 @@ def export_bundle(
     opset: int = DEFAULT_OPSET,
     overwrite: bool = False,
     progress: bool = False,
-    graphs: Sequence[str] = ALL_GRAPHS,
+    graphs: Sequence[str] = DEFAULT_GRAPHS,
 ) -> Manifest:
-    """Export the graphs (default: all five) and write the bundle atomically; returns its manifest.
+    """Export the graphs (default: the runtime's four) and write the bundle atomically; returns its manifest.
 
-    The runtime needs conditioning, denoiser_cached, vae_encoder and vae_decoder; the self-contained ``denoiser``
-    serves other runtimes (e.g. Triton). A subset is useful for servers and for quick checks of huge models.
+    The runtime (and ``mmgen-edge triton-repo``) needs conditioning, denoiser_cached, vae_encoder and vae_decoder;
+    the self-contained ``denoiser`` (one whole sampler step in one graph) is never loaded by them and is exported
+    only on request (``graphs=ALL_GRAPHS``, ``mmgen-edge export --with-denoiser``) for runtimes of your own. A
+    subset is useful for quick checks of huge models.
     """
     precision = Precision(precision)
     if precision == Precision.INT8:

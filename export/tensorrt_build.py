@@ -35,6 +35,7 @@ from types import ModuleType
 from typing import Any
 
 from mmgen_edge.runtime import gpu
+from mmgen_edge.runtime.fileio import readable_like_folder
 
 __all__ = [
     "BuildPlan",
@@ -346,6 +347,7 @@ def _atomic_write(path: Path, data: Any) -> None:
             tmp.write(memoryview(data))
             tmp.flush()
             os.fsync(tmp.fileno())
+        readable_like_folder(Path(tmp_name), path.parent)  # mkstemp makes it 0600; engines are read like graphs
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

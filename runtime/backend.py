@@ -7,7 +7,11 @@
    current CUDA device, read by :func:`mmgen_edge.runtime.gpu.current_device` as engine building reads it;
 2. ONNX Runtime's TensorRT execution provider;
 3. ONNX Runtime's CUDA execution provider;
-4. ONNX Runtime on CPU.
+4. OpenVINO on CPU, when installed: bf16 where the CPU runs it natively (AVX512-BF16 or AMX), else fp32;
+5. ONNX Runtime on CPU.
+
+``backend="openvino"`` is OpenVINO with that same precision choice; ``"openvino-fp32"`` / ``"openvino-bf16"`` fix it
+(bf16 on a CPU without it is refused, naming the reason, never run as fp32).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from . import gpu
 from .manifest import EngineEntry, Manifest
 from .onnxruntime_runner import CPU, CUDA, TENSORRT, OnnxRuntimeRunner, available_providers
+from .openvino_runner import OPENVINO_EXTRA_HINT, OpenVinoInfo, detect_openvino, openvino_runners
 from .runner import Runner
 
 #: The graphs the runtime runs (the self-contained ``denoiser`` serves other runtimes, e.g. Triton).
@@ -31,11 +36,20 @@ class BackendKind(str, enum.Enum):
     ORT_TENSORRT = "ort-tensorrt"
     ORT_CUDA = "ort-cuda"
     ORT_CPU = "ort-cpu"
+    OPENVINO_FP32 = "openvino-fp32"
+    OPENVINO_BF16 = "openvino-bf16"
     TRITON = "triton"  # graphs served by Triton Inference Server, called from its Python (BLS) backend
 
 
 #: The backends ``choose_backend`` can open in this process.
-LOCAL_KINDS = (BackendKind.TENSORRT, BackendKind.ORT_TENSORRT, BackendKind.ORT_CUDA, BackendKind.ORT_CPU)
+LOCAL_KINDS = (BackendKind.TENSORRT, BackendKind.ORT_TENSORRT, BackendKind.ORT_CUDA, BackendKind.ORT_CPU,
+               BackendKind.OPENVINO_FP32, BackendKind.OPENVINO_BF16)  # fmt: skip
+#: The backends that run on the CPU (``device="cuda"`` refuses them).
+CPU_KINDS = (BackendKind.ORT_CPU, BackendKind.OPENVINO_FP32, BackendKind.OPENVINO_BF16)
+#: OpenVINO's precision per backend kind.
+OPENVINO_PRECISIONS = {BackendKind.OPENVINO_FP32: "fp32", BackendKind.OPENVINO_BF16: "bf16"}
+#: ``backend="openvino"``: OpenVINO, bf16 where the CPU runs it natively, else fp32.
+OPENVINO_ANY = "openvino"
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,7 @@ class Environment:
     gpu_name: str | None = None
     compute_capability: str | None = None
     gpu_problem: str | None = None  # why TensorRT or GPU facts are unknown (detect_environment)
+    openvino: OpenVinoInfo | None = None  # None: OpenVINO is not installed
 
 
 @dataclass(frozen=True)
@@ -55,6 +70,7 @@ class BackendChoice:
     reason: str
     rejected: tuple[str, ...] = field(default_factory=tuple)
     engines: tuple[EngineEntry, ...] = ()
+    openvino: OpenVinoInfo | None = None  # the OpenVINO facts the choice rests on (OpenVINO kinds)
 
     def describe(self) -> str:
         lines = [f"backend {self.kind.value}: {self.reason}"]
@@ -78,7 +94,8 @@ def detect_environment() -> Environment:
         gpu_name, capability = gpu.current_device()
     except (ImportError, gpu.CudaError) as exc:
         problems.append(str(exc))
-    return Environment(tuple(available_providers()), trt_version, gpu_name, capability, "; ".join(problems) or None)
+    return Environment(tuple(available_providers()), trt_version, gpu_name, capability, "; ".join(problems) or None,
+                       openvino=detect_openvino())
 
 
 def matching_engines(manifest: Manifest, env: Environment, bundle: Path | None) -> tuple[tuple[EngineEntry, ...], list[str]]:
@@ -107,11 +124,23 @@ def matching_engines(manifest: Manifest, env: Environment, bundle: Path | None) 
     return (tuple(usable[g] for g in RUNTIME_GRAPHS) if not missing else ()), rejected
 
 
+def openvino_candidate(env: Environment, precision: str) -> tuple[str | None, str]:
+    """(why OpenVINO at ``precision`` cannot run here or None, the reason to choose it) for :func:`choose_backend`."""
+    info = env.openvino
+    if info is None:
+        return f"OpenVINO is not installed ({OPENVINO_EXTRA_HINT})", ""
+    if precision == "bf16" and not info.bf16:
+        return f"this CPU has no native bf16 (AVX512-BF16 or AMX): {info.describe()}", ""
+    why = "native bf16" if precision == "bf16" else "fp32, as this CPU has no native bf16" if not info.bf16 else "fp32"
+    return None, f"{info.describe()}: {why}"
+
+
 def choose_backend(manifest: Manifest, env: Environment, requested: str = "auto", bundle: Path | None = None) -> BackendChoice:
-    """The backend to use; ``requested`` is "auto" or a :class:`BackendKind` value (then it must be possible)."""
+    """The backend to use; ``requested`` is "auto", "openvino" (its precision chosen as in "auto") or a
+    :class:`BackendKind` value (then it must be possible)."""
     kinds = [k.value for k in LOCAL_KINDS]
-    if requested != "auto" and requested not in kinds:
-        raise ValueError(f"unknown backend {requested!r}; choose auto or one of {kinds}")
+    if requested != "auto" and requested != OPENVINO_ANY and requested not in kinds:
+        raise ValueError(f"unknown backend {requested!r}; choose auto, {OPENVINO_ANY} or one of {kinds}")
     engines, rejected = matching_engines(manifest, env, bundle)
     if not manifest.engines:
         rejected.append("tensorrt: the bundle has no engines (build them with mmgen-edge build)")
@@ -121,14 +150,21 @@ def choose_backend(manifest: Manifest, env: Environment, requested: str = "auto"
         (BackendKind.ORT_CUDA, None if CUDA in env.ort_providers else "onnxruntime has no CUDAExecutionProvider", "CUDA execution provider available"),
         (BackendKind.ORT_CPU, None if CPU in env.ort_providers else "onnxruntime has no CPUExecutionProvider", "no GPU backend available" ),
     ]  # fmt: skip
+    openvino = [(k, *openvino_candidate(env, OPENVINO_PRECISIONS[k])) for k in (BackendKind.OPENVINO_BF16, BackendKind.OPENVINO_FP32)]
+    candidates[-1:-1] = openvino  # after the GPU backends, before ORT CPU
     for kind, problem, reason in candidates:
-        if requested not in ("auto", kind.value):
+        wanted = ("auto", kind.value, OPENVINO_ANY) if kind in OPENVINO_PRECISIONS else ("auto", kind.value)
+        if requested not in wanted:
             continue
         if problem is None:
             if requested != "auto":
-                reason = "requested"
-            return BackendChoice(kind, reason, tuple(rejected), engines if kind == BackendKind.TENSORRT else ())
-        if not (kind == BackendKind.TENSORRT and not manifest.engines):  # already explained above
+                reason = f"requested; {reason}" if kind in OPENVINO_PRECISIONS else "requested"
+            ov = env.openvino if kind in OPENVINO_PRECISIONS else None
+            return BackendChoice(kind, reason, tuple(rejected), engines if kind == BackendKind.TENSORRT else (), ov)
+        explained = (kind == BackendKind.TENSORRT and not manifest.engines) or (
+            kind == BackendKind.OPENVINO_BF16 and env.openvino is None  # the fp32 line says it is not installed
+        )
+        if not explained:
             rejected.append(f"{kind.value}: {problem}")
     raise RuntimeError(f"backend {requested!r} is not available here:\n  " + "\n  ".join(rejected))
 
@@ -143,9 +179,14 @@ def open_runners(
 ) -> dict[str, Runner]:
     """Create and activate one runner per graph on the chosen backend.
 
-    ``cuda_graph`` (native TensorRT only): replay captured CUDA graphs while input shapes repeat.
+    ``cuda_graph`` (native TensorRT only): replay captured CUDA graphs while input shapes repeat. OpenVINO kinds
+    run :func:`.openvino_runner.openvino_runners` at the choice's precision.
     """
     bundle = Path(bundle)
+    if choice.kind in OPENVINO_PRECISIONS:
+        if choice.openvino is None:
+            raise ValueError(f"a {choice.kind.value} choice must carry the OpenVINO facts (choose_backend sets them)")
+        return openvino_runners(bundle, manifest, graphs, OPENVINO_PRECISIONS[choice.kind], choice.openvino, threads)
     runners: dict[str, Runner] = {}
     engines = {e.graph: e for e in choice.engines}
     providers = {

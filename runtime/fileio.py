@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -26,6 +27,18 @@ def sha256_file(path: str | os.PathLike[str], progress: bool = False) -> str:
             digest.update(chunk)
             bar.update(len(chunk))
     return digest.hexdigest()
+
+
+def readable_like_folder(path: Path, folder: Path) -> None:
+    """Give ``path`` at least the read/write bits its ``folder`` grants (a 0755 folder: 0644), never fewer than it has.
+
+    Some writers create files 0600 (onnx's external data, ``tempfile.mkstemp``); a bundle's files must all be as
+    readable as its graphs, or a server running as another user reads the .onnx file but not its weights.
+    """
+    want = stat.S_IMODE(folder.stat().st_mode) & 0o666
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & want != want:
+        os.chmod(path, mode | want)
 
 
 #: Written into every directory that :func:`atomic_directory` produces: ``overwrite`` may replace only such a
@@ -101,7 +114,8 @@ def atomic_directory(
     On any error the temporary directory is removed and ``target`` is left as it was, so a reader never sees a
     half-written result. An existing ``target`` is checked before any work (:func:`check_output_directory`):
     ``overwrite`` replaces only a directory mmgen-edge wrote, never one holding a ``protect`` path. Temporaries of
-    killed earlier runs are removed first.
+    killed earlier runs are removed first. Every file ends up at least as readable as the directory
+    (:func:`readable_like_folder`: 0644 under the usual umask, whatever mode its writer gave it).
     """
     target = Path(target)
     check_output_directory(target, overwrite, protect)
@@ -117,6 +131,7 @@ def atomic_directory(
         for item in tmp.rglob("*"):  # make the data durable before it becomes visible
             if not item.is_file():
                 continue
+            readable_like_folder(item, tmp)
             with open(item, "rb") as f:
                 os.fsync(f.fileno())
         old = None

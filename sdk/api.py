@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 
+from mmgen_edge.runtime.backend import CPU_KINDS, OPENVINO_ANY
 from mmgen_edge.runtime.modalities import (
     CONDITION_TASKS,
     DEPTH,
@@ -55,9 +56,11 @@ def load(
     """Open a bundle (default: the demo model) on a backend.
 
     Args:
-        backend: "auto" (TensorRT engines -> ORT TensorRT -> ORT CUDA -> ORT CPU), or one of
-            "tensorrt", "ort-tensorrt", "ort-cuda", "ort-cpu".
-        device: "auto", "cpu" (same as backend="ort-cpu") or "cuda" (a GPU backend is required).
+        backend: "auto" (TensorRT engines -> ORT TensorRT -> ORT CUDA -> OpenVINO -> ORT CPU), "openvino"
+            (bf16 where the CPU runs it natively, else fp32), or one of "tensorrt", "ort-tensorrt", "ort-cuda",
+            "ort-cpu", "openvino-fp32", "openvino-bf16".
+        device: "auto", "cpu" (backend="ort-cpu" unless a CPU backend is named) or "cuda" (a GPU backend is
+            required).
         steps: default sampler steps (default: the manifest's).
         verify: "full" (SHA-256 of every file), "size" or "none".
         cuda_graph: native TensorRT only: capture and replay CUDA graphs while input shapes repeat (streams).
@@ -69,11 +72,12 @@ def load(
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     if device == "cpu":
-        if backend not in ("auto", "ort-cpu"):
+        cpu_backends = ("ort-cpu", OPENVINO_ANY, *(k.value for k in CPU_KINDS))
+        if backend not in ("auto", *cpu_backends):
             raise ValueError(f"device='cpu' conflicts with backend={backend!r}")
-        backend = "ort-cpu"
+        backend = "ort-cpu" if backend == "auto" else backend
     pipeline = Pipeline(path, backend=backend, verify=verify, threads=threads, cuda_graph=cuda_graph)
-    if device == "cuda" and pipeline.choice.kind.value == "ort-cpu":
+    if device == "cuda" and pipeline.choice.kind in CPU_KINDS:
         pipeline.close()
         raise RuntimeError(f"device='cuda' but no GPU backend is available:\n{pipeline.choice.describe()}")
     return MMGenModel(pipeline, steps)

@@ -59,12 +59,22 @@ def tiny_vae_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_model_dir, tiny_vae_dir, tmp_path_factory):
-    """An fp32 bundle exported from the tiny model and VAE (max batch 4)."""
-    from mmgen_edge.export.onnx_export import export_bundle
+    """An fp32 bundle exported from the tiny model and VAE (max batch 4), with every graph (the self-contained
+    ``denoiser`` too, which the export tests compare against PyTorch)."""
+    from mmgen_edge.export.onnx_export import ALL_GRAPHS, export_bundle
 
     out = tmp_path_factory.mktemp("bundles") / "tiny-fp32"
-    export_bundle(tiny_model_dir, tiny_vae_dir, out, max_batch=4)
+    export_bundle(tiny_model_dir, tiny_vae_dir, out, max_batch=4, graphs=ALL_GRAPHS)
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_bundle(tmp_path_factory) -> Path:
+    """The demo model's bundle (samples/shapes/weights), exported into a temporary directory once per session."""
+    skip_without_export()
+    from mmgen_edge.sdk.demo import ensure_demo_bundle
+
+    return ensure_demo_bundle(tmp_path_factory.mktemp("demo") / "bundle", progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import math
@@ -71,6 +72,17 @@ def test_smoke_run_writes_json_with_positive_timings_and_a_plot(tmp_path):
     assert frame["timing"]["median_ms"] > 0
     assert set(frame["stages_ms"]) == STAGES and all(v > 0 for v in frame["stages_ms"].values())
     assert frame["cost"]["frames_per_call"] == 1
+
+    backends = report["backends"]
+    if importlib.util.find_spec("openvino") is None:
+        assert backends == {"skipped": "OpenVINO is not installed: pip install 'mmgen-edge[openvino]'"}
+    else:
+        bf16 = "openvino-bf16" if backends["facts"]["native_bf16"] else "openvino-bf16-emulated"
+        for label in ("ort-cpu", "openvino-fp32", bf16):
+            assert backends["K1"][label]["frame"]["median_ms"] > 0, label
+            assert set(backends["K1"][label]["stages_ms"]) == {"encode", "steps", "step", "decode"}
+        for label in ("openvino-fp32", bf16):
+            assert all(v > 0 for v in report["ratios"][f"{label}_vs_ort-cpu_frame"].values()), label
 
     stream = report["stream"]["K1"]
     assert stream["frames"] == settings.SMOKE_STREAM_FRAMES and stream["frames_per_s"] > 0

@@ -22,12 +22,8 @@ from mmgen_edge.runtime.manifest import read_manifest
 from mmgen_edge.runtime.sampler import SamplerConfig
 from mmgen_edge.samples.shapes.evaluate import baselines, evaluate_generation, evaluate_perception, held_out_scenes, vae_ceiling
 from mmgen_edge.samples.shapes.scenes import CATEGORY_NAMES
-from mmgen_edge.sdk.demo import PHOTO_CAPTION, WEIGHTS_DIR, ensure_demo_bundle, perceive_photo
+from mmgen_edge.sdk.demo import PHOTO_CAPTION, WEIGHTS_DIR, perceive_photo
 
-
-@pytest.fixture(scope="session")
-def demo_bundle(tmp_path_factory):
-    return ensure_demo_bundle(tmp_path_factory.mktemp("demo") / "bundle", progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -72,3 +72,23 @@ def test_temporaries_of_a_killed_run_are_removed(tmp_path):
     with atomic_directory(target) as tmp:
         (tmp / "manifest.json").write_text("{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, unrelated.name, "bundle"])
+
+
+def test_atomic_directory_makes_every_file_as_readable_as_the_folder(tmp_path):
+    """A writer that creates files 0600 (onnx's external data, mkstemp) leaves nothing more private than the graphs."""
+    import stat
+
+    with atomic_directory(tmp_path / "bundle") as tmp:
+        (tmp / "graph.onnx").write_bytes(b"graph")
+        private = os.open(tmp / "graph.onnx.data", os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(private, b"weights")
+        os.close(private)
+        (tmp / "engines").mkdir()
+        os.close(os.open(tmp / "engines" / "x.engine", os.O_WRONLY | os.O_CREAT, 0o600))
+        (tmp / "run.sh").write_text("#!/bin/sh\n")
+        os.chmod(tmp / "run.sh", 0o755)  # bits beyond the folder's read/write ones are kept
+    folder = stat.S_IMODE((tmp_path / "bundle").stat().st_mode) & 0o666
+    assert folder & 0o400  # the test means something: the folder grants reading
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "bundle").rglob("*") if p.is_file()}
+    assert modes["graph.onnx.data"] == modes["graph.onnx"] == modes["x.engine"] == folder | (0o600 & modes["graph.onnx"])
+    assert modes["run.sh"] == 0o755 | folder

@@ -17,11 +17,12 @@ from diffusers import AutoencoderKL
 
 from mmgen_edge.export.graphs import CachedDenoiserStep, Conditioning, DenoiserStep, VaeDecoder, VaeEncoder
 from mmgen_edge.export.model_dir import load_model
-from mmgen_edge.export.onnx_export import export_bundle
+from mmgen_edge.export.onnx_export import ALL_GRAPHS, export_bundle
 from mmgen_edge.export.sampling import prepare_latents, sample
 from mmgen_edge.runtime import sampler as maths
 from mmgen_edge.runtime.fileio import OUTPUT_MARKER
 from mmgen_edge.runtime.manifest import BundleError, read_manifest
+from mmgen_edge.runtime.openvino_runner import BUNDLE_CACHE_DIR
 from mmgen_edge.runtime.sampler import SamplerConfig
 
 
@@ -138,7 +139,7 @@ def test_whole_sample_through_onnx_runtime_equals_the_reference(tiny_bundle, tor
 
 def test_fp16_bundle_stays_close_to_fp32(tiny_model_dir, tiny_vae_dir, tiny_bundle, tmp_path, torch_model):
     bundle16 = tmp_path / "fp16"
-    manifest = export_bundle(tiny_model_dir, tiny_vae_dir, bundle16, precision="fp16", max_batch=4)
+    manifest = export_bundle(tiny_model_dir, tiny_vae_dir, bundle16, precision="fp16", max_batch=4, graphs=ALL_GRAPHS)
     assert manifest.precision.value == "fp16"
     assert all(s.dtype in ("float32", "int64") for g in manifest.graphs.values() for s in g.inputs)  # fp32 I/O
     size32 = sum(f.bytes for f in read_manifest(tiny_bundle).files)
@@ -163,7 +164,8 @@ def test_manifest_round_trip_and_contents(tiny_bundle, tiny_model_dir):
     assert manifest.dims["N"].max == 4 and manifest.dims["B"].max == 8 and manifest.dims["V"].max == 16
     assert set(manifest.graphs) == {"denoiser", "conditioning", "denoiser_cached", "vae_encoder", "vae_decoder"}
     listed = {f.path for f in manifest.files}
-    assert listed == {p.name for p in tiny_bundle.iterdir()} - {"manifest.json", OUTPUT_MARKER}
+    # ``cache/``: compiled models the runtime keeps beside the graphs (OpenVINO), not part of the bundle's contract
+    assert listed == {p.name for p in tiny_bundle.iterdir()} - {"manifest.json", OUTPUT_MARKER, BUNDLE_CACHE_DIR.parts[0]}
     assert manifest.provenance.source_checkpoint_sha256 is not None and len(manifest.provenance.model_weights_sha256) == 64
     den = manifest.graphs["denoiser"]
     assert [s.name for s in den.inputs] == ["x_t", "t_cur", "t_next", "y", "task", "cfg_scale"]
@@ -253,3 +255,28 @@ def test_full_xl2_random_weights_export_uses_external_data_and_passes_the_checke
     assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == [OUTPUT_MARKER, "denoiser.onnx", "denoiser.onnx.data", "manifest.json"]
     onnx.checker.check_model(str(tmp_path / "bundle" / "denoiser.onnx"))
     assert entry.inputs[0].shape == ("N", 16, 32, 32)
+
+
+def test_default_bundle_is_lean_and_every_file_is_readable(tiny_model_dir, tiny_vae_dir, tmp_path, monkeypatch):
+    """Only the runtime's graphs by default; external data (forced here) as readable as the graph files."""
+    import stat
+
+    from mmgen_edge.export import onnx_export
+    from mmgen_edge.runtime.backend import RUNTIME_GRAPHS
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)  # every graph's weights in a .onnx.data file
+    manifest = export_bundle(tiny_model_dir, tiny_vae_dir, tmp_path / "bundle", max_batch=2)
+    assert sorted(manifest.graphs) == sorted(RUNTIME_GRAPHS)
+    data = [g.external_data for g in manifest.graphs.values()]
+    assert all(data) and {f.path for f in manifest.files} >= set(data)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "bundle").iterdir()}
+    assert set(modes.values()) == {modes["manifest.json"]}, modes  # was: .onnx.data 0600, the rest 0644
+    assert modes["vae_decoder.onnx.data"] & 0o044 == stat.S_IMODE((tmp_path / "bundle").stat().st_mode) & 0o044
+
+
+def test_export_with_denoiser_on_request(tiny_model_dir, tiny_vae_dir, tmp_path):
+    from mmgen_edge.cli import main as cli_main
+
+    out = tmp_path / "bundle"
+    assert cli_main(["export", str(tiny_model_dir), "--vae", str(tiny_vae_dir), "--out", str(out), "--with-denoiser", "--json"]) == 0
+    assert sorted(read_manifest(out).graphs) == sorted(["denoiser", "conditioning", "denoiser_cached", "vae_encoder", "vae_decoder"])

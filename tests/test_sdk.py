@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import cv2
@@ -139,7 +140,9 @@ def test_cli_perceive_generate_doctor(tiny_bundle, tmp_path, capsys):
     assert [s["seed"] for s in json.loads(capsys.readouterr().out)] == [0, 1]
     assert cli_main(["doctor", "--bundle", str(tiny_bundle), "--json"]) == 0
     doctor = json.loads(capsys.readouterr().out)
-    assert doctor["bundle"]["backend"] == "ort-cpu" and "CPUExecutionProvider" in doctor["onnxruntime_providers"]
+    # a CPU-only machine: ORT CPU, or OpenVINO where the openvino extra is installed (auto prefers it on CPUs)
+    cpu_backends = {"ort-cpu"} if importlib.util.find_spec("openvino") is None else {"openvino-fp32", "openvino-bf16"}
+    assert doctor["bundle"]["backend"] in cpu_backends and "CPUExecutionProvider" in doctor["onnxruntime_providers"]
     assert cli_main(["perceive", str(tmp_path / "missing.png"), "--bundle", str(tiny_bundle)]) == 2
     assert "does not exist" in capsys.readouterr().err
 

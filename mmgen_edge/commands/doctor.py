@@ -25,6 +25,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         "gpu": env.gpu_name,
         "compute_capability": env.compute_capability,
         "gpu_problem": env.gpu_problem,
+        "openvino": env.openvino.describe() if env.openvino else None,
         "torch_installed": importlib.util.find_spec("torch") is not None,
     }
     bundle = Path(args.bundle) if args.bundle else default_bundle()

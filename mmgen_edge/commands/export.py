@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from mmgen_edge.export.onnx_export import export_bundle
+    from mmgen_edge.export.onnx_export import ALL_GRAPHS, DEFAULT_GRAPHS, export_bundle
     from mmgen_edge.runtime.sampler import SamplerConfig
 
     manifest = export_bundle(
@@ -18,6 +18,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         sampler=SamplerConfig(kind=args.sampler, num_steps=args.steps),
         overwrite=args.overwrite,
+        graphs=ALL_GRAPHS if args.with_denoiser else DEFAULT_GRAPHS,
         progress=args.progress or (not args.json and sys.stderr.isatty()),
     )
     if args.json:
@@ -49,6 +50,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--sampler", choices=["euler", "heun", "euler_maruyama"], default="euler", help="default sampler")
     p.add_argument("--steps", type=int, default=4, help="default number of sampler steps (default: 4)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--with-denoiser", action="store_true",
+                   help="also export the self-contained `denoiser` graph (a whole sampler step; the runtime and "
+                        "triton-repo never load it)")  # fmt: skip
     p.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=cmd_export)

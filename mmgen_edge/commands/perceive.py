@@ -183,7 +183,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--bundle", help="bundle directory (default: the demo model's)")
     p.add_argument("--server", help="use a served model instead of a bundle (grpc://host:port or http://host:port)")
-    p.add_argument("--backend", default="auto", help="auto, tensorrt, ort-tensorrt, ort-cuda or ort-cpu")
+    p.add_argument("--backend", default="auto", help="auto, tensorrt, ort-tensorrt, ort-cuda, ort-cpu, openvino, openvino-fp32 or openvino-bf16")
     p.add_argument("--tasks", default="depth,normals,segmentation", help="comma-separated subset")
     p.add_argument("--steps", type=int, help="sampler steps (default: the bundle's)")
     p.add_argument("--seed", type=int, default=0)

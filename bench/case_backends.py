@@ -1,0 +1,107 @@
+"""The backends case: the fp32 bundle on ONNX Runtime FP32, OpenVINO fp32 and OpenVINO bf16 in one process, whole
+``perceive`` frames and each stage (encode, one denoiser step, decode) at batch 1, timed round-robin per K.
+
+OpenVINO bf16 runs natively where the CPU has it (``BF16`` in OpenVINO's capabilities: AVX512-BF16 or AMX). On a
+CPU without it the case still times it, emulated and labelled so (``openvino-bf16-emulated``: slower than fp32;
+the numbers then show the cost of emulation, not what bf16 hardware gives). Without the ``openvino`` extra the
+case is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import numpy as np
+
+from . import harness
+from .artifacts import FP32
+from .case_perceive import PERCEIVE_TASKS
+from .context import Context
+from .inputs import SEED, scene_images
+from .outcomes import skipped
+
+BASELINE = "ort-cpu"
+#: The stages of a perceive call's ``timings`` that the case reports (``steps`` also per step: ``step``).
+STAGES = ("encode", "steps", "decode")
+
+
+def open_backends(ctx: Context) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fp32 bundle as MMGenModels on each backend (label -> model), and the facts for the JSON."""
+    import mmgen_edge
+    from mmgen_edge.runtime.backend import RUNTIME_GRAPHS, BackendChoice, BackendKind
+    from mmgen_edge.runtime.manifest import read_manifest
+    from mmgen_edge.runtime.openvino_runner import detect_openvino, openvino_runners
+    from mmgen_edge.runtime.pipeline import Pipeline
+    from mmgen_edge.sdk.api import MMGenModel
+
+    bundle = ctx.artifacts.bundles[FP32]
+    threads = ctx.settings.threads
+    info = detect_openvino()
+    assert info is not None  # the caller checked that OpenVINO is installed
+    models: dict[str, Any] = {}
+    try:
+        for backend in (BASELINE, "openvino-fp32"):
+            models[backend] = mmgen_edge.load(bundle, backend=backend, threads=threads, verify="size")
+        if info.bf16:
+            models["openvino-bf16"] = mmgen_edge.load(bundle, backend="openvino-bf16", threads=threads, verify="size")
+        else:
+            manifest = read_manifest(bundle, verify="size")
+            runners = openvino_runners(bundle, manifest, RUNTIME_GRAPHS, "bf16", info, threads, emulated_bf16=True)
+            choice = BackendChoice(BackendKind.OPENVINO_BF16, "bench: emulated, this CPU has no native bf16", openvino=info)
+            models["openvino-bf16-emulated"] = MMGenModel(Pipeline.from_runners(manifest, runners, choice))
+    except BaseException:
+        for model in models.values():
+            model.close()
+        raise
+    facts = {"openvino": info.describe(), "native_bf16": info.bf16, "threads": threads,
+             "compile_s": {label: {g: round(getattr(r, "compile_seconds", 0.0), 3) for g, r in m.pipeline.runners.items()}
+                           for label, m in models.items() if label != BASELINE}}  # fmt: skip
+    return models, facts
+
+
+def bench_backends_k(ctx: Context, models: dict[str, Any], image: np.ndarray, k: int) -> dict[str, Any]:
+    """Batch-1 perceive at K steps on every backend, round-robin: whole frame and stages, and the speedups vs ORT."""
+    stages: dict[str, dict[str, list[float]]] = {label: {} for label in models}
+
+    def call(label: str) -> object:
+        result = models[label].perceive([image], tasks=PERCEIVE_TASKS, steps=k, seed=SEED)[0]
+        for name in STAGES:
+            stages[label].setdefault(name, []).append(result.timings[name])
+        return result
+
+    fns = {label: (lambda label=label: call(label)) for label in models}
+    timings = harness.measure_interleaved(fns, ctx.settings.warmup, ctx.settings.runs)
+    out: dict[str, Any] = {}
+    for label, timing in timings.items():
+        runs = ctx.settings.runs
+        ms = {name: float(np.median(values[-runs:])) * 1e3 for name, values in stages[label].items()}
+        ms["step"] = ms["steps"] / k
+        out[label] = {"frame": timing.as_dict(), "stages_ms": ms}
+    base = out[BASELINE]
+    for label in models:
+        if label == BASELINE:
+            continue
+        mine = out[label]
+        ratios = {"frame": base["frame"]["median_ms"] / mine["frame"]["median_ms"]}
+        ratios.update({name: base["stages_ms"][name] / mine["stages_ms"][name] for name in ("encode", "step", "decode")})
+        out[f"{label}_vs_{BASELINE}"] = ratios
+    return out
+
+
+def bench_backends(ctx: Context) -> dict[str, Any]:
+    """The backends case on the fp32 bundle at batch 1, for each K of the settings."""
+    if importlib.util.find_spec("openvino") is None:
+        return skipped("OpenVINO is not installed: pip install 'mmgen-edge[openvino]'")
+    if FP32 not in ctx.artifacts.bundles:
+        return skipped("no fp32 bundle")
+    models, facts = open_backends(ctx)
+    try:
+        image = scene_images(1, next(iter(models.values())).resolution)[0]
+        out: dict[str, Any] = {"facts": facts}
+        for k in ctx.settings.steps:
+            out[f"K{k}"] = ctx.attempt(f"backends K{k}", lambda k=k: bench_backends_k(ctx, models, image, k))
+        return out
+    finally:
+        for model in models.values():
+            model.close()

@@ -1,0 +1,288 @@
+"""OpenVINO runner: the bundle's ONNX graphs on the CPU plugin, fp32 or bf16, never a silent downgrade.
+
+OpenVINO reads the bundle's ONNX files as they are. Precision is a request (``INFERENCE_PRECISION_HINT``) that this
+runner always sets explicitly (on a CPU with AMX, OpenVINO's own default is bf16) and checks on the compiled model.
+bf16 counts as supported only where the device lists ``BF16`` in ``OPTIMIZATION_CAPABILITIES`` (AVX512-BF16 or
+AMX); elsewhere the plugin emulates it, slower than fp32, so :func:`openvino_runners` refuses it unless asked for
+the emulation (accuracy checks on machines without bf16).
+
+Compiled models are cached (OpenVINO's ``CACHE_DIR``) in one folder per key, ``cache/openvino/KEY`` inside the bundle,
+or under the user's cache directory when the bundle is read-only. The key names the graph, the OpenVINO version,
+the device, the precision and the graph's SHA-256 (as TensorRT engines are keyed by TensorRT version and GPU), so
+a stale blob is never in the folder that a new version, device, precision or graph reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal
+
+import numpy as np
+
+from .manifest import DimRange, GraphEntry, Manifest
+from .runner import Runner
+
+OPENVINO_EXTRA_HINT = "install the openvino extra: pip install 'mmgen-edge[openvino]'"
+DEVICE = "CPU"
+#: Our precision names -> OpenVINO's element type names (``INFERENCE_PRECISION_HINT``).
+OV_PRECISIONS: dict[str, str] = {"fp32": "f32", "bf16": "bf16"}
+OpenVinoPrecision = Literal["fp32", "bf16"]
+BUNDLE_CACHE_DIR = Path("cache") / "openvino"
+BLOB_SUFFIX = ".blob"
+_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+def import_openvino() -> ModuleType:
+    """The ``openvino`` module, or an ImportError that names the extra to install."""
+    try:
+        import openvino
+    except ImportError as e:
+        raise ImportError(f"the OpenVINO backend needs OpenVINO: {OPENVINO_EXTRA_HINT} ({e})") from None
+    return openvino
+
+
+@dataclass(frozen=True)
+class OpenVinoInfo:
+    """What OpenVINO offers on this machine's CPU (detected once; tests pass their own)."""
+
+    version: str
+    device_name: str  # FULL_DEVICE_NAME, e.g. "Intel(R) Xeon(R) Platinum 8480+"
+    capabilities: tuple[str, ...]  # OPTIMIZATION_CAPABILITIES, e.g. ("FP32", "BF16", "INT8", ...)
+
+    @property
+    def bf16(self) -> bool:
+        """True where the CPU runs bf16 natively (AVX512-BF16 or AMX), not emulated."""
+        return "BF16" in self.capabilities
+
+    def describe(self) -> str:
+        """e.g. ``OpenVINO 2026.4.1 on Intel(R) Xeon(R) Processor (capabilities FP32, INT8)``."""
+        return f"OpenVINO {self.version} on {self.device_name} (capabilities {', '.join(self.capabilities)})"
+
+
+def detect_openvino() -> OpenVinoInfo | None:
+    """OpenVINO's CPU facts, or None when OpenVINO is not installed (an installed but broken one raises)."""
+    if importlib.util.find_spec("openvino") is None:
+        return None
+    ov = import_openvino()
+    core = ov.Core()
+    version = str(ov.get_version()).split("-")[0]
+    name = str(core.get_property(DEVICE, "FULL_DEVICE_NAME"))
+    capabilities = tuple(str(c) for c in core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES"))
+    return OpenVinoInfo(version, name, capabilities)
+
+
+def check_precision(info: OpenVinoInfo, precision: str, emulated_bf16: bool = False) -> None:
+    """Raise ValueError for an unknown precision, or bf16 on a CPU without it (unless ``emulated_bf16``)."""
+    if precision not in OV_PRECISIONS:
+        raise ValueError(f"unknown OpenVINO precision {precision!r}; choose one of {list(OV_PRECISIONS)}")
+    if precision == "bf16" and not info.bf16 and not emulated_bf16:
+        raise RuntimeError(
+            f"bf16 was requested but this CPU has no native bf16: {info.describe()} lacks BF16 (it needs AVX512-BF16 "
+            "or AMX; OpenVINO would emulate it, slower than fp32); use backend='openvino-fp32' or 'openvino'"
+        )
+
+
+# ------------------------------------------------------------------------------------------------------ cache
+
+
+def cache_key(graph_name: str, info: OpenVinoInfo, precision: str, graph_sha256: str) -> str:
+    """Folder name of one compiled graph, e.g. ``vae_decoder.intel-r-xeon-r-processor-2-50ghz.ov2026.4.1.bf16.0a1b…``."""
+    device = _SLUG.sub("-", info.device_name.lower()).strip("-") or "cpu"
+    return f"{graph_name}.{device}.ov{info.version}.{precision}.{graph_sha256[:16]}"
+
+
+def graph_sha256(manifest: Manifest, graph: GraphEntry) -> str:
+    """SHA-256 of the graph as the manifest records it (its .onnx file, and its external data when it has any)."""
+    digest = manifest.file(graph.file).sha256
+    if graph.external_data is None:
+        return digest
+    return hashlib.sha256((digest + manifest.file(graph.external_data).sha256).encode()).hexdigest()
+
+
+def user_cache_root() -> Path:
+    """``$XDG_CACHE_HOME/mmgen-edge/openvino`` (default ``~/.cache/mmgen-edge/openvino``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mmgen-edge" / "openvino"
+
+
+def cache_directory(bundle: Path, key: str) -> Path:
+    """``BUNDLE/cache/openvino/KEY`` (created), or the user cache's ``KEY`` folder when the bundle is read-only."""
+    inside = bundle / BUNDLE_CACHE_DIR / key
+    try:
+        inside.mkdir(parents=True, exist_ok=True)
+        writable = os.access(inside, os.W_OK)
+    except OSError:  # a read-only bundle (installed package, mounted volume): the user's cache instead
+        writable = False
+    if writable:
+        return inside
+    outside = user_cache_root() / key
+    outside.mkdir(parents=True, exist_ok=True)
+    return outside
+
+
+def _blobs(folder: Path) -> dict[str, int]:
+    """Compiled blobs in ``folder`` by name -> modification time (ns)."""
+    return {p.name: p.stat().st_mtime_ns for p in folder.glob(f"*{BLOB_SUFFIX}")}
+
+
+# ----------------------------------------------------------------------------------------------------- runner
+
+
+class OpenVinoRunner(Runner):
+    """Run one bundle graph with OpenVINO on the CPU.
+
+    Outputs are copied out of the infer request (``share_outputs=False``), so a result stays valid after the
+    next call. After :meth:`activate`: ``cache_dir`` (the compiled-model folder), ``cache_hit`` (the compiled model
+    was read from it, not compiled), ``compile_seconds``.
+
+    Args:
+        bundle: the bundle directory.
+        precision: "fp32" or "bf16" (set as ``INFERENCE_PRECISION_HINT`` and checked on the compiled model).
+        info: this machine's OpenVINO facts (:func:`detect_openvino`).
+        graph_sha256: the graph's hash (:func:`graph_sha256`), part of the cache key.
+        threads: ``INFERENCE_NUM_THREADS`` (None = OpenVINO's default).
+        emulated_bf16: allow bf16 on a CPU without native bf16 (accuracy checks only: slower than fp32).
+        cache: keep compiled models (``CACHE_DIR``); False compiles every time.
+    """
+
+    def __init__(
+        self,
+        bundle: str | Path,
+        graph_name: str,
+        graph: GraphEntry,
+        dims: Mapping[str, DimRange],
+        precision: str,
+        info: OpenVinoInfo,
+        graph_sha256: str,
+        threads: int | None = None,
+        emulated_bf16: bool = False,
+        cache: bool = True,
+    ):
+        super().__init__(graph_name, graph, dims)
+        check_precision(info, precision, emulated_bf16)
+        self.bundle = Path(bundle)
+        self.path = self.bundle / graph.file
+        self.precision = precision
+        self.info = info
+        self.key = cache_key(graph_name, info, precision, graph_sha256)
+        self.threads = threads
+        self.cache = cache
+        self.native = precision == "fp32" or info.bf16
+        self.backend = f"openvino:{DEVICE}:{precision}" + ("" if self.native else " (emulated)")
+        self.cache_dir: Path | None = None
+        self.cache_hit = False
+        self.compile_seconds = 0.0
+        self.compiled: Any = None
+        self.request: Any = None
+
+    def _activate(self) -> None:
+        ov = import_openvino()
+        core = ov.Core()
+        model = core.read_model(str(self.path))
+        self._check_model(model)
+        model.reshape({spec.name: self._partial_shape(ov, spec.shape) for spec in self.graph.inputs})
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": OV_PRECISIONS[self.precision], "PERFORMANCE_HINT": "LATENCY"}
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = int(self.threads)
+        before: dict[str, int] = {}
+        if self.cache:
+            self.cache_dir = cache_directory(self.bundle, self.key)
+            config["CACHE_DIR"] = str(self.cache_dir)
+            before = _blobs(self.cache_dir)
+        start = time.perf_counter()
+        compiled = core.compile_model(model, DEVICE, config)
+        self.compile_seconds = time.perf_counter() - start
+        self.cache_hit = bool(before) and self.cache_dir is not None and _blobs(self.cache_dir) == before
+        got = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        want = str(getattr(ov.Type, OV_PRECISIONS[self.precision]))
+        devices = list(compiled.get_property("EXECUTION_DEVICES"))
+        if got != want or devices != [DEVICE]:
+            raise RuntimeError(
+                f"OpenVINO compiled {self.graph_name} for {got} on {devices}, not {want} on {DEVICE} as requested; "
+                "refusing a silent downgrade"
+            )
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+
+    def _check_model(self, model: Any) -> None:
+        """The live model's inputs and outputs agree with the manifest (names, element types, ranks, fixed sizes)."""
+        for kind, ports, specs in (("input", model.inputs, self.graph.inputs), ("output", model.outputs, self.graph.outputs)):
+            live = {name: port for port in ports for name in port.get_names()}
+            for spec in specs:
+                port = live.get(spec.name)
+                if port is None:
+                    raise ValueError(f"{self.path}: the manifest's {kind} {spec.name!r} is not in the graph ({sorted(live)})")
+                dtype = np.dtype(port.get_element_type().to_dtype())
+                shape = port.get_partial_shape()
+                if dtype != np.dtype(spec.dtype) or shape.rank.get_length() != len(spec.shape):
+                    raise ValueError(
+                        f"{self.graph_name}.{spec.name}: the graph has {dtype} {shape}, the manifest says {spec.dtype} "
+                        f"{spec.shape}"
+                    )
+                for axis, want in enumerate(spec.shape):
+                    if isinstance(want, int) and shape[axis].is_static and shape[axis].get_length() != want:
+                        raise ValueError(f"{self.graph_name}.{spec.name}: the graph has {shape}, the manifest says {spec.shape}")
+
+    def _partial_shape(self, ov: ModuleType, shape: Iterable[int | str]) -> Any:
+        """Fixed sizes as they are, each named dimension bounded by the manifest's range (unbounded without one)."""
+        dims = []
+        for size in shape:
+            if isinstance(size, int):
+                dims.append(ov.Dimension(size))
+            elif size in self.dims:
+                dims.append(ov.Dimension(self.dims[size].min, self.dims[size].max))
+            else:
+                dims.append(ov.Dimension())
+        return ov.PartialShape(dims)
+
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self.request.infer(dict(feeds), share_inputs=False, share_outputs=False)
+        return {spec.name: np.asarray(results[self.compiled.output(spec.name)]) for spec in self.graph.outputs}
+
+    def _deactivate(self) -> None:
+        self.request = None
+        self.compiled = None
+
+
+def openvino_runners(
+    bundle: str | Path,
+    manifest: Manifest,
+    graphs: Iterable[str],
+    precision: str,
+    info: OpenVinoInfo,
+    threads: int | None = None,
+    emulated_bf16: bool = False,
+) -> dict[str, Runner]:
+    """Create and activate one :class:`OpenVinoRunner` per graph (all deactivated again if one fails).
+
+    Args:
+        precision: "fp32" or "bf16"; bf16 needs native support unless ``emulated_bf16`` (see :func:`check_precision`).
+        info: this machine's OpenVINO facts (:func:`detect_openvino`).
+
+    Returns:
+        The active runners by graph name.
+    """
+    check_precision(info, precision, emulated_bf16)
+    runners: dict[str, Runner] = {}
+    try:
+        for name in graphs:
+            if name not in manifest.graphs:
+                raise ValueError(f"the bundle has no {name!r} graph (it has {sorted(manifest.graphs)})")
+            graph = manifest.graphs[name]
+            runner = OpenVinoRunner(bundle, name, graph, manifest.dims, precision, info, graph_sha256(manifest, graph),
+                                    threads, emulated_bf16)  # fmt: skip
+            runner.activate()
+            runners[name] = runner
+    except BaseException:
+        for runner in runners.values():
+            runner.deactivate()
+        raise
+    return runners
