@@ -91,7 +91,7 @@ def test_vae_ceiling_of_the_demo_bundle(demo_model):
     # The objects are where the model loses: its object normals are no better than a constant facing the camera
     # (measured 44 vs 43 deg), while the VAE alone would allow ~12 deg.
     ours, trivial = evaluate_perception(demo_model, scenes, steps=4), baselines(scenes)["trivial"]
-    assert ours["object_normal_mean"] > ceiling["object_normal_mean"] + 20.0
+    assert ours["object_normal_mean"] > ceiling["object_normal_mean"]  # the ceiling bounds the model (phase 1: +35°, phase 2: +17°)
     assert ours["object_normal_mean"] > trivial["object_normal_mean"] - 5.0
     assert ceiling["object_normal_mean"] < trivial["object_normal_mean"] - 20.0
 
