@@ -88,11 +88,11 @@ def test_vae_ceiling_of_the_demo_bundle(demo_model):
     assert ceiling["depth_delta1"] > 0.98 and ceiling["normal_mean"] < 6.0 and ceiling["seg_miou"] > 0.7
     assert ceiling["object_depth_delta1"] > 0.95 and ceiling["object_normal_mean"] < 20.0 and ceiling["object_seg_miou"] > 0.6
     assert ceiling["object_count_accuracy_exact"] == 1.0 and ceiling["object_count_accuracy"] >= 0.5
-    # The objects are where the model loses: its object normals are no better than a constant facing the camera
-    # (measured 44 vs 43 deg), while the VAE alone would allow ~12 deg.
+    # Objects are where a model loses: phase 1's object normals were no better than a constant facing the camera
+    # (47 vs 43 deg); the shipped phase-2 model must beat that constant clearly (29 deg), and the VAE allows ~12.
     ours, trivial = evaluate_perception(demo_model, scenes, steps=4), baselines(scenes)["trivial"]
     assert ours["object_normal_mean"] > ceiling["object_normal_mean"]  # the ceiling bounds the model (phase 1: +35°, phase 2: +17°)
-    assert ours["object_normal_mean"] > trivial["object_normal_mean"] - 5.0
+    assert ours["object_normal_mean"] < trivial["object_normal_mean"] - 8.0
     assert ceiling["object_normal_mean"] < trivial["object_normal_mean"] - 20.0
 
 
