@@ -22,6 +22,7 @@ import torch
 from mmgen_edge.runtime.fileio import check_output_directory, sha256_file
 
 from mmgen_edge.config import ModelConfig, preset
+from .finite import NonFiniteWeightsError, check_finite
 from .model import MMGen, count_parameters
 from .model_dir import Provenance, WeightsDType, save_model_dir
 
@@ -220,7 +221,11 @@ def identify(path: Path, sha256: str, progress: bool = False) -> tuple[str | Non
 def import_checkpoint(
     path: str | os.PathLike[str], weights: Weights | str = Weights.EMA, sha256: str = "auto", progress: bool = False
 ) -> ImportedCheckpoint:
-    """Open, verify and validate a release-layout checkpoint. The returned tensors are memory-mapped."""
+    """Open, verify and validate a release-layout checkpoint. The returned tensors are memory-mapped.
+
+    Validation: the args name a supported architecture, the weights match it key by key and shape by shape, and
+    every value is finite (NaN/Inf weights are refused with the tensor's name, see :mod:`.finite`).
+    """
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory; give the checkpoint file inside it (e.g. {path}/0600000.pt)")
@@ -241,6 +246,10 @@ def import_checkpoint(
     args = _args_dict(ckpt["args"])
     config = architecture_from_args(args, projector_shape(state_dict))
     check_state_dict(config, state_dict)
+    try:  # read chunk by chunk from the memory map; the pages stay shared with the writer's later read
+        check_finite(state_dict, f"checkpoint {path} ({weights.value} weights)")
+    except NonFiniteWeightsError as e:
+        raise CheckpointError(str(e)) from None
     steps = ckpt.get("steps")
     return ImportedCheckpoint(
         config=config,

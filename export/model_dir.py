@@ -24,6 +24,7 @@ from mmgen_edge import __version__
 from mmgen_edge.runtime.fileio import atomic_directory
 
 from mmgen_edge.config import ModelConfig
+from .finite import NonFiniteWeightsError, count_nonfinite
 from .model import MMGen
 
 CONFIG_FILE = "config.json"
@@ -92,22 +93,39 @@ def write_safetensors(
         f.write(blob)
         for name in names:
             tensor = tensors[name].detach().to("cpu", dtype).contiguous()
+            if tensor.dtype != tensors[name].dtype:
+                _check_cast_is_finite(name, tensor, tensors[name])
             data = tensor.view(torch.uint8) if tensor.dim() else tensor.reshape(1).view(torch.uint8)
             f.write(memoryview(data.numpy()))
             bar.update(data.numel())
     return 8 + len(blob) + offset
 
 
+def _check_cast_is_finite(name: str, cast: torch.Tensor, source: torch.Tensor) -> None:
+    """Refuse a cast that turned finite weights into Inf (fp32 values beyond fp16's range)."""
+    nan, inf = count_nonfinite(cast)
+    if not (nan or inf):
+        return
+    before = count_nonfinite(source)
+    if (nan, inf) != before:
+        largest = float(source.detach().abs().max())
+        raise NonFiniteWeightsError(
+            f"weight {name} does not fit {cast.dtype}: {inf - before[1]} values overflow to Inf (largest |value| "
+            f"{largest:.4g}, {cast.dtype} max {torch.finfo(cast.dtype).max:.4g}); store it as fp32 (--dtype fp32)"
+        )
+
+
 def save_model_dir(
     out_dir: str | os.PathLike[str],
     config: ModelConfig,
     state_dict: Mapping[str, torch.Tensor],
-    dtype: WeightsDType = WeightsDType.FP32,
+    dtype: WeightsDType | str = WeightsDType.FP32,
     provenance: Provenance | None = None,
     overwrite: bool = False,
     progress: bool = False,
 ) -> Path:
     """Write ``config.json`` + ``model.safetensors`` atomically; returns the directory."""
+    dtype = WeightsDType(dtype)
     provenance = provenance or Provenance()
     if not provenance.created:
         provenance = provenance.model_copy(update={"created": _dt.datetime.now(_dt.timezone.utc).isoformat()})

@@ -42,6 +42,7 @@ from mmgen_edge.runtime.manifest import (
 )
 from mmgen_edge.runtime.sampler import SamplerConfig
 
+from .finite import check_finite
 from .graphs import GRAPH_IO, CachedDenoiserStep, Conditioning, DenoiserStep, VaeDecoder, VaeEncoder
 from .model import MMGen, count_parameters
 from .model_dir import WEIGHTS_FILE, load_model, read_model_dir_config
@@ -188,6 +189,7 @@ def export_bundle(
 ) -> Manifest:
     """Export the graphs (default: the runtime's four) and write the bundle atomically; returns its manifest.
 
+    Weights holding NaN or Inf (model or VAE) are refused with the tensor's name before anything is traced.
     The runtime (and ``mmgen-edge triton-repo``) needs conditioning, denoiser_cached, vae_encoder and vae_decoder;
     the self-contained ``denoiser`` (one whole sampler step in one graph) is never loaded by them and is exported
     only on request (``graphs=ALL_GRAPHS``, ``mmgen-edge export --with-denoiser``) for runtimes of your own. A
@@ -203,8 +205,10 @@ def export_bundle(
     if not (vae_dir / "config.json").is_file():
         raise FileNotFoundError(f"{vae_dir} is not a diffusers AutoencoderKL directory: config.json is missing")
     model = load_model(model_dir, dtype=torch.float32)
+    check_finite(model.state_dict(), f"model directory {model_dir} ({WEIGHTS_FILE})")
     model.set_fused_attention(False)
     vae = AutoencoderKL.from_pretrained(vae_dir, low_cpu_mem_usage=False).eval()
+    check_finite(vae.state_dict(), f"VAE {vae_dir}")
     cfg = model.config
     if vae.config.latent_channels != cfg.latent_channels:
         raise ValueError(f"VAE has {vae.config.latent_channels} latent channels, the model expects {cfg.latent_channels}")

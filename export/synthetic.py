@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,12 +40,15 @@ def write_release_checkpoint(
     with_optimizer: bool = True,
     steps: int = 600_000,
     projector: tuple[int, int] | None = (2048, 768),
+    nonfinite: Mapping[str, float] | None = None,
     **arg_overrides: Any,
 ) -> dict[str, torch.Tensor]:
     """Write a random-weight checkpoint in the release layout; returns its EMA state dict.
 
     ``projector`` is the REPA projector's (projector_dim, z_dim) (the release's by default; None for none).
     ``arg_overrides`` change the args, e.g. ``depth=2, hidden_size=64, num_heads=2`` for a tiny model.
+    ``nonfinite`` maps tensor names to a value (``nan``, ``inf``) written into their first element, in both the
+    ``model`` and ``ema`` weights: a broken checkpoint for tests of the importer's refusal.
 
     Weights are randomised beyond the zero init (adaLN and output layers included) so that every parameter
     influences the output. ``model`` and ``ema`` differ, so loading the wrong one is detectable.
@@ -59,6 +63,8 @@ def write_release_checkpoint(
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
     ema = {k: v.clone() for k, v in net.state_dict().items()}
     live = {k: (v + 0.01 * torch.randn(v.shape, generator=generator) if k != "pos_embed" else v.clone()) for k, v in ema.items()}
+    poison(ema, nonfinite or {})
+    poison(live, nonfinite or {})
     opt: dict[str, Any] = {"state": {}, "param_groups": [{"lr": 1e-4, "weight_decay": 0.0, "params": []}]}
     if with_optimizer:
         trainable = [k for k in ema if k != "pos_embed"]
@@ -79,13 +85,35 @@ def write_release_checkpoint(
     return ema
 
 
+def poison(tensors: Mapping[str, torch.Tensor], values: Mapping[str, float]) -> None:
+    """Write ``values[name]`` (e.g. ``float("nan")``) into the first element of each named tensor, in place.
+
+    Args:
+        tensors: a state dict.
+        values: tensor name -> the value to plant; every name must be in ``tensors``.
+    """
+    unknown = sorted(set(values) - set(tensors))
+    if unknown:
+        raise KeyError(f"no tensors named {unknown}")
+    with torch.no_grad():
+        for name, value in values.items():
+            tensors[name].view(-1)[0] = value
+
+
+#: One NaN and one Inf tensor, for the refusal tests of convert and export.
+NONFINITE_WEIGHTS: dict[str, float] = {"blocks.0.attn.qkv.weight": float("nan"), "lis_final_layer.1.linear.bias": float("inf")}
+NONFINITE_VAE_WEIGHTS: dict[str, float] = {"decoder.conv_in.weight": float("nan"), "encoder.conv_out.bias": float("-inf")}
+
 #: A tiny architecture in the release layout (custom sizes): 32 px -> 4x4 latents, patch 2 -> 4 tokens.
 TINY_ARGS: dict[str, Any] = dict(model="SiT-S/2", resolution=32, depth=2, hidden_size=64, num_heads=2, encoder_depth=1)
 TINY_PROJECTOR = (64, 32)
 
 
-def write_tiny_vae(path: str | os.PathLike[str], seed: int = 0) -> Path:
-    """A tiny random diffusers ``AutoencoderKL`` with the SD-VAE interface (4 latent channels at 1/8), saved to ``path``."""
+def write_tiny_vae(path: str | os.PathLike[str], seed: int = 0, nonfinite: Mapping[str, float] | None = None) -> Path:
+    """A tiny random diffusers ``AutoencoderKL`` with the SD-VAE interface (4 latent channels at 1/8), saved to ``path``.
+
+    ``nonfinite`` plants values (NaN, Inf) into the first element of the named tensors, as in :func:`poison`.
+    """
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
@@ -99,5 +127,6 @@ def write_tiny_vae(path: str | os.PathLike[str], seed: int = 0) -> Path:
         sample_size=32,
         scaling_factor=0.5,
     )
+    poison(dict(vae.named_parameters()), nonfinite or {})
     vae.save_pretrained(path)
     return Path(path)

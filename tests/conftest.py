@@ -87,3 +87,14 @@ def runtime_bundle(request) -> Path:
             pytest.fail(f"MMGEN_EDGE_TEST_BUNDLE={given} is not a bundle (no manifest.json)", pytrace=False)
         return path
     return request.getfixturevalue("tiny_bundle")
+
+
+@pytest.fixture(scope="session")
+def nonfinite_checkpoint(tmp_path_factory):
+    """A tiny release-layout checkpoint whose weights (ema and model) hold one NaN tensor and one Inf tensor."""
+    skip_without_export()
+    from mmgen_edge.export.synthetic import NONFINITE_WEIGHTS, TINY_ARGS, TINY_PROJECTOR, write_release_checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "nonfinite.pt"
+    write_release_checkpoint(path, projector=TINY_PROJECTOR, nonfinite=NONFINITE_WEIGHTS, **TINY_ARGS)
+    return path
