@@ -165,11 +165,80 @@ class Manifest(BaseModel):
                 raise ValueError(f"{what} names {path!r}, which is not listed (with its hash) in the manifest's files")
         return self
 
+    @model_validator(mode="after")
+    def _check_shapes(self) -> "Manifest":
+        """The latent grid follows from the model's resolution, and every graph's image/latent tensors agree with it.
+
+        An edited resolution (or latent size) is refused here, at read, with the numbers that disagree, instead of
+        failing later inside a backend.
+        """
+        problems = shape_problems(self)
+        if problems:
+            raise ValueError("inconsistent shapes: " + "; ".join(problems))
+        return self
+
     def file(self, path: str) -> FileEntry:
         for entry in self.files:
             if entry.path == path:
                 return entry
         raise KeyError(f"{path} is not listed in the manifest")
+
+
+#: Graph tensors whose trailing dims (after the batch) follow from the manifest: "latents" is the joint latent of
+#: all modalities (M*C, h, w), "vae_latent" one modality's latent (C, h, w), "image" an RGB image (3, H, W).
+SHAPED_TENSORS: dict[str, dict[str, str]] = {
+    "denoiser": {"x_t": "latents", "x_next": "latents", "x0_hat": "latents"},
+    "denoiser_cached": {"x_t": "latents", "x_next": "latents", "x0_hat": "latents"},
+    "vae_encoder": {"image": "image", "latent": "vae_latent"},
+    "vae_decoder": {"latent": "vae_latent", "image": "image"},
+}
+
+
+def shape_problems(manifest: Manifest) -> list[str]:
+    """Every inconsistency between the manifest's model, latent and graph shapes; [] when they agree.
+
+    Args:
+        manifest: a parsed manifest.
+
+    Returns:
+        One sentence per problem, naming the fields and numbers that disagree.
+    """
+    model, latent = manifest.model, manifest.latent
+    problems = []
+    if latent.downsample != model.vae_downsample:
+        problems.append(f"latent.downsample {latent.downsample} differs from model.vae_downsample {model.vae_downsample}")
+    if latent.channels_per_modality != model.latent_channels:
+        problems.append(
+            f"latent.channels_per_modality {latent.channels_per_modality} differs from model.latent_channels "
+            f"{model.latent_channels}"
+        )
+    for axis, size in (("height", latent.height), ("width", latent.width)):
+        if size * latent.downsample != model.resolution:
+            problems.append(
+                f"latent.{axis} {size} does not match model.resolution {model.resolution} / latent.downsample "
+                f"{latent.downsample} = {model.resolution / latent.downsample:g}"
+            )
+    pixels = (latent.height * latent.downsample, latent.width * latent.downsample)
+    trailing = {
+        "latents": (model.in_channels, latent.height, latent.width),
+        "vae_latent": (latent.channels_per_modality, latent.height, latent.width),
+        "image": (3, *pixels),
+    }
+    for graph_name, tensors in SHAPED_TENSORS.items():
+        graph = manifest.graphs.get(graph_name)
+        if graph is None:
+            continue
+        for spec in (*graph.inputs, *graph.outputs):
+            kind = tensors.get(spec.name)
+            if kind is None:
+                continue
+            want = trailing[kind]
+            if len(spec.shape) != 1 + len(want) or tuple(spec.shape[1:]) != want:
+                problems.append(
+                    f"graph {graph_name}: {spec.name} has shape {tuple(spec.shape)}, but the manifest's model and latent "
+                    f"give (batch, {', '.join(map(str, want))})"
+                )
+    return problems
 
 
 def check_bundle_path(path: str) -> None:

@@ -2,7 +2,8 @@
 
 ONNX Runtime quietly runs on CPU when a requested GPU provider cannot load; this runner passes providers
 explicitly and checks ``get_providers()`` after creating the session, raising if the first requested provider is
-not the one in charge. On GPU providers, inputs and outputs go through ``IOBinding`` (outputs are allocated by ORT
+not the one in charge. Activation also compares the session's own input/output metadata (names, dtypes, fixed
+dimensions) with the manifest, so an edited manifest fails there, naming the graph, tensor and both shapes. On GPU providers, inputs and outputs go through ``IOBinding`` (outputs are allocated by ORT
 on the device and copied back once per call).
 """
 
@@ -15,11 +16,15 @@ from typing import Any
 import numpy as np
 
 from .manifest import DimRange, GraphEntry
-from .runner import Runner
+from .runner import INPUT, OUTPUT, Runner, check_live_io
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
+EDITED_MANIFEST_HINT = "the manifest was edited or the graph file replaced: re-export the bundle"
+#: ONNX Runtime's tensor element types -> numpy dtype names (those our graphs can carry at their I/O).
+ORT_TO_NUMPY = {"float": "float32", "float16": "float16", "double": "float64", "int64": "int64", "int32": "int32",
+                "int8": "int8", "uint8": "uint8", "bool": "bool"}  # fmt: skip
 GPU_EXTRA_HINT = "install the gpu extra: pip install 'mmgen-edge[gpu]' (onnxruntime-gpu), with a matching CUDA"
 
 
@@ -29,6 +34,28 @@ def import_onnxruntime() -> Any:
     except ImportError as e:  # pragma: no cover - onnxruntime is a base dependency
         raise ImportError(f"onnxruntime is required for this backend: pip install onnxruntime ({e})") from None
     return onnxruntime
+
+
+def ort_type_to_numpy(type_name: str) -> str:
+    """numpy dtype name of an ONNX Runtime tensor type string ("tensor(float)" -> "float32")."""
+    inner = type_name.removeprefix("tensor(").removesuffix(")")
+    if inner not in ORT_TO_NUMPY:
+        raise TypeError(f"ONNX Runtime type {type_name!r} cannot be a runner input or output")
+    return ORT_TO_NUMPY[inner]
+
+
+def session_io(session: Any) -> tuple[dict[str, tuple[str, str]], dict[str, tuple[int | str | None, ...]]]:
+    """({name: (mode, numpy dtype name)}, {name: shape}) of a live ``InferenceSession``, from its own metadata.
+
+    Dynamic dimensions come back as ORT reports them (a symbol name or None).
+    """
+    io: dict[str, tuple[str, str]] = {}
+    shapes: dict[str, tuple[int | str | None, ...]] = {}
+    for mode, args in ((INPUT, session.get_inputs()), (OUTPUT, session.get_outputs())):
+        for arg in args:
+            io[arg.name] = (mode, ort_type_to_numpy(arg.type))
+            shapes[arg.name] = tuple(arg.shape)
+    return io, shapes
 
 
 def available_providers() -> list[str]:
@@ -74,10 +101,17 @@ class OnnxRuntimeRunner(Runner):
         self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=self.providers)
         active = self.session.get_providers()
         if not active or active[0] != self.primary:
+            self.session = None
             raise RuntimeError(
                 f"onnxruntime did not start {self.primary} for {self.graph_name} (it runs on {active}); "
                 "refusing a silent fallback"
             )
+        try:
+            io, shapes = session_io(self.session)
+            check_live_io(self.graph_name, self.graph, str(self.path), io, shapes, "graph", EDITED_MANIFEST_HINT)
+        except BaseException:
+            self.session = None
+            raise
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [spec.name for spec in self.graph.outputs]

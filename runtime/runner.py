@@ -1,6 +1,8 @@
 """The runner interface every backend implements (after Polygraphy's runners): ``activate / infer / deactivate``.
 
-A runner executes one graph of a bundle. :class:`Runner` checks every call's inputs against the graph's manifest
+A runner executes one graph of a bundle. At activation each backend compares its live I/O metadata with the
+manifest (:func:`check_live_io`: names, directions, dtypes, fixed dims), so an edited manifest or a foreign graph
+fails there, naming the graph, tensor and both shapes. :class:`Runner` checks every call's inputs against the graph's manifest
 entry (names, dtypes, shapes, dynamic-dimension ranges) before the backend sees them, so a bad feed fails with a
 message that names the tensor instead of a backend error deep inside.
 """
@@ -8,11 +10,107 @@ message that names the tensor instead of a backend error deep inside.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .manifest import DimRange, GraphEntry
+from .manifest import BundleError, DimRange, GraphEntry
+
+INPUT, OUTPUT = "input", "output"
+#: A live graph dimension: an int when fixed; -1, None or a symbol name when dynamic.
+LiveDim = int | str | None
+
+
+def io_mismatch(
+    graph: GraphEntry,
+    live_io: Mapping[str, tuple[str, str]],
+    live_shapes: Mapping[str, Sequence[LiveDim]] | None = None,
+    source: str = "engine",
+) -> list[str]:
+    """Every difference between a backend's live I/O tensors and the graph's manifest entry; [] when they match.
+
+    Args:
+        graph: the manifest's entry for the graph.
+        live_io: {name: (mode "input"/"output", numpy dtype name)} as the backend reports them.
+        live_shapes: {name: shape} as the backend reports them (dynamic dims as -1, None or a symbol); checks
+            ranks, static sizes, and dimensions the backend fixed where the manifest has a dynamic one.
+        source: what the live side is, for the messages ("engine", "graph").
+
+    Returns:
+        One sentence per difference, naming the tensor; a tensor with shape differences also gets one line with
+        both whole shapes.
+    """
+    expected = {spec.name: (INPUT, spec) for spec in graph.inputs}
+    expected.update({spec.name: (OUTPUT, spec) for spec in graph.outputs})
+    problems = []
+    for name, (mode, spec) in expected.items():
+        if name not in live_io:
+            problems.append(f"{mode} {name!r}: in the manifest, not in the {source}")
+            continue
+        live_mode, live_dtype = live_io[name]
+        if live_mode != mode:
+            problems.append(f"{name!r}: the manifest lists it as an {mode}, the {source} as an {live_mode}")
+        if np.dtype(live_dtype) != np.dtype(spec.dtype):
+            problems.append(f"{mode} {name!r}: the {source}'s dtype is {np.dtype(live_dtype)}, the manifest's {spec.dtype}")
+        if live_shapes is not None and name in live_shapes:
+            shape_problems = _shape_mismatch(name, mode, tuple(live_shapes[name]), spec.shape, source)
+            if shape_problems:
+                shown = tuple(live_shapes[name])
+                problems += shape_problems
+                problems.append(f"{mode} {name!r}: manifest shape {tuple(spec.shape)}, {source} shape {shown}")
+    for name in sorted(live_io.keys() - expected.keys()):
+        problems.append(f"{live_io[name][0]} {name!r}: in the {source}, not in the manifest")
+    return problems
+
+
+def _fixed(dim: LiveDim) -> int | None:
+    return dim if isinstance(dim, int) and dim >= 0 else None
+
+
+def _shape_mismatch(
+    name: str, mode: str, live: tuple[LiveDim, ...], manifest: tuple[int | str, ...], source: str
+) -> list[str]:
+    if len(live) != len(manifest):
+        return [
+            f"{mode} {name!r}: the {source}'s shape {live} has rank {len(live)}, the manifest's {manifest} {len(manifest)}"
+        ]
+    problems = []
+    for axis, (have, want) in enumerate(zip(live, manifest)):
+        fixed = _fixed(have)
+        if isinstance(want, int) and fixed is not None and fixed != want:
+            problems.append(f"{mode} {name!r}: axis {axis} is {fixed} in the {source}, {want} in the manifest")
+        elif isinstance(want, str) and fixed is not None:
+            problems.append(f"{mode} {name!r}: the {source} fixes axis {axis} to {fixed}, the manifest has {want}")
+    return problems
+
+
+def check_live_io(
+    graph_name: str,
+    graph: GraphEntry,
+    where: str,
+    live_io: Mapping[str, tuple[str, str]],
+    live_shapes: Mapping[str, Sequence[LiveDim]],
+    source: str,
+    hint: str,
+) -> None:
+    """Raise :class:`BundleError` listing every :func:`io_mismatch` of a live backend against the manifest.
+
+    Args:
+        graph_name: the graph's name in the manifest.
+        graph: its manifest entry.
+        where: the file the backend loaded (named in the message).
+        live_io, live_shapes, source: as for :func:`io_mismatch`.
+        hint: what to do about it.
+
+    Raises:
+        BundleError: at least one name, direction, dtype or fixed dimension differs.
+    """
+    problems = io_mismatch(graph, live_io, live_shapes, source)
+    if problems:
+        raise BundleError(
+            f"{where} does not match the {graph_name!r} graph of the manifest ({hint}):\n"
+            + "\n".join(f"  - {p}" for p in problems)
+        )
 
 
 class Runner(abc.ABC):

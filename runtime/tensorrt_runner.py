@@ -43,11 +43,10 @@ from .cuda_buffers import (
 )
 from .gpu import import_cudart, import_tensorrt
 from .manifest import DimRange, GraphEntry
-from .runner import Runner
+from .runner import INPUT, OUTPUT, Runner, check_live_io, io_mismatch
 
 log = logging.getLogger(__name__)
 
-INPUT, OUTPUT = "input", "output"
 #: TensorRT ``DataType`` member names -> numpy dtype names (the types our graphs can carry at their I/O).
 TRT_TO_NUMPY: dict[str, str] = {
     "FLOAT": "float32",
@@ -89,37 +88,9 @@ def engine_io_mismatch(
 
     ``engine_io``: {name: (mode "input"/"output", numpy dtype name)}. ``engine_shapes`` (optional): {name: engine
     shape with -1 for dynamic dimensions}; checks ranks, static sizes, and dimensions the engine fixed where the
-    manifest has a dynamic one.
+    manifest has a dynamic one (the comparison every runner makes: :func:`runner.io_mismatch`).
     """
-    expected = {spec.name: (INPUT, spec) for spec in graph.inputs}
-    expected.update({spec.name: (OUTPUT, spec) for spec in graph.outputs})
-    problems = []
-    for name, (mode, spec) in expected.items():
-        if name not in engine_io:
-            problems.append(f"{mode} {name!r}: in the manifest, not in the engine")
-            continue
-        engine_mode, engine_dtype = engine_io[name]
-        if engine_mode != mode:
-            problems.append(f"{name!r}: the manifest lists it as an {mode}, the engine as an {engine_mode}")
-        if np.dtype(engine_dtype) != np.dtype(spec.dtype):
-            problems.append(f"{mode} {name!r}: the engine's dtype is {np.dtype(engine_dtype)}, the manifest's {spec.dtype}")
-        if engine_shapes is not None and name in engine_shapes:
-            problems += _shape_mismatch(name, mode, tuple(int(d) for d in engine_shapes[name]), spec.shape)
-    for name in sorted(engine_io.keys() - expected.keys()):
-        problems.append(f"{engine_io[name][0]} {name!r}: in the engine, not in the manifest")
-    return problems
-
-
-def _shape_mismatch(name: str, mode: str, engine: Shape, manifest: tuple[int | str, ...]) -> list[str]:
-    if len(engine) != len(manifest):
-        return [f"{mode} {name!r}: the engine's shape {engine} has rank {len(engine)}, the manifest's {manifest} {len(manifest)}"]
-    problems = []
-    for axis, (have, want) in enumerate(zip(engine, manifest)):
-        if isinstance(want, int) and have >= 0 and have != want:
-            problems.append(f"{mode} {name!r}: axis {axis} is {have} in the engine, {want} in the manifest")
-        elif isinstance(want, str) and have >= 0:
-            problems.append(f"{mode} {name!r}: the engine fixes axis {axis} to {have}, the manifest has {want}")
-    return problems
+    return io_mismatch(graph, engine_io, engine_shapes, source="engine")
 
 
 def plan_buffers(
@@ -232,12 +203,7 @@ class TensorRTRunner(Runner):
                     f"(see the TensorRT errors above; {STALE_ENGINE_HINT})"
                 )
             io, shapes = read_engine_io(trt, self._engine)
-            problems = engine_io_mismatch(io, self.graph, shapes)
-            if problems:
-                raise ValueError(
-                    f"{self.engine_path} does not match the {self.graph_name!r} graph of the manifest ({STALE_ENGINE_HINT}):\n"
-                    + "\n".join(f"  - {p}" for p in problems)
-                )
+            check_live_io(self.graph_name, self.graph, str(self.engine_path), io, shapes, "engine", STALE_ENGINE_HINT)
             self._dtypes = {name: np.dtype(dtype) for name, (_, dtype) in io.items()}
             self._inputs = tuple(spec.name for spec in self.graph.inputs)
             self._outputs = tuple(spec.name for spec in self.graph.outputs)

@@ -1,0 +1,130 @@
+"""An edited manifest is refused at load: its own shapes must agree (at read, whatever ``verify``), and each graph's
+inputs and outputs must agree with the live session's metadata (at activation), naming graph, tensor and shapes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mmgen_edge.runtime.backend import Environment
+from mmgen_edge.runtime.manifest import SHAPED_TENSORS, BundleError, GraphEntry, TensorSpec, read_manifest
+from mmgen_edge.runtime.onnxruntime_runner import OnnxRuntimeRunner, ort_type_to_numpy
+from mmgen_edge.runtime.pipeline import Pipeline
+from mmgen_edge.runtime.runner import io_mismatch
+
+CPU_ONLY = Environment(ort_providers=("CPUExecutionProvider",))
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)  # a multi-GB bundle from MMGEN_EDGE_TEST_BUNDLE is not copied
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _edited(bundle: Path, out: Path, edit: Any) -> Path:
+    """A copy of ``bundle`` whose manifest.json (not hash-listed) went through ``edit(raw_dict)``."""
+    shutil.copytree(bundle, out, copy_function=_link_or_copy)
+    (out / "manifest.json").unlink()  # never write through a hard link into the original
+    raw = json.loads((bundle / "manifest.json").read_text())
+    edit(raw)
+    (out / "manifest.json").write_text(json.dumps(raw))
+    return out
+
+
+def _double_resolution(raw: dict, latent: bool = True, graphs: bool = True) -> None:
+    raw["model"]["resolution"] *= 2
+    if latent:
+        raw["latent"]["height"] *= 2
+        raw["latent"]["width"] *= 2
+    if graphs:
+        for name, tensors in SHAPED_TENSORS.items():
+            for spec in [*raw["graphs"].get(name, {}).get("inputs", ()), *raw["graphs"].get(name, {}).get("outputs", ())]:
+                if spec["name"] in tensors:
+                    spec["shape"][2] *= 2
+                    spec["shape"][3] *= 2
+
+
+@pytest.mark.parametrize("verify", ["full", "none"])
+def test_an_edited_resolution_is_refused_at_read(runtime_bundle, tmp_path, verify):
+    before = read_manifest(runtime_bundle, verify="none")
+    res, h, down = before.model.resolution, before.latent.height, before.latent.downsample
+    bundle = _edited(runtime_bundle, tmp_path / "b", lambda raw: _double_resolution(raw, latent=False, graphs=False))
+    with pytest.raises(BundleError) as info:
+        read_manifest(bundle, verify=verify)
+    assert f"latent.height {h} does not match model.resolution {2 * res} / latent.downsample {down} = {2 * res // down}" in str(info.value)
+
+
+def test_an_edited_latent_size_must_agree_with_the_graph_shapes(runtime_bundle, tmp_path):
+    manifest = read_manifest(runtime_bundle, verify="none")
+    spec = next(s for s in manifest.graphs["denoiser_cached"].inputs if s.name == "x_t")
+    c, h, w = spec.shape[1:]
+    bundle = _edited(runtime_bundle, tmp_path / "b", lambda raw: _double_resolution(raw, graphs=False))
+    with pytest.raises(BundleError) as info:
+        read_manifest(bundle, verify="none")
+    assert (
+        f"graph denoiser_cached: x_t has shape {tuple(spec.shape)}, but the manifest's model and latent give "
+        f"(batch, {c}, {2 * h}, {2 * w})"
+    ) in str(info.value)
+
+
+def test_a_consistently_edited_manifest_is_refused_when_the_graphs_activate(runtime_bundle, tmp_path):
+    manifest = read_manifest(runtime_bundle, verify="none")
+    spec = next(s for s in manifest.graphs["denoiser_cached"].inputs if s.name == "x_t")
+    n, c, h, w = spec.shape
+    bundle = _edited(runtime_bundle, tmp_path / "b", _double_resolution)
+    read_manifest(bundle, verify="full")  # self-consistent, files untouched
+    with pytest.raises(BundleError) as info:
+        Pipeline(bundle, backend="ort-cpu", environment=CPU_ONLY)
+    text = str(info.value)
+    assert f"{bundle / 'denoiser_cached.onnx'} does not match the 'denoiser_cached' graph of the manifest" in text
+    assert f"input 'x_t': axis 2 is {h} in the graph, {2 * h} in the manifest" in text
+    assert f"input 'x_t': manifest shape ({n!r}, {c}, {2 * h}, {2 * w}), graph shape ({n!r}, {c}, {h}, {w})" in text
+    assert "re-export the bundle" in text
+
+
+def test_an_edited_dtype_or_fixed_dim_is_refused_when_the_runner_activates(runtime_bundle, tmp_path):
+    def edit(raw: dict) -> None:
+        cond = raw["graphs"]["conditioning"]
+        next(s for s in cond["inputs"] if s["name"] == "y")["dtype"] = "int32"
+        next(s for s in cond["outputs"] if s["name"] == "block_modulation")["shape"][1] += 1
+
+    bundle = _edited(runtime_bundle, tmp_path / "b", edit)
+    manifest = read_manifest(bundle, verify="none")
+    runner = OnnxRuntimeRunner(bundle, "conditioning", manifest.graphs["conditioning"], manifest.dims)
+    with pytest.raises(BundleError) as info:
+        runner.activate()
+    text = str(info.value)
+    assert "input 'y': the graph's dtype is int64, the manifest's int32" in text
+    blocks = next(s for s in manifest.graphs["conditioning"].outputs if s.name == "block_modulation").shape
+    assert f"output 'block_modulation': axis 1 is {blocks[1] - 1} in the graph, {blocks[1]} in the manifest" in text
+    assert not runner.active and runner.session is None
+
+
+def test_the_original_bundle_still_activates(runtime_bundle):
+    with Pipeline(runtime_bundle, backend="ort-cpu", environment=CPU_ONLY, verify="none") as pipeline:
+        assert set(pipeline.runners) >= {"conditioning", "denoiser_cached", "vae_encoder", "vae_decoder"}
+
+
+def test_io_mismatch_reads_ort_style_dynamic_dims():
+    graph = GraphEntry(
+        file="g.onnx",
+        inputs=(TensorSpec(name="x", dtype="float32", shape=("N", 16, 4, 4)),),
+        outputs=(TensorSpec(name="y", dtype="float32", shape=("N", 3)),),
+    )
+    live = {"x": ("input", "float32"), "y": ("output", "float32")}
+    assert io_mismatch(graph, live, {"x": ("N", 16, 4, 4), "y": (None, 3)}, source="graph") == []
+    problems = io_mismatch(graph, live, {"x": (2, 16, 4, 8), "y": ("unk__1", 3)}, source="graph")
+    assert problems == [
+        "input 'x': the graph fixes axis 0 to 2, the manifest has N",
+        "input 'x': axis 3 is 8 in the graph, 4 in the manifest",
+        "input 'x': manifest shape ('N', 16, 4, 4), graph shape (2, 16, 4, 8)",
+    ]
+    assert ort_type_to_numpy("tensor(float)") == "float32" and ort_type_to_numpy("tensor(int64)") == "int64"
+    with pytest.raises(TypeError, match="tensor\\(string\\)"):
+        ort_type_to_numpy("tensor(string)")
