@@ -2,9 +2,9 @@
 
 A runner executes one graph of a bundle. At activation each backend compares its live I/O metadata with the
 manifest (:func:`check_live_io`: names, directions, dtypes, fixed dims), so an edited manifest or a foreign graph
-fails there, naming the graph, tensor and both shapes. :class:`Runner` checks every call's inputs against the graph's manifest
-entry (names, dtypes, shapes, dynamic-dimension ranges) before the backend sees them, so a bad feed fails with a
-message that names the tensor instead of a backend error deep inside.
+fails there, naming the graph, tensor and both shapes. :class:`Runner` checks every call's inputs against the
+graph's manifest entry (names, dtypes, shapes, dynamic-dimension ranges) before the backend sees them, so a bad
+feed fails with a message that names the tensor instead of a backend error deep inside.
 """
 
 from __future__ import annotations
