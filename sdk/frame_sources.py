@@ -20,17 +20,22 @@ Capture policy
   ends at its first failed read.
 - An exception in a capture thread is handed to the consumer as :class:`SourceError` naming the source, after
   the frames captured before it; it is never swallowed.
+- A source that ends before the frames it announced (a video file's ``CAP_PROP_FRAME_COUNT`` when the container
+  knows it, the length of a sized iterable) is corrupt or truncated: :attr:`FrameSource.warning` says so with
+  both counts, and the warning is logged (``logging``, this module's logger). Closing a source early is not
+  ending early.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import math
 import os
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,6 +45,8 @@ import cv2
 import numpy as np
 
 from .images import load_image
+
+log = logging.getLogger(__name__)
 
 #: URL schemes opened with ``cv2.VideoCapture(url)`` (live sources: realtime by default).
 URL_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
@@ -75,6 +82,9 @@ class CapturedFrame:
 
 # ------------------------------------------------------------------------------------------------- readers
 class _Reader(Protocol):
+    #: Frames the source announces (a file's frame count, an iterable's length); None when unknown or live.
+    expected: int | None
+
     def read(self) -> np.ndarray | None:
         """The next RGB frame, or None at the end."""
 
@@ -84,7 +94,10 @@ class _Reader(Protocol):
 class _CaptureReader:
     """Frames of a cv2.VideoCapture, BGR -> RGB. Live sources retry failed reads, files end on one."""
 
-    def __init__(self, capture: cv2.VideoCapture, name: str, live: bool, pace_fps: float | None):
+    def __init__(
+        self, capture: cv2.VideoCapture, name: str, live: bool, pace_fps: float | None, expected: int | None = None
+    ):
+        self.expected = expected
         self._capture = capture
         self._name = name
         self._live = live
@@ -120,6 +133,7 @@ class _IteratorReader:
     """Frames of an iterable of RGB arrays (validated like ``perceive`` inputs, copied)."""
 
     def __init__(self, frames: Iterable[Any], name: str):
+        self.expected = len(frames) if isinstance(frames, Sized) else None
         self._frames: Iterator[Any] = iter(frames)
         self._name = name
         self._count = 0
@@ -162,6 +176,19 @@ def _open_capture(target: int | str, name: str) -> cv2.VideoCapture:
     return capture
 
 
+def container_frame_count(capture: cv2.VideoCapture) -> int | None:
+    """Frames a video file's container announces (``CAP_PROP_FRAME_COUNT``); None when it does not know.
+
+    Args:
+        capture: an opened capture of a file.
+
+    Returns:
+        The announced frame count, or None (OpenCV reports 0 or a negative/NaN value for unknown).
+    """
+    count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
+    return int(count) if math.isfinite(count) and count >= 1 else None
+
+
 def _open_reader(source: object, realtime: bool) -> tuple[_Reader, str]:
     """A reader for ``source`` and its display name; raises if it cannot be opened."""
     if isinstance(source, bool):
@@ -182,7 +209,8 @@ def _open_reader(source: object, realtime: bool) -> tuple[_Reader, str]:
         capture = _open_capture(str(path), f"video file {path}")
         fps = capture.get(cv2.CAP_PROP_FPS)
         pace = fps if realtime and math.isfinite(fps) and fps > 0 else None
-        return _CaptureReader(capture, name, live=False, pace_fps=pace), name
+        reader = _CaptureReader(capture, name, live=False, pace_fps=pace, expected=container_frame_count(capture))
+        return reader, name
     if isinstance(source, np.ndarray) and source.ndim != 4:
         raise ValueError(f"an array source must be a stack of frames (N, H, W, 3), got shape {source.shape}")
     if isinstance(source, Iterable):
@@ -220,25 +248,44 @@ class FrameSource:
         self._error: BaseException | None = None
         self._captured = 0
         self._dropped = 0
+        self.expected: int | None = getattr(reader, "expected", None)
+        self._warning: str | None = None
         self._thread = threading.Thread(target=self._run, name=f"mmgen-edge capture: {name}", daemon=True)
         self._thread.start()
 
     # ---------------------------------------------------------------- capture thread
     def _run(self) -> None:
         error: BaseException | None = None
+        ended = False  # the reader ran out (rather than being stopped or failing)
         try:
             while not self._stop.is_set():
                 image = self._reader.read()
-                if image is None or not self._publish(image, time.monotonic()):
+                if image is None:
+                    ended = True
+                    break
+                if not self._publish(image, time.monotonic()):
                     break
         except Exception as exc:  # handed to the consumer, not swallowed
             error = exc
         finally:
             error = self._release(error)
+            warning = self._early_end_warning() if ended and error is None else None
+            if warning:
+                log.warning("%s", warning)
             with self._cond:
                 self._error = error
+                self._warning = warning
                 self._finished = True
                 self._cond.notify_all()
+
+    def _early_end_warning(self) -> str | None:
+        """The warning for a source that ended before the frames it announced; None when it did not."""
+        if self.expected is None or self._captured >= self.expected:
+            return None
+        return (
+            f"source {self.name} ended early: {self._captured} of {self.expected} frames read (the container "
+            f"announces {self.expected}); it is probably truncated or corrupt after frame {self._captured}"
+        )
 
     def _release(self, error: BaseException | None) -> BaseException | None:
         """Release the reader; a failure to release is reported unless an earlier error is."""
@@ -284,6 +331,10 @@ class FrameSource:
         """(captured, dropped) so far."""
         return self._captured, self._dropped
 
+    def warning_locked(self) -> str | None:
+        """The early-end warning once the capture has finished (see :attr:`warning`)."""
+        return self._warning
+
     # ---------------------------------------------------------------- public
     @property
     def condition(self) -> threading.Condition:
@@ -298,6 +349,12 @@ class FrameSource:
     def dropped(self) -> int:
         with self._cond:
             return self._dropped
+
+    @property
+    def warning(self) -> str | None:
+        """Set once the source has ended before the frames it announced (frames read and expected); else None."""
+        with self._cond:
+            return self._warning
 
     @property
     def is_alive(self) -> bool:

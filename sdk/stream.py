@@ -21,7 +21,8 @@ Policy
 
 Accounting (per source): ``captured`` counts frames read and published by the capture thread, ``processed``
 the frames given to ``model.perceive``, ``dropped`` the frames captured but never processed (replaced in the
-latest-frame slot, or still waiting when the stream was closed). Once the stream has ended or been closed,
+latest-frame slot, or still waiting when the stream was closed), ``expected`` the frames a file announced; a
+source that ends short of it adds a line to ``warnings`` (and logs it). Once the stream has ended or been closed,
 ``captured == processed + dropped`` exactly; while it runs, the difference is the (at most ``max_pending``)
 frames waiting. ``frame_index`` is the capture counter of its source, so it increases strictly within a source
 and drops show as gaps.
@@ -37,7 +38,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -71,11 +72,17 @@ class StreamFrame:
 
 @dataclass
 class StreamStats:
-    """Per-source counters (see the module docstring for the exact relation)."""
+    """Per-source counters (see the module docstring for the exact relation).
+
+    ``expected``: frames each source announced (a file's frame count; None for cameras, URLs, unsized
+    iterables). ``warnings``: one line per source that ended before its expected count (also logged).
+    """
 
     captured: list[int]
     processed: list[int]
     dropped: list[int]
+    expected: list[int | None] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 class _Manifest(Protocol):
@@ -128,6 +135,8 @@ class Stream:
                 captured=[captured for captured, _ in counters],
                 processed=list(self._processed),
                 dropped=[dropped for _, dropped in counters],
+                expected=[s.expected for s in self._sources],
+                warnings=[w for w in (s.warning_locked() for s in self._sources) if w],
             )
 
     def __iter__(self) -> "Stream":

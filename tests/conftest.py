@@ -98,3 +98,34 @@ def nonfinite_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "nonfinite.pt"
     write_release_checkpoint(path, projector=TINY_PROJECTOR, nonfinite=NONFINITE_WEIGHTS, **TINY_ARGS)
     return path
+
+
+CORRUPT_VIDEO_FRAMES = 40
+
+
+def cut_media_data(src: Path, dst: Path) -> None:
+    """Copy an mp4, cutting out the second half of its media data (``mdat``): the index (``moov``) still announces
+    every frame, so the file opens and reads until the cut, like a video damaged half-way."""
+    import struct
+
+    data = src.read_bytes()
+    mdat, moov = data.find(b"mdat") - 4, data.find(b"moov") - 4
+    if not 0 <= mdat < moov:
+        raise ValueError(f"{src}: expected an mp4 with its mdat box before its moov box")
+    half = mdat + (moov - mdat) // 2
+    dst.write_bytes(data[:mdat] + struct.pack(">I", half - mdat) + data[mdat + 4 : half] + data[moov:])
+
+
+@pytest.fixture(scope="session")
+def corrupt_video(tmp_path_factory) -> Path:
+    """An mp4 that announces CORRUPT_VIDEO_FRAMES 32x32 frames and is damaged half-way (see ``cut_media_data``)."""
+    import numpy as np
+
+    from mmgen_edge.sdk.stream import write_video
+
+    folder = tmp_path_factory.mktemp("video")
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(CORRUPT_VIDEO_FRAMES)]
+    write_video(frames, folder / "whole.mp4", fps=10)
+    cut_media_data(folder / "whole.mp4", folder / "corrupt.mp4")
+    return folder / "corrupt.mp4"

@@ -164,6 +164,23 @@ def test_model_stream_and_cli_stream_to_video(model, tiny_bundle, tmp_path, caps
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 6 and int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)) == 32 * 4
 
 
+def test_cli_stream_reports_a_video_that_ends_early(tiny_bundle, corrupt_video, capsys):
+    from conftest import CORRUPT_VIDEO_FRAMES
+
+    assert cli_main(["stream", str(corrupt_video), "--bundle", str(tiny_bundle), "--tasks", "depth", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    read = summary["captured"][0]
+    assert 0 < read < CORRUPT_VIDEO_FRAMES and summary["frames"] == read
+    assert summary["expected"] == [CORRUPT_VIDEO_FRAMES]
+    assert summary["warnings"] == [
+        f"source {corrupt_video} ended early: {read} of {CORRUPT_VIDEO_FRAMES} frames read (the container announces "
+        f"{CORRUPT_VIDEO_FRAMES}); it is probably truncated or corrupt after frame {read}"
+    ]
+    assert cli_main(["stream", str(corrupt_video), "--bundle", str(tiny_bundle), "--tasks", "depth"]) == 0
+    text = capsys.readouterr().out
+    assert f"expected=[{CORRUPT_VIDEO_FRAMES}]" in text and f"warning: source {corrupt_video} ended early" in text
+
+
 def test_cli_build_explains_what_is_missing(tiny_bundle, capsys):
     import importlib.util
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -249,3 +250,42 @@ def test_write_video_rejects_bad_input(tmp_path: Path) -> None:
         write_video([frame(0)], tmp_path / "x.mp4", 0)
     with pytest.raises(ValueError, match="frame 1"):
         write_video([frame(0), np.zeros((SIZE * 2, SIZE, 3), np.uint8)], tmp_path / "sizes.mp4", FILE_FPS)
+
+
+# ------------------------------------------------------------------------------- truncated / corrupt files
+def test_a_video_damaged_half_way_reports_frames_read_against_expected(corrupt_video: Path, caplog) -> None:
+    from conftest import CORRUPT_VIDEO_FRAMES
+
+    with caplog.at_level(logging.WARNING, logger="mmgen_edge.sdk.frame_sources"):
+        stream = stream_frames(FakeModel(), corrupt_video)
+        got = collect(stream)
+    stats = stream.stats
+    read = stats.captured[0]
+    assert 0 < read < CORRUPT_VIDEO_FRAMES and len(got) == read == stats.processed[0]
+    assert stats.expected == [CORRUPT_VIDEO_FRAMES]
+    message = (
+        f"source {corrupt_video} ended early: {read} of {CORRUPT_VIDEO_FRAMES} frames read (the container announces "
+        f"{CORRUPT_VIDEO_FRAMES}); it is probably truncated or corrupt after frame {read}"
+    )
+    assert stats.warnings == [message]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [message]
+
+
+def test_a_whole_video_and_a_closed_stream_do_not_warn(video: Path, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="mmgen_edge.sdk.frame_sources"):
+        whole = stream_frames(FakeModel(), video)
+        assert len(collect(whole)) == NUM_FILE_FRAMES
+        closed = stream_frames(FakeModel(), video)  # the consumer stops early: not the source's fault
+        with closed:
+            next(closed)
+    assert whole.stats.expected == [NUM_FILE_FRAMES] and whole.stats.warnings == []
+    assert closed.stats.expected == [NUM_FILE_FRAMES] and closed.stats.warnings == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_sized_and_unsized_iterables_report_what_they_announce() -> None:
+    listed = stream_frames(FakeModel(), [frame(i) for i in range(3)])
+    generated = stream_frames(FakeModel(), frames(3))
+    assert len(collect(listed)) == len(collect(generated)) == 3
+    assert listed.stats.expected == [3] and generated.stats.expected == [None]
+    assert listed.stats.warnings == generated.stats.warnings == []

@@ -150,10 +150,17 @@ def cmd_stream(args: argparse.Namespace) -> int:
         "captured": stats.captured,
         "processed": stats.processed,
         "dropped": stats.dropped,
+        "expected": stats.expected,
         "latency_ms_median": float(np.median(latencies) * 1000) if latencies else None,
         "out": args.out,
+        "warnings": stats.warnings,
     }
-    print(json.dumps(summary, indent=2) if args.json else "  ".join(f"{k}={v}" for k, v in summary.items()))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print("  ".join(f"{k}={v}" for k, v in summary.items() if k != "warnings"))
+        for warning in stats.warnings:  # also logged when it happened; repeated here next to the counts
+            print(f"warning: {warning}")
     return 0
 
 
