@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from mmgen_edge.runtime.fileio import write_text_atomic
+
 from .artifacts import FP32
 from .settings import Settings, default_threads
 
@@ -158,5 +160,4 @@ def clean_json(value: Any) -> Any:
 def write_report(report: Mapping[str, Any], out_dir: Path) -> Path:
     """Write ``report`` as strict JSON to ``out_dir/bench.json``; returns the path."""
     path = out_dir / JSON_FILE
-    path.write_text(json.dumps(clean_json(report), indent=2, allow_nan=False) + "\n")
-    return path
+    return write_text_atomic(path, json.dumps(clean_json(report), indent=2, allow_nan=False) + "\n")

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mmgen_edge.runtime.fileio import write_text_atomic
+
 FRAME_SHAPE = (480, 640, 3)
 JSON_FILE = "serve_load.json"
 
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "levels": rows,
         "server_engine_batches": batches,  # per instance, over all levels: batch size -> count
     }
-    (args.out / JSON_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomic(args.out / JSON_FILE, json.dumps(report, indent=2) + "\n")
     print(f"local SDK, 1 stream: {local:.1f} req/s; served/local at {levels[0]} stream(s): {base / local:.2f}")
     print("| streams | req/s | p50 ms | p90 ms | x first |")
     print("|---|---|---|---|---|")

@@ -25,6 +25,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 from tqdm.auto import tqdm
 
+from mmgen_edge.runtime.fileio import write_text_atomic
 from mmgen_edge.runtime.modalities import IMAGE_MODALITY, perception_modalities
 from mmgen_edge.runtime.pipeline import Pipeline
 from mmgen_edge.runtime.runner import Runner
@@ -88,7 +89,7 @@ class CaptureSet:
             "images_sha256": self.images_sha256,
             "records": [asdict(r) for r in self.records],
         }
-        (self.directory / INDEX_FILE).write_text(json.dumps(payload, indent=1) + "\n")
+        write_text_atomic(self.directory / INDEX_FILE, json.dumps(payload, indent=1) + "\n")
 
     @classmethod
     def load(cls, directory: str | Path) -> "CaptureSet":

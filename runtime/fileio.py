@@ -1,4 +1,4 @@
-"""File helpers shared by export and runtime: atomic directory writes and streamed hashing (no torch)."""
+"""File helpers shared by export and runtime: atomic directory and file writes, streamed hashing (no torch)."""
 
 from __future__ import annotations
 
@@ -144,3 +144,39 @@ def atomic_directory(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``target`` (``.NAME.tmp-PID.EXT``); on success it replaces ``target`` by rename.
+
+    The temporary keeps ``target``'s extension, so writers that pick the format from the name (OpenCV's
+    ``imwrite`` / ``VideoWriter``, ``np.savez``) write the right one. On any error the temporary is removed and
+    ``target`` is left as it was, so a reader never sees a half-written file. The parent directory is created.
+
+    Args:
+        target: the file to write.
+
+    Yields:
+        The temporary path to write to (it does not exist yet).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")
+    try:
+        yield tmp
+        if not tmp.is_file():
+            raise FileNotFoundError(f"nothing was written for {target} (expected the temporary file {tmp})")
+        with open(tmp, "rb") as f:  # durable before it becomes visible
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(target: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``target`` through :func:`atomic_file`; returns ``target`` as a Path."""
+    with atomic_file(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(target)

@@ -21,12 +21,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from mmgen_edge.runtime.fileio import sha256_file
+from mmgen_edge.runtime.fileio import sha256_file, write_text_atomic
 from mmgen_edge.runtime.manifest import read_manifest
 from mmgen_edge.runtime.sampler import check_steps
 
 from . import processors
 from .api import MMGenModel, default_bundle, load
+from .images import write_image
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "samples" / "shapes" / "weights"
 DEMO_SCENES = 8
@@ -69,8 +70,7 @@ def _row(*tiles: np.ndarray) -> np.ndarray:
 
 
 def _save(path: Path, rgb: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise ValueError(f"could not write {path}")
+    write_image(path, rgb)
 
 
 def _captioned(image: np.ndarray, text: str) -> np.ndarray:
@@ -163,8 +163,8 @@ def run_demo(out_dir: str | Path, steps: int | None = None, seed: int = 0, bundl
         report["photo"] = perceive_photo(model, out, k, seed)
         report["generation"] = generate_samples(model, out, k, seed)
     report["seconds_total"] = time.perf_counter() - start
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(_markdown(report))
+    write_text_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out / "report.md", _markdown(report))
     return report
 
 

@@ -1,4 +1,4 @@
-"""Input images for the SDK: validation with clear errors, loading, and the resize policy.
+"""Images for the SDK: validation of inputs with clear errors, loading, the resize policy, and writing.
 
 Accepted images: a path (read with OpenCV, converted to RGB), or a numpy array (H, W, 3) in RGB order, either
 uint8 or float in [0, 1]. Grey (H, W) arrays are copied to three channels.
@@ -16,6 +16,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from mmgen_edge.runtime.fileio import atomic_file
 
 #: The largest input accepted, in pixels (4096 x 4096). Output maps come at the input's size (float32 depth, normals
 #: and labels: ~20 bytes a pixel, ~0.35 GB at this size), so this bounds a frame's memory. A file is checked from its
@@ -82,6 +84,32 @@ def load_image(image: str | os.PathLike[str] | np.ndarray, name: str = "image") 
     if image.min() < 0.0 or image.max() > 1.0:
         raise ValueError(f"{name}: float images must lie in [0, 1], got [{image.min():.3g}, {image.max():.3g}]")
     return (image * 255.0 + 0.5).astype(np.uint8)
+
+
+def write_image(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:
+    """Write an RGB image (PNG, JPEG, ... by the extension) atomically: temporary file beside it, then rename.
+
+    Args:
+        path: the image file to write (its folder is created).
+        rgb: (H, W, 3) uint8 RGB, or (H, W) grey.
+
+    Returns:
+        ``path`` as a Path.
+
+    Raises:
+        ValueError: OpenCV could not encode or write it (e.g. an unknown extension); ``path`` is left as it was.
+    """
+    path = Path(path)
+    image = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb
+    problem = f"could not write {path} (OpenCV cannot encode a {rgb.shape} {rgb.dtype} image as {path.suffix!r})"
+    with atomic_file(path) as tmp:
+        try:
+            written = cv2.imwrite(str(tmp), image)
+        except cv2.error as e:  # e.g. no writer for the extension
+            raise ValueError(f"{problem}: {str(e).strip().splitlines()[-1]}") from None
+        if not written:
+            raise ValueError(problem)
+    return path
 
 
 def to_model_size(image: np.ndarray, resolution: int) -> np.ndarray:

@@ -27,7 +27,7 @@ source that ends short of it adds a line to ``warnings`` (and logs it). Once the
 frames waiting. ``frame_index`` is the capture counter of its source, so it increases strictly within a source
 and drops show as gaps.
 
-:func:`write_video` writes frames (e.g. colourised results) to an mp4 file.
+:func:`write_video` writes frames (e.g. colourised results) to an mp4 file (atomically: temporary file, then rename).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from mmgen_edge.runtime.fileio import atomic_file
 from mmgen_edge.runtime.modalities import PERCEPTION_TASKS
 
 from .frame_sources import POLL_INTERVAL_S, CapturedFrame, FrameSource, SourceError, open_source
@@ -271,34 +272,41 @@ def stream_frames(
 
 # -------------------------------------------------------------------------------------------- write_video
 def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike[str], fps: float) -> int:
-    """Write RGB frames (all the same size) to an mp4 (``mp4v``) file; returns the number of frames written."""
+    """Write RGB frames (all the same size) to an mp4 (``mp4v``) file; returns the number of frames written.
+
+    The video is written to a temporary file beside ``path`` and renamed onto it once complete
+    (:func:`~mmgen_edge.runtime.fileio.atomic_file`): an error or interruption never leaves a half-written
+    ``path``, and an existing ``path`` stays as it was.
+    """
     if not (math.isfinite(fps) and fps > 0):
         raise ValueError(f"fps must be a positive number, got {fps!r}")
     writer: cv2.VideoWriter | None = None
     size: tuple[int, int] | None = None
     count = 0
-    try:
-        for frame in frames:
-            image = load_image(frame, f"frame {count}")
-            if writer is None:
-                size = (image.shape[1], image.shape[0])
-                writer = _open_writer(Path(path), fps, size)
-            elif (image.shape[1], image.shape[0]) != size:
-                raise ValueError(f"frame {count} is {image.shape[1]}x{image.shape[0]}, the video is {size[0]}x{size[1]}")
-            writer.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-            count += 1
-    finally:
-        if writer is not None:
-            writer.release()
-    if count == 0:
-        raise ValueError(f"no frames to write to {path}")
+    with atomic_file(path) as tmp:
+        try:
+            for frame in frames:
+                image = load_image(frame, f"frame {count}")
+                if writer is None:
+                    size = (image.shape[1], image.shape[0])
+                    writer = _open_writer(tmp, fps, size, shown=Path(path))
+                elif (image.shape[1], image.shape[0]) != size:
+                    raise ValueError(f"frame {count} is {image.shape[1]}x{image.shape[0]}, the video is {size[0]}x{size[1]}")
+                writer.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+                count += 1
+        finally:
+            if writer is not None:
+                writer.release()
+        if count == 0:
+            raise ValueError(f"no frames to write to {path}")
     return count
 
 
-def _open_writer(path: Path, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
+def _open_writer(path: Path, fps: float, size: tuple[int, int], shown: Path) -> cv2.VideoWriter:
+    """A VideoWriter on ``path`` (the temporary); errors name ``shown`` (the target)."""
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*VIDEO_FOURCC), float(fps), size)
     if not writer.isOpened():
-        raise ValueError(f"cannot write video {path} ({VIDEO_FOURCC}, {size[0]}x{size[1]}, {fps} fps)")
+        raise ValueError(f"cannot write video {shown} ({VIDEO_FOURCC}, {size[0]}x{size[1]}, {fps} fps)")
     return writer
 
 

@@ -92,3 +92,61 @@ def test_atomic_directory_makes_every_file_as_readable_as_the_folder(tmp_path):
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "bundle").rglob("*") if p.is_file()}
     assert modes["graph.onnx.data"] == modes["graph.onnx"] == modes["x.engine"] == folder | (0o600 & modes["graph.onnx"])
     assert modes["run.sh"] == 0o755 | folder
+
+
+# ------------------------------------------------------------------------------------------ atomic files
+def test_atomic_file_renames_on_success_and_keeps_the_extension(tmp_path):
+    from mmgen_edge.runtime.fileio import atomic_file, write_text_atomic
+
+    target = tmp_path / "sub" / "report.json"
+    with atomic_file(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name == f".report.tmp-{os.getpid()}.json" and not target.exists()
+        tmp.write_text("{}")
+    assert target.read_text() == "{}"
+    assert write_text_atomic(target, '{"a": 1}') == target and target.read_text() == '{"a": 1}'
+    assert [p.name for p in target.parent.iterdir()] == ["report.json"]
+
+
+def test_atomic_file_leaves_the_target_as_it_was_on_error(tmp_path):
+    from mmgen_edge.runtime.fileio import atomic_file
+
+    target = tmp_path / "grid.png"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with atomic_file(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("interrupted")
+    with pytest.raises(FileNotFoundError, match="nothing was written for"):
+        with atomic_file(target):
+            pass
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["grid.png"]
+
+
+def test_write_video_and_write_image_are_atomic(tmp_path):
+    import cv2
+    import numpy as np
+
+    from mmgen_edge.sdk.images import write_image
+    from mmgen_edge.sdk.stream import write_video
+
+    video = tmp_path / "out.mp4"
+    video.write_bytes(b"previous video")
+
+    def frames():
+        yield np.zeros((16, 16, 3), np.uint8)
+        yield np.zeros((16, 16, 3), np.uint8)
+        raise RuntimeError("the stream failed")
+
+    with pytest.raises(RuntimeError, match="the stream failed"):
+        write_video(frames(), video, fps=10)
+    assert video.read_bytes() == b"previous video" and [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
+    assert write_video([np.full((16, 16, 3), 9, np.uint8)] * 3, video, fps=10) == 3
+    assert int(cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+
+    image = np.zeros((4, 6, 3), np.uint8)
+    image[..., 0] = 200  # red in RGB
+    assert write_image(tmp_path / "maps" / "a.png", image) == tmp_path / "maps" / "a.png"
+    assert cv2.imread(str(tmp_path / "maps" / "a.png"))[0, 0].tolist() == [0, 0, 200]  # BGR on disk
+    with pytest.raises(ValueError, match=r"could not write .*a\.nope"):
+        write_image(tmp_path / "maps" / "a.nope", image)
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["a.png"]

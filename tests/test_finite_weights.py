@@ -11,7 +11,7 @@ import torch
 
 from mmgen_edge.cli import main as cli_main
 from mmgen_edge.export import finite
-from mmgen_edge.export.checkpoint import CheckpointError, convert_checkpoint, import_checkpoint
+from mmgen_edge.export.checkpoint import CheckpointError, import_checkpoint
 from mmgen_edge.export.finite import NonFiniteWeightsError, check_finite, count_nonfinite, find_nonfinite
 from mmgen_edge.export.model_dir import load_model, save_model_dir
 from mmgen_edge.export.onnx_export import export_bundle

@@ -15,11 +15,9 @@ from tqdm.auto import tqdm
 from mmgen_edge.runtime.modalities import CONDITION_TASKS
 
 def _write_rgb(path: Path, image: np.ndarray) -> None:
-    import cv2
+    from mmgen_edge.sdk.images import write_image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-        raise ValueError(f"could not write {path}")
+    write_image(path, image)
 
 
 def _visualise(result: object) -> dict[str, np.ndarray]:

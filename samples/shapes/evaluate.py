@@ -24,11 +24,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from mmgen_edge.runtime.fileio import write_text_atomic
 from mmgen_edge.sdk import processors
+from mmgen_edge.sdk.images import write_image
 
 from .counting import count_matches_category, count_objects
 from .metrics import (
@@ -210,8 +211,7 @@ def evaluate_generation(model: Any, out_dir: Path, per_class: int = 4, steps: in
             fidelity[CATEGORY_NAMES[label]] = hits / per_class
         rows.append(np.concatenate(tiles, axis=1))
     grid = np.concatenate(rows, axis=0)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out_dir / "generation_grid.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    write_image(out_dir / "generation_grid.png", grid)
     summary: dict[str, Any] = mean_metrics(items)
     if fidelity:
         summary.update(fidelity=float(np.mean(list(fidelity.values()))), fidelity_per_class=fidelity)
@@ -262,8 +262,8 @@ def run_evaluation(
     if generation_per_class > 0:
         report["generation"] = evaluate_generation(model, out, generation_per_class, steps=max(4, min(steps)))
         report["generation"]["classes"] = list(CATEGORY_NAMES[: model.num_classes])
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(markdown(report))
+    write_text_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out / "report.md", markdown(report))
     return report
 
 
