@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mmgen_edge.cli import positive_int
+
 MEASURE = r"""
 import json, sys
 import torch, mmgen_edge.export.checkpoint as ck
@@ -55,7 +57,7 @@ def measure(depth: int, workdir: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--depth", type=int, default=7, help="SiT-B/2 blocks (7 -> ~1.2 GB checkpoint)")
+    parser.add_argument("--depth", type=positive_int, default=7, help="SiT-B/2 blocks (7 -> ~1.2 GB checkpoint)")
     parser.add_argument("--keep", type=Path, help="work in this directory instead of a temporary one")
     args = parser.parse_args()
     if args.keep:

@@ -54,6 +54,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mmgen_edge.cli import nonnegative_int, positive_float, positive_int, step_list
+
 from . import harness
 from .artifacts import (
     DEFAULT_MODEL_DIR,
@@ -108,19 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("--bundle", type=Path, help="fp32 bundle (default: the demo bundle, samples/shapes/bundle or $MMGEN_EDGE_BUNDLE)")
     add("--bundle-int8", type=Path, help="INT8 bundle from mmgen-edge calibrate (optional)")
     add("--batch", type=parse_int_list, default=None, help="batch sizes (default 1,4)")
-    add("--steps", type=parse_int_list, default=None, help="sampler steps K of the perceive cases (default 1,2,4)")
-    add("--runs", type=int, default=None, help=f"timed runs per case (default {DEFAULT_RUNS})")
-    add("--warmup", type=int, default=None, help=f"untimed runs first (default {DEFAULT_WARMUP})")
-    add("--threads", type=int, default=default_threads(), help="intra-op threads of ORT and torch (default: CPUs available)")
-    add("--stream-frames", type=int, default=None,
+    add("--steps", type=step_list, default=None, help="sampler steps K of the perceive cases (default 1,2,4)")
+    add("--runs", type=positive_int, default=None, help=f"timed runs per case (default {DEFAULT_RUNS})")
+    add("--warmup", type=nonnegative_int, default=None, help=f"untimed runs first (default {DEFAULT_WARMUP})")
+    add("--threads", type=positive_int, default=default_threads(), help="intra-op threads of ORT and torch (default: CPUs available)")
+    add("--stream-frames", type=positive_int, default=None,
         help=f"frames of the stream video (default {DEFAULT_STREAM_FRAMES}; --skip stream leaves the case out)")
     add("--skip", type=parse_case_list, default=(), metavar="CASES",
         help=f"comma-separated cases not to run, reported as skipped (of {', '.join(CASES)})")
     add("--eval-json", type=Path, action="append", default=[], help="an `mmgen-edge eval --json` report (repeatable)")
-    add("--eval-scenes", type=int, default=None,
+    add("--eval-scenes", type=nonnegative_int, default=None,
         help=f"without --eval-json: held-out scenes of the small SDK evaluation (default {DEFAULT_EVAL_SCENES}; 0 = none)")
     add("--compile", choices=("auto", "on", "off"), default="auto", help="try torch.compile (auto: yes unless --smoke)")
-    add("--compile-timeout-s", type=float, default=COMPILE_TIMEOUT_S, help="time limit of the torch.compile trial")
+    add("--compile-timeout-s", type=positive_float, default=COMPILE_TIMEOUT_S, help="time limit of the torch.compile trial")
     add("--torch-cuda", action="store_true", help="add the PyTorch CUDA eager step when a GPU is available")
     add("--backend", default="ort-cpu", help="SDK backend of the bundles (default ort-cpu)")
     add("--smoke", action="store_true",

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmgen_edge.cli import nonnegative_int, positive_int
 from mmgen_edge.runtime.fileio import write_text_atomic
 
 FRAME_SHAPE = (480, 640, 3)
@@ -105,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", help="bundle directory (default: the demo model's)")
     parser.add_argument("--streams", default="1,4,8", help="comma-separated concurrent stream counts")
-    parser.add_argument("--requests", type=int, default=24, help="perceive calls per stream and level")
-    parser.add_argument("--instances", type=int, default=1)
-    parser.add_argument("--max-queue-delay-us", type=int, default=2000)
-    parser.add_argument("--threads", type=int, help="ONNX Runtime threads (server instances and the local baseline)")
+    parser.add_argument("--requests", type=positive_int, default=24, help="perceive calls per stream and level")
+    parser.add_argument("--instances", type=positive_int, default=1)
+    parser.add_argument("--max-queue-delay-us", type=nonnegative_int, default=2000)
+    parser.add_argument("--threads", type=positive_int, help="ONNX Runtime threads (server instances and the local baseline)")
     parser.add_argument("--tasks", default="depth,normals,segmentation")
     parser.add_argument("--out", type=Path, default=Path("out/bench"))
     args = parser.parse_args(argv)

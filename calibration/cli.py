@@ -13,6 +13,8 @@ import json
 import sys
 from typing import Any
 
+from mmgen_edge.cli import nonnegative_int, positive_int, step_count, step_list
+
 #: Exit status when the gate refused the INT8 bundle (2 is the CLI's usage / input error status).
 EXIT_GATE_REFUSED = 3
 
@@ -36,41 +38,31 @@ def add_parsers(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the INT8 bundle to write (atomically)")
     p.add_argument("--method", choices=[m.value for m in Method], default=Method.MINMAX.value,
                    help="how activation ranges are chosen (default: minmax)")
-    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help=f"calibration images (default {DEFAULT_SAMPLES})")
-    p.add_argument("--steps", default=",".join(map(str, DEFAULT_STEPS)),
+    p.add_argument("--samples", type=positive_int, default=DEFAULT_SAMPLES, help=f"calibration images (default {DEFAULT_SAMPLES})")
+    p.add_argument("--steps", type=step_list, default=",".join(map(str, DEFAULT_STEPS)),
                    help="schedules run on every image, comma-separated step counts (default 1,2,4)")  # fmt: skip
     p.add_argument("--max-drop", default="", metavar="depth=0.01,normal=1.0,miou=0.02",
                    help="gate: largest allowed delta1 drop, normal-error rise (deg), mIoU drop; object_depth, "
                         "object_normal, object_miou: the same on the object pixels (defaults 0.01, 1.0, 0.02)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="write the bundle even when the gate fails")
-    p.add_argument("--eval-scenes", type=int, default=DEFAULT_EVAL_SCENES,
+    p.add_argument("--eval-scenes", type=positive_int, default=DEFAULT_EVAL_SCENES,
                    help=f"held-out scenes scored by the gate (default {DEFAULT_EVAL_SCENES})")  # fmt: skip
-    p.add_argument("--eval-steps", type=int, help="sampler steps of the evaluation (default: the manifest's)")
+    p.add_argument("--eval-steps", type=step_count, help="sampler steps of the evaluation (default: the manifest's)")
     p.add_argument("--exclude", default=",".join(DEFAULT_EXCLUDE),
                    help=f"node groups kept in float, from {list(SENSITIVE_GROUPS)}, or 'none' (default: %(default)s)")  # fmt: skip
     p.add_argument("--vae-encoder", action="store_true", help="also quantize the VAE encoder")
     p.add_argument("--vae-decoder", action="store_true", help="also quantize the VAE decoder")
     p.add_argument("--cache-dir", help="keep activation ranges here (keyed by weights, graph and calibration-set hash)")
     p.add_argument("--work-dir", help="keep captured feeds and intermediate graphs here (default: a temporary folder)")
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: ORT's)")
+    p.add_argument("--threads", type=positive_int, help="ONNX Runtime intra-op threads (default: ORT's)")
     p.add_argument("--compare-exclusions", action="store_true",
                    help="also report the latent error of the denoiser quantized without the float exclusions")  # fmt: skip
-    p.add_argument("--speed-runs", type=int, default=DEFAULT_SPEED_RUNS, help="timed runs of one step (0: skip)")
+    p.add_argument("--speed-runs", type=nonnegative_int, default=DEFAULT_SPEED_RUNS, help="timed runs of one step (0: skip)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--progress", action="store_true", help="show progress bars even when stderr is not a terminal")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_calibrate)
     return p
-
-
-def parse_steps(text: str) -> tuple[int, ...]:
-    try:
-        steps = tuple(int(k) for k in text.split(",") if k.strip())
-    except ValueError:
-        raise ValueError(f"--steps must be comma-separated positive integers, got {text!r}") from None
-    if not steps or min(steps) < 1:
-        raise ValueError(f"--steps must be comma-separated positive integers, got {text!r}")
-    return steps
 
 
 def parse_exclude(text: str) -> tuple[str, ...]:
@@ -100,7 +92,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             max_drop=GateThresholds.parse(args.max_drop),
             force=args.force,
             num_samples=args.samples,
-            steps=parse_steps(args.steps),
+            steps=args.steps,
             eval_scenes=args.eval_scenes,
             eval_steps=args.eval_steps,
             exclude=parse_exclude(args.exclude),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,81 @@ COMMANDS: dict[str, Command] = {
     "doctor": Command("mmgen_edge.commands.doctor", "what this machine offers (backends, GPU, TensorRT) and what a bundle needs"),
     "demo": Command("mmgen_edge.commands.demo", "run the end-to-end demo on the bundled model (no download, no GPU)"),
 }  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ option types (bounds checked)
+def bounded_int(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type=`` that accepts an integer in ``low..high`` (no upper bound when ``high`` is None).
+
+    Args:
+        low: the smallest accepted value.
+        high: the largest accepted value, or None.
+
+    Returns:
+        The converter; it raises ``argparse.ArgumentTypeError``, which argparse reports as
+        ``argument --OPTION: must be ...`` with exit status 2.
+    """
+    bound = f"an integer in {low}..{high}" if high is not None else f"an integer >= {low}"
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    convert.__name__ = f"int {low}..{high if high is not None else ''}"
+    return convert
+
+
+#: Counts that must be at least one (batches, samples, threads, instances, frames, scenes, runs).
+positive_int = bounded_int(1)
+#: Counts where 0 means "none" (warm-up runs, generated samples), and seeds.
+nonnegative_int = bounded_int(0)
+#: TCP ports.
+port = bounded_int(1, 65535)
+
+
+def step_count(text: str) -> int:
+    """An argparse ``type=`` for a sampler step count, in 1..``runtime.sampler.MAX_STEPS``."""
+    from mmgen_edge.runtime.sampler import MAX_STEPS  # imported when parsing, so that --help stays light
+
+    return bounded_int(1, MAX_STEPS)(text)
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type=`` for a finite number > 0 (frame rates, time limits)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """An argparse ``type=`` for a finite number (no nan / inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def step_list(text: str) -> tuple[int, ...]:
+    """An argparse ``type=`` for comma-separated sampler step counts (``"1,2,4"``), each as :func:`step_count`."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"must be comma-separated step counts, got {text!r}")
+    try:
+        return tuple(step_count(part) for part in parts)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"each step count {e} (in {text!r})") from None
 
 
 def missing_extra_message(error: ModuleNotFoundError, command: str) -> str | None:

@@ -17,6 +17,8 @@ import os
 import sys
 from typing import Any
 
+from mmgen_edge.cli import nonnegative_int, port, positive_int, step_count
+
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from mmgen_edge.sdk.api import default_bundle
@@ -84,15 +86,15 @@ def add_parsers(subparsers: Any) -> None:
         help="address to bind (default: 127.0.0.1). Inference is unauthenticated: any other address exposes it "
         "(a warning says so); put an authenticating proxy in front to expose it",
     )
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--http-port", type=port, default=8000)
+    p.add_argument("--grpc-port", type=port, default=8001)
+    p.add_argument("--metrics-port", type=port, default=8002)
     p.add_argument("--backend", default="auto", help="auto, tensorrt, ort-tensorrt, ort-cuda or ort-cpu")
-    p.add_argument("--instances", type=int, default=1, help="model copies serving batches concurrently (default: 1)")
-    p.add_argument("--max-queue-delay-us", type=int, default=2000, help="how long the batcher waits to fill a batch")
-    p.add_argument("--max-queue-size", type=int, default=256, help="requests waiting per model; more are refused (default: 256)")
-    p.add_argument("--threads", type=int, help="ONNX Runtime CPU threads per instance")
-    p.add_argument("--steps", type=int, help="default sampler steps (default: the bundle's)")
+    p.add_argument("--instances", type=positive_int, default=1, help="model copies serving batches concurrently (default: 1)")
+    p.add_argument("--max-queue-delay-us", type=nonnegative_int, default=2000, help="how long the batcher waits to fill a batch")
+    p.add_argument("--max-queue-size", type=positive_int, default=256, help="requests waiting per model; more are refused (default: 256)")
+    p.add_argument("--threads", type=positive_int, help="ONNX Runtime CPU threads per instance")
+    p.add_argument("--steps", type=step_count, help="default sampler steps (default: the bundle's)")
     p.add_argument(
         "--access-token",
         help="token for Triton's admin endpoints (model repository, shared memory, trace, logging), sent as header "
@@ -110,8 +112,8 @@ def add_parsers(subparsers: Any) -> None:
     )
     p.add_argument("bundle")
     p.add_argument("--out", required=True, help="repository directory to write (must not exist or be empty)")
-    p.add_argument("--instances", type=int, default=1, help="instances per model (default: 1)")
-    p.add_argument("--max-queue-delay-us", type=int, default=2000)
+    p.add_argument("--instances", type=positive_int, default=1, help="instances per model (default: 1)")
+    p.add_argument("--max-queue-delay-us", type=nonnegative_int, default=2000)
     p.add_argument("--engines", choices=["auto", "none", "require"], default="auto", help="use the bundle's TensorRT engines")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_triton_repo)

@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mmgen_edge.cli import nonnegative_int, positive_int, step_count, step_list
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import mmgen_edge
     from mmgen_edge.samples.shapes.evaluate import run_evaluation
     from mmgen_edge.sdk.demo import ensure_demo_bundle
 
-    steps = [int(k) for k in args.steps.split(",") if k.strip()]
-    if not steps or min(steps) < 1:
-        raise ValueError(f"--steps must be a comma-separated list of positive integers, got {args.steps!r}")
+    steps = list(args.steps)  # step_list checked every count
     bundle = args.bundle or ensure_demo_bundle()
     with mmgen_edge.load(bundle, backend=args.backend) as model:
         report = run_evaluation(model, args.out, num_scenes=args.scenes, steps=steps,
@@ -44,9 +44,9 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("eval", help="accuracy on held-out shapes scenes for several step counts (demo model by default)")
     p.add_argument("--bundle", help="bundle to evaluate (default: the demo model's)")
     p.add_argument("--backend", default="auto")
-    p.add_argument("--scenes", type=int, default=200, help="held-out scenes (default: 200)")
-    p.add_argument("--steps", default="1,2,4,8,25", help="comma-separated step counts")
-    p.add_argument("--generation", type=int, default=2, help="generated samples per class for the grid (0: none)")
+    p.add_argument("--scenes", type=positive_int, default=200, help="held-out scenes (default: 200)")
+    p.add_argument("--steps", type=step_list, default="1,2,4,8,25", help="comma-separated step counts")
+    p.add_argument("--generation", type=nonnegative_int, default=2, help="generated samples per class for the grid (0: none)")
     p.add_argument("--out", default="out/eval")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
@@ -54,7 +54,7 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("demo", help="run the end-to-end demo on the bundled model (no download, no GPU)")
     p.add_argument("--out", default="out/demo", help="output directory (default: out/demo)")
     p.add_argument("--bundle", help="bundle to use instead of the demo model's")
-    p.add_argument("--steps", type=int, help="sampler steps (default: the bundle's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=step_count, help="sampler steps (default: the bundle's)")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_demo)

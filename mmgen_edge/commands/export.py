@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from mmgen_edge.cli import positive_int, step_count
+
 def cmd_export(args: argparse.Namespace) -> int:
     from mmgen_edge.export.onnx_export import ALL_GRAPHS, DEFAULT_GRAPHS, export_bundle
     from mmgen_edge.runtime.sampler import SamplerConfig
@@ -46,9 +48,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--vae", required=True, help="diffusers AutoencoderKL directory (e.g. sd-vae-ft-mse)")
     p.add_argument("--out", required=True, help="bundle directory to write")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
-    p.add_argument("--max-batch", type=int, default=8, help="largest batch the graphs/engines serve (default: 8)")
+    p.add_argument("--max-batch", type=positive_int, default=8, help="largest batch the graphs/engines serve (default: 8)")
     p.add_argument("--sampler", choices=["euler", "heun", "euler_maruyama"], default="euler", help="default sampler")
-    p.add_argument("--steps", type=int, default=4, help="default number of sampler steps (default: 4)")
+    p.add_argument("--steps", type=step_count, default=4, help="default number of sampler steps (default: 4)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--with-denoiser", action="store_true",
                    help="also export the self-contained `denoiser` graph (a whole sampler step; the runtime and "

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from mmgen_edge.cli import finite_float, nonnegative_int, positive_float, positive_int, step_count
 from mmgen_edge.runtime.modalities import CONDITION_TASKS
 
 def _write_rgb(path: Path, image: np.ndarray) -> None:
@@ -190,8 +191,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--server", help="use a served model instead of a bundle (grpc://host:port or http://host:port)")
     p.add_argument("--backend", default="auto", help="auto, tensorrt, ort-tensorrt, ort-cuda, ort-cpu, openvino, openvino-fp32 or openvino-bf16")
     p.add_argument("--tasks", default="depth,normals,segmentation", help="comma-separated subset")
-    p.add_argument("--steps", type=int, help="sampler steps (default: the bundle's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=step_count, help="sampler steps (default: the bundle's)")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--out", default="out/perceive", help="output directory for the PNGs")
     p.add_argument("--json", action="store_true", help="print a JSON summary (paths, timings, statistics)")
     p.set_defaults(func=cmd_perceive)
@@ -200,13 +201,13 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--bundle", help="bundle directory (default: the demo model's)")
     p.add_argument("--server", help="use a served model instead of a bundle (grpc://host:port or http://host:port)")
     p.add_argument("--backend", default="auto")
-    p.add_argument("--class-label", type=int, help="class label (default: unconditional)")
+    p.add_argument("--class-label", type=nonnegative_int, help="class label (default: unconditional)")
     p.add_argument("--condition", choices=CONDITION_TASKS, help="kind of --condition-image")
     p.add_argument("--condition-image", help="encoded condition image (grey disparity, RGB normals or painted segments)")
-    p.add_argument("--cfg-scale", type=float, default=1.0)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num", type=int, default=1, help="samples to generate (seeds seed..seed+num-1)")
+    p.add_argument("--cfg-scale", type=finite_float, default=1.0)
+    p.add_argument("--steps", type=step_count)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--num", type=positive_int, default=1, help="samples to generate (seeds seed..seed+num-1)")
     p.add_argument("--out", default="out/generate")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_generate)
@@ -217,12 +218,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--server", help="use a served model instead of a bundle (grpc://host:port or http://host:port)")
     p.add_argument("--backend", default="auto")
     p.add_argument("--tasks", default="depth,normals,segmentation")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=step_count)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--realtime", choices=["on", "off"], help="latest-frame policy (default: on for cameras/URLs, off for files)")
     p.add_argument("--out", help="write an .mp4 of input | maps side by side")
-    p.add_argument("--fps", type=float, default=15.0, help="frame rate of --out")
+    p.add_argument("--fps", type=positive_float, default=15.0, help="frame rate of --out")
     p.add_argument("--show", action="store_true", help="show a window (q quits); needs a GUI build of OpenCV")
-    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--max-frames", type=positive_int, help="stop after this many frames")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stream)

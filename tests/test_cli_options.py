@@ -1,0 +1,102 @@
+"""Every numeric option of every ``mmgen-edge`` subcommand is bounds-checked by argparse: a bad value exits 2 with
+``argument --OPTION: must be ...`` (no traceback, never a silent default), and a good value still parses."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from mmgen_edge import cli
+from mmgen_edge.cli import bounded_int, finite_float, main, positive_float, step_count, step_list
+from mmgen_edge.runtime.sampler import MAX_STEPS
+
+#: (argv before the bad option, option, bad value, what the message says)
+BAD_OPTIONS = [
+    (["export", "m", "--vae", "v", "--out", "o"], "--max-batch", "0", "must be an integer >= 1, got 0"),
+    (["export", "m", "--vae", "v", "--out", "o"], "--steps", "0", f"must be an integer in 1..{MAX_STEPS}, got 0"),
+    (["export", "m", "--vae", "v", "--out", "o"], "--steps", str(MAX_STEPS + 1), f"must be an integer in 1..{MAX_STEPS}, got {MAX_STEPS + 1}"),
+    (["export", "m", "--vae", "v", "--out", "o"], "--max-batch", "two", "must be an integer >= 1, got 'two'"),
+    (["perceive", "a.png"], "--steps", "-1", "must be an integer in 1.."),
+    (["perceive", "a.png"], "--seed", "-3", "must be an integer >= 0, got -3"),
+    (["generate"], "--num", "0", "must be an integer >= 1, got 0"),
+    (["generate"], "--seed", "-1", "must be an integer >= 0, got -1"),
+    (["generate"], "--class-label", "-2", "must be an integer >= 0, got -2"),
+    (["generate"], "--cfg-scale", "nan", "must be a finite number, got 'nan'"),
+    (["generate"], "--steps", "0", "must be an integer in 1.."),
+    (["stream", "clip.mp4"], "--fps", "0", "must be a finite number > 0, got '0'"),
+    (["stream", "clip.mp4"], "--fps", "inf", "must be a finite number > 0, got 'inf'"),
+    (["stream", "clip.mp4"], "--max-frames", "0", "must be an integer >= 1, got 0"),
+    (["stream", "clip.mp4"], "--seed", "-1", "must be an integer >= 0"),
+    (["eval"], "--scenes", "0", "must be an integer >= 1, got 0"),
+    (["eval"], "--generation", "-1", "must be an integer >= 0, got -1"),
+    (["eval"], "--steps", "1,0,4", "each step count must be an integer in 1.."),
+    (["eval"], "--steps", ",", "must be comma-separated step counts, got ','"),
+    (["demo"], "--steps", "0", "must be an integer in 1.."),
+    (["demo"], "--seed", "-5", "must be an integer >= 0, got -5"),
+    (["calibrate", "b", "--data", "demo:4", "--out", "o"], "--samples", "0", "must be an integer >= 1, got 0"),
+    (["calibrate", "b", "--data", "demo:4", "--out", "o"], "--threads", "0", "must be an integer >= 1, got 0"),
+    (["calibrate", "b", "--data", "demo:4", "--out", "o"], "--eval-scenes", "0", "must be an integer >= 1"),
+    (["calibrate", "b", "--data", "demo:4", "--out", "o"], "--eval-steps", "0", "must be an integer in 1.."),
+    (["calibrate", "b", "--data", "demo:4", "--out", "o"], "--speed-runs", "-1", "must be an integer >= 0"),
+    (["calibrate", "b", "--data", "demo:4", "--out", "o"], "--steps", "1,-2", "each step count"),
+    (["serve"], "--instances", "0", "must be an integer >= 1, got 0"),
+    (["serve"], "--threads", "0", "must be an integer >= 1, got 0"),
+    (["serve"], "--http-port", "70000", "must be an integer in 1..65535, got 70000"),
+    (["serve"], "--max-queue-delay-us", "-1", "must be an integer >= 0, got -1"),
+    (["serve"], "--steps", "0", "must be an integer in 1.."),
+    (["triton-repo", "b", "--out", "o"], "--instances", "0", "must be an integer >= 1, got 0"),
+    (["bench"], "--runs", "0", "must be an integer >= 1, got 0"),
+    (["bench"], "--warmup", "-1", "must be an integer >= 0, got -1"),
+    (["bench"], "--threads", "0", "must be an integer >= 1, got 0"),
+    (["bench"], "--stream-frames", "0", "must be an integer >= 1, got 0"),
+    (["bench"], "--eval-scenes", "-1", "must be an integer >= 0, got -1"),
+    (["bench"], "--steps", "0", "each step count must be an integer in 1.."),
+    (["bench"], "--compile-timeout-s", "-5", "must be a finite number > 0, got '-5'"),
+]
+
+
+@pytest.mark.parametrize("argv, option, value, message", BAD_OPTIONS, ids=[f"{a[0]} {o} {v}" for a, o, v, _ in BAD_OPTIONS])
+def test_a_bad_numeric_option_exits_2_naming_the_option(argv, option, value, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([*argv, option, value])
+    err = capsys.readouterr().err
+    assert info.value.code == 2, err
+    assert f"error: argument {option}: {message}" in err, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["export", "perceive", "generate", "stream", "eval", "demo", "calibrate", "serve", "triton-repo"])
+def test_every_numeric_option_has_a_checked_type(command):
+    """No subcommand keeps a bare ``type=int`` / ``type=float`` (which accepts 0, negatives, nan)."""
+    parser = cli.build_parser(command)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    bare = [a.option_strings for a in sub._actions if a.type in (int, float)]
+    assert bare == [], f"{command}: options with an unchecked numeric type: {bare}"
+
+
+def test_bench_has_no_unchecked_numeric_option():
+    from mmgen_edge.bench.run import build_parser
+
+    assert [a.option_strings for a in build_parser()._actions if a.type in (int, float)] == []
+
+
+def test_the_option_types_accept_the_bounds_and_refuse_beyond():
+    assert bounded_int(1)("1") == 1 and bounded_int(0)("0") == 0 and bounded_int(1, 3)("3") == 3
+    for convert, text in ((bounded_int(1), "0"), (bounded_int(1, 3), "4"), (bounded_int(0), "1.5")):
+        with pytest.raises(argparse.ArgumentTypeError):
+            convert(text)
+    assert step_count(str(MAX_STEPS)) == MAX_STEPS and step_list(" 1, 2,4 ") == (1, 2, 4)
+    assert positive_float("0.5") == 0.5 and finite_float("-2") == -2.0
+    for convert, text in ((positive_float, "0"), (positive_float, "nan"), (finite_float, "-inf"), (finite_float, "x")):
+        with pytest.raises(argparse.ArgumentTypeError):
+            convert(text)
+
+
+def test_good_values_still_parse():
+    args = cli.build_parser("stream").parse_args(["stream", "clip.mp4", "--fps", "12.5", "--max-frames", "3", "--seed", "0"])
+    assert (args.fps, args.max_frames, args.seed) == (12.5, 3, 0)
+    args = cli.build_parser("eval").parse_args(["eval"])
+    assert args.steps == (1, 2, 4, 8, 25) and args.scenes == 200 and args.generation == 2
+    args = cli.build_parser("export").parse_args(["export", "m", "--vae", "v", "--out", "o"])
+    assert (args.max_batch, args.steps) == (8, 4)
