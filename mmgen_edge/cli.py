@@ -98,10 +98,14 @@ port = bounded_int(1, 65535)
 
 
 def step_count(text: str) -> int:
-    """An argparse ``type=`` for a sampler step count, in 1..``runtime.sampler.MAX_STEPS``."""
-    from mmgen_edge.runtime.sampler import MAX_STEPS  # imported when parsing, so that --help stays light
+    """An argparse ``type=`` for a sampler step count, checked by ``runtime.sampler.check_steps`` (1..MAX_STEPS)."""
+    from mmgen_edge.runtime.sampler import check_steps  # imported when parsing, so that --help stays light
 
-    return bounded_int(1, MAX_STEPS)(text)
+    try:
+        return check_steps(int(text))
+    except ValueError as e:  # int() of a non-number, or out of range
+        message = str(e) if text.strip().lstrip("+-").isdigit() else f"steps must be an integer, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def positive_float(text: str) -> float:
@@ -134,7 +138,7 @@ def step_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(step_count(part) for part in parts)
     except argparse.ArgumentTypeError as e:
-        raise argparse.ArgumentTypeError(f"each step count {e} (in {text!r})") from None
+        raise argparse.ArgumentTypeError(f"{e} (in {text!r})") from None
 
 
 def missing_extra_message(error: ModuleNotFoundError, command: str) -> str | None:
