@@ -28,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mmgen_edge.cli import nonnegative_int, positive_int, step_count
+from mmgen_edge.runtime.fileio import write_text_atomic
+
 JSON_FILE = "soak.json"
 FRAME_SIZE = (240, 320)  # (height, width) of the soak video's frames
 WARMUP_FRACTION = 0.1
@@ -164,10 +167,10 @@ def soak_serve(bundle: str | None, requests: int, clients: int, out: Path) -> di
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", help="bundle directory (default: the demo model's)")
-    parser.add_argument("--frames", type=int, default=600, help="frames streamed (default: 600)")
-    parser.add_argument("--requests", type=int, default=300, help="perceive requests served (default: 300; 0: skip)")
-    parser.add_argument("--clients", type=int, default=4, help="concurrent client threads (default: 4)")
-    parser.add_argument("--steps", type=int, default=1, help="sampler steps per stream frame (default: 1)")
+    parser.add_argument("--frames", type=positive_int, default=600, help="frames streamed (default: 600)")
+    parser.add_argument("--requests", type=nonnegative_int, default=300, help="perceive requests served (default: 300; 0: skip)")
+    parser.add_argument("--clients", type=positive_int, default=4, help="concurrent client threads (default: 4)")
+    parser.add_argument("--steps", type=step_count, default=1, help="sampler steps per stream frame (default: 1)")
     parser.add_argument("--out", type=Path, default=Path("out/bench"))
     args = parser.parse_args(argv)
     for name in ("frames", "clients", "steps"):
@@ -189,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serve: {r['answered']}/{r['requests']} answered by {r['clients']} clients, lost {r['lost']}, server RSS "
               f"{r['server_rss_after_warmup_mb']:.0f} -> {r['server_rss_end_mb']:.0f} MB "
               f"({r['server_rss_growth_mb']:+.1f} MB), {r['requests_per_s']:.1f} req/s")  # fmt: skip
-    (args.out / JSON_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomic(args.out / JSON_FILE, json.dumps(report, indent=2) + "\n")
     print(f"written to {args.out / JSON_FILE}")
     return 0
 

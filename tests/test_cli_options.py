@@ -101,3 +101,11 @@ def test_good_values_still_parse():
     assert args.steps == (1, 2, 4, 8, 25) and args.scenes == 200 and args.generation == 2
     args = cli.build_parser("export").parse_args(["export", "m", "--vae", "v", "--out", "o"])
     assert (args.max_batch, args.steps) == (8, 4)
+
+
+def test_the_soak_benchmark_checks_its_numeric_options(capsys):
+    from mmgen_edge.bench import soak
+
+    with pytest.raises(SystemExit) as info:
+        soak.main(["--clients", "0"])
+    assert info.value.code == 2 and "argument --clients: must be an integer >= 1, got 0" in capsys.readouterr().err
