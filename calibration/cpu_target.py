@@ -326,7 +326,7 @@ def choose_float_groups(
 #: Recorded denoiser calls that score the ablation's one-step error (spread over the capture).
 ABLATION_FEEDS = 4
 #: Timed runs per ablation variant (interleaved medians).
-ABLATION_RUNS = 10
+ABLATION_RUNS = 20
 
 
 def sample_feeds(reader: object, count: int = ABLATION_FEEDS) -> list[dict[str, np.ndarray]]:
