@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
+from .capture import ShardDataReader
 from .cpu_isa import CpuIsa
 from .quantize import (
     DEFAULT_OP_TYPES,
@@ -240,7 +241,8 @@ def assert_cpu_form(path: Path) -> CpuForm:
     if not form.integer_nodes:
         problems.append("no integer operator (MatMulInteger / ConvInteger / QLinearMatMul / QLinearConv)")
     if form.qdq_compute:
-        problems.append(f"{form.qdq_compute} MatMul / Conv / Gemm in the Q/DQ form (standalone DequantizeLinear / QuantizeLinear around a float operator)")
+        problems.append(f"{form.qdq_compute} MatMul / Conv / Gemm in the Q/DQ form (standalone DequantizeLinear / "
+                        "QuantizeLinear around a float operator)")  # fmt: skip
     wrong_activations = sorted(set(form.activation_types) - {"uint8"})
     if wrong_activations:
         problems.append(f"integer operators with {wrong_activations} activations (the CPU form uses uint8)")
@@ -255,7 +257,9 @@ def assert_cpu_form(path: Path) -> CpuForm:
 # ---------------------------------------------------------------------------------------------- ablation
 
 
-def one_step_error(reference: Path, candidate: Path, feeds: Sequence[Mapping[str, np.ndarray]], threads: int | None = None) -> dict[str, float]:
+def one_step_error(
+    reference: Path, candidate: Path, feeds: Sequence[Mapping[str, np.ndarray]], threads: int | None = None
+) -> dict[str, float]:
     """Relative RMS / max |diff| of ``candidate``'s first output against ``reference``'s, over the recorded feeds."""
     import onnxruntime
 
@@ -329,15 +333,15 @@ ABLATION_FEEDS = 4
 ABLATION_RUNS = 20
 
 
-def sample_feeds(reader: object, count: int = ABLATION_FEEDS) -> list[dict[str, np.ndarray]]:
-    """``count`` recorded calls spread evenly over a capture reader (``len`` / ``set_range`` / ``get_next``)."""
-    total = len(reader)  # type: ignore[arg-type]
+def sample_feeds(reader: ShardDataReader, count: int = ABLATION_FEEDS) -> list[dict[str, np.ndarray]]:
+    """``count`` recorded calls spread evenly over a capture's reader (all of them when it holds fewer)."""
+    total = len(reader)
     if total == 0:
         raise ValueError("the capture holds no recorded call")
     feeds = []
     for index in sorted({round(i * (total - 1) / max(count - 1, 1)) for i in range(min(count, total))}):
-        reader.set_range(index, index + 1)  # type: ignore[attr-defined]
-        feed = reader.get_next()  # type: ignore[attr-defined]
+        reader.set_range(index, index + 1)
+        feed = reader.get_next()
         if feed is None:
             raise ValueError(f"the capture reader returned nothing for call {index} of {total}")
         feeds.append(feed)
