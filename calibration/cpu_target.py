@@ -278,6 +278,44 @@ def one_step_error(
     return {"rel_rms": float(np.sqrt(squared / total)) if total else 0.0, "max_abs": max_abs}
 
 
+def paired_gain(
+    slower: Path, faster: Path, feeds: Mapping[str, np.ndarray], runs: int = 20, threads: int | None = None
+) -> float:
+    """How much faster ``faster`` runs one call than ``slower`` (0.1 = 10 % of its time saved), ORT CPU.
+
+    The two graphs run back to back ``runs`` times after a warm-up, and the gain is the median of the per-pair time
+    ratios minus 1: a pair shares the machine's load of its moment, so a busy machine (other jobs on the cores)
+    shifts both and the ratio stays (a median of each graph's times drifts with the load between their runs).
+    """
+    import time
+
+    import onnxruntime
+
+    from mmgen_edge.runtime.onnxruntime_runner import CPU
+
+    from .measures import SPEED_WARMUP_RUNS
+
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    sessions = [onnxruntime.InferenceSession(str(p), sess_options=options, providers=[CPU]) for p in (slower, faster)]
+    feeds = dict(feeds)
+    for session in sessions:
+        for _ in range(SPEED_WARMUP_RUNS):
+            session.run(None, feeds)
+    ratios = []
+    for _ in range(runs):
+        times = []
+        for session in sessions:
+            start = time.perf_counter()
+            session.run(None, feeds)
+            times.append(time.perf_counter() - start)
+        ratios.append(times[0] / times[1])
+    return float(np.median(ratios)) - 1.0
+
+
 def choose_float_groups(
     prepared: Path,
     build: Callable[[tuple[str, ...], str], QuantizedGraph],
@@ -296,14 +334,12 @@ def choose_float_groups(
         feeds: recorded denoiser calls; the first one is timed, all of them score the one-step error.
         base_exclude: groups always kept float.
         groups: the groups measured.
-        runs: timed runs per variant (interleaved with the all-quantized graph, median).
+        runs: timed pairs per variant (with the all-quantized graph, :func:`paired_gain`).
         min_gain: the smallest step-time gain (fraction) for which a group is quantized.
     Returns:
         (groups kept float, rows by variant: quantized_nodes, rel_rms, max_abs, and for each group
-        ``gain``: float-group time / all-quantized time - 1, i.e. what quantizing it saves).
+        ``gain``: float-group time / all-quantized time - 1, i.e. what quantizing it saves, paired medians).
     """
-    from .measures import step_speed
-
     if not feeds:
         raise ValueError("choose_float_groups needs at least one recorded feed")
     base = tuple(base_exclude)
@@ -317,8 +353,7 @@ def choose_float_groups(
         variant = build((*base, group), f"float-{group}")
         if variant.quantized_nodes == quantized_all.quantized_nodes:  # the graph has no such node
             continue
-        speed = step_speed(variant.path, quantized_all.path, feeds[0], runs, threads)
-        gain = speed["fp32_ms"] / speed["int8_ms"] - 1.0  # "fp32" here: the variant with the group in float
+        gain = paired_gain(variant.path, quantized_all.path, feeds[0], runs, threads)
         rows[f"float {group}"] = {"quantized_nodes": float(variant.quantized_nodes), "gain": gain,
                                   **one_step_error(prepared, variant.path, feeds, threads)}  # fmt: skip
         if gain < min_gain:

@@ -17,7 +17,7 @@ pytestmark = require_export()  # onnx / onnxruntime quantization, and the tiny b
 
 import onnx
 
-from mmgen_edge.calibration import measures, quantize
+from mmgen_edge.calibration import cpu_target, quantize
 from mmgen_edge.calibration.calibrate import calibrate_bundle
 from mmgen_edge.calibration.capture import CaptureSet
 from mmgen_edge.calibration.cli import add_parsers
@@ -179,11 +179,11 @@ def test_float_groups_are_the_ones_that_do_not_pay(cpu_calibrated, tmp_path, mon
     feeds = sample_feeds(CaptureSet.load(work / "capture").reader("denoiser_cached"), 2)
     float_time = {"attention": 1.0 + 2 * MIN_GROUP_GAIN, "embed": 1.0 + MIN_GROUP_GAIN / 2, "head": 1.0}
 
-    def fake_speed(variant: Path, quantized_all: Path, feeds: object, runs: int, threads: object) -> dict[str, float]:
-        group = variant.stem.rsplit("float-", 1)[1]
-        return {"fp32_ms": float_time[group], "int8_ms": 1.0}
+    def fake_gain(variant: Path, quantized_all: Path, feeds: object, runs: int, threads: object) -> float:
+        assert quantized_all.stem.endswith(".all")
+        return float_time[variant.stem.rsplit("float-", 1)[1]] - 1.0
 
-    monkeypatch.setattr(measures, "step_speed", fake_speed)
+    monkeypatch.setattr(cpu_target, "paired_gain", fake_gain)
 
     def build(groups: tuple[str, ...], tag: str):
         return quantize_cpu_graph(prepared, tmp_path / f"g.{tag}.onnx", CpuScheme.DYNAMIC, groups)
@@ -195,6 +195,16 @@ def test_float_groups_are_the_ones_that_do_not_pay(cpu_calibrated, tmp_path, mon
     assert kept == ("attention", "embed", "head") and "float attention" not in rows
     with pytest.raises(ValueError, match="at least one recorded feed"):
         choose_float_groups(prepared, build, [], runs=1)
+
+
+def test_paired_gain_measures_a_real_difference(cpu_calibrated):
+    """A graph against itself gains about 0 (paired ratios cancel the load); runs must be positive."""
+    work = cpu_calibrated[2]
+    prepared = work / "denoiser_cached.prepared.onnx"
+    feed = sample_feeds(CaptureSet.load(work / "capture").reader("denoiser_cached"), 1)[0]
+    assert abs(cpu_target.paired_gain(prepared, prepared, feed, runs=15, threads=1)) < 0.25
+    with pytest.raises(ValueError, match="runs must be >= 1"):
+        cpu_target.paired_gain(prepared, prepared, feed, runs=0)
 
 
 # ------------------------------------------------------------------------------------------------- gate
