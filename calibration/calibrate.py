@@ -31,6 +31,8 @@ from mmgen_edge.runtime.fileio import atomic_directory, check_output_directory
 from mmgen_edge.runtime.manifest import Manifest, Precision, read_manifest, write_manifest
 
 from .capture import DEFAULT_STEPS, CaptureSet, capture_calibration_feeds
+from .cpu_isa import CpuIsa, detect_cpu_isa
+from .cpu_target import DEFAULT_CPU_SCHEME, CpuScheme, Target, cpu_form, quantize_for_cpu, sample_feeds
 from .gate import CalibrationGateError, GateFailure, GateThresholds, check_gate
 from .measures import DEFAULT_SPEED_RUNS, DENOISER_GRAPH, latent_errors, perception_metrics, step_speed
 from .quantize import (
@@ -62,9 +64,16 @@ class CalibrationSettings:
     """The knobs of :func:`calibrate_bundle` that shape the quantized graph."""
 
     method: Method
-    exclude: tuple[str, ...]
+    exclude: tuple[str, ...] | None  # None: the CPU target measures which groups stay float
     op_types: tuple[str, ...]
     graphs: tuple[str, ...]
+    target: Target = Target.TENSORRT
+    cpu_scheme: CpuScheme = DEFAULT_CPU_SCHEME
+
+    @property
+    def needs_ranges(self) -> bool:
+        """Static quantization needs calibrated activation ranges; the CPU form's dynamic scheme does not."""
+        return not (self.target == Target.CPU and self.cpu_scheme == CpuScheme.DYNAMIC)
 
 
 def _quiet() -> contextlib.AbstractContextManager[object]:
@@ -74,33 +83,51 @@ def _quiet() -> contextlib.AbstractContextManager[object]:
 
 def _quantize_graphs(
     bundle: Path, manifest: Manifest, capture: CaptureSet, settings: CalibrationSettings, work: Path,
-    cache_dir: Path | None,
-) -> dict[str, QuantizedGraph]:  # fmt: skip
-    """Prepare, calibrate (or reuse cached ranges) and quantize every graph of ``settings.graphs``."""
-    results = {}
+    cache_dir: Path | None, isa: CpuIsa, threads: int | None = None,
+) -> tuple[dict[str, QuantizedGraph], dict[str, dict[str, float]]]:  # fmt: skip
+    """Prepare, calibrate (or reuse cached ranges) and quantize every graph of ``settings.graphs``.
+
+    Returns the quantized graphs and, for the CPU target with measured float groups, the denoiser's ablation rows.
+    """
+    results, ablation = {}, {}
+    cpu = settings.target == Target.CPU
     for name in settings.graphs:
         entry = manifest.graphs[name]
         prepared = prepare_graph(bundle / entry.file, work / f"{name}.prepared.onnx")
-        key = ranges_cache_key(
-            weights=manifest.provenance.model_weights_sha256, graph=manifest.file(entry.file).sha256,
-            calibration_set=capture.sha256, method=settings.method.value, op_types=settings.op_types,
-        )  # fmt: skip
-        ranges_file = (cache_dir or work) / f"{name}-{key[:32]}.ranges.json"
-        if cache_dir is not None:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-        factory = RangesFactory(prepared, capture.reader(name), settings.method, work, settings.op_types)
+        ranges_file, hit = None, False
+        if settings.needs_ranges:
+            key = ranges_cache_key(
+                weights=manifest.provenance.model_weights_sha256, graph=manifest.file(entry.file).sha256,
+                calibration_set=capture.sha256, method=settings.method.value, op_types=settings.op_types,
+                **({"activations": "asymmetric"} if cpu else {}),
+            )  # fmt: skip
+            ranges_file = (cache_dir or work) / f"{name}-{key[:32]}.ranges.json"
+            if cache_dir is not None:
+                cache_dir.mkdir(parents=True, exist_ok=True)
+            factory = RangesFactory(prepared, capture.reader(name), settings.method, work, settings.op_types, symmetric=not cpu)
+            with _quiet():
+                ranges_file, hit = cached_ranges(ranges_file, factory)
+        denoiser = name == DENOISER_GRAPH
         with _quiet():
-            ranges_file, hit = cached_ranges(ranges_file, factory)
-            exclude = settings.exclude if name == DENOISER_GRAPH else ()
-            result = quantize_graph(prepared, work / f"{name}.int8.onnx", ranges_file, settings.method, exclude, settings.op_types)
+            if cpu:
+                exclude = settings.exclude if denoiser else ()
+                feeds = sample_feeds(capture.reader(name)) if exclude is None else []
+                result, rows = quantize_for_cpu(prepared, work / f"{name}.int8.onnx", settings.cpu_scheme, exclude, feeds,
+                                                ranges_file, settings.method, isa, settings.op_types, threads=threads)  # fmt: skip
+                ablation.update(rows if denoiser else {})
+            else:
+                assert ranges_file is not None  # the TensorRT form is always static
+                result = quantize_graph(prepared, work / f"{name}.int8.onnx", ranges_file, settings.method,
+                                        (settings.exclude or ()) if denoiser else (), settings.op_types)  # fmt: skip
+                assert_tensorrt_buildable(result.path)
         result.ranges_cached = hit
-        assert_tensorrt_buildable(result.path)
         results[name] = result
-    return results
+    return results, ablation
 
 
 def _new_report(
-    manifest: Manifest, capture: CaptureSet, settings: CalibrationSettings, quantized: Mapping[str, QuantizedGraph]
+    manifest: Manifest, capture: CaptureSet, settings: CalibrationSettings, quantized: Mapping[str, QuantizedGraph],
+    isa: CpuIsa,
 ) -> CalibrationReport:
     excluded = {f"{graph}:{group}": nodes for graph, q in quantized.items() for group, nodes in q.excluded.items() if nodes}
     return CalibrationReport(
@@ -117,6 +144,10 @@ def _new_report(
         quantized_nodes=sum(q.quantized_nodes for q in quantized.values()),
         qdq_nodes=sum(q.qdq_nodes for q in quantized.values()),
         ranges_cached=all(q.ranges_cached for q in quantized.values()),
+        target=settings.target.value,
+        isa=isa.to_dict(),
+        cpu_form={"scheme": settings.cpu_scheme.value, **{g: cpu_form(q.path).to_dict() for g, q in quantized.items()}}
+        if settings.target == Target.CPU else {},
     )
 
 
@@ -212,7 +243,7 @@ def calibrate_bundle(
     steps: Sequence[int] = DEFAULT_STEPS,
     eval_scenes: int = DEFAULT_EVAL_SCENES,
     eval_steps: int | None = None,
-    exclude: Sequence[str] = DEFAULT_EXCLUDE,
+    exclude: Sequence[str] | None = None,
     quantize_vae: Sequence[str] = (),
     op_types: Sequence[str] = DEFAULT_OP_TYPES,
     cache_dir: str | Path | None = None,
@@ -223,6 +254,8 @@ def calibrate_bundle(
     threads: int | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    target: str = Target.TENSORRT.value,
+    cpu_scheme: str = DEFAULT_CPU_SCHEME.value,
 ) -> CalibrationReport:
     """Calibrate ``bundle`` (FP32) on ``data`` into the INT8 bundle ``out``, behind the accuracy gate.
 
@@ -233,11 +266,17 @@ def calibrate_bundle(
         num_samples: calibration images used (at most); ``steps``: the schedules run on each.
         eval_scenes: held-out scenes scored (0 skips the evaluation and the gate: only with ``force``).
         eval_steps: sampler steps of the evaluation (default: the manifest's).
-        exclude: sensitive groups kept in float in the denoiser (see ``quantize.SENSITIVE_GROUPS``).
+        exclude: sensitive groups kept in float in the denoiser (see ``quantize.SENSITIVE_GROUPS``); ``None``: the
+            target's default (TensorRT: ``quantize.DEFAULT_EXCLUDE``; CPU: measured, see
+            ``cpu_target.choose_float_groups``).
         quantize_vae: also quantize these of "vae_encoder" / "vae_decoder".
         cache_dir: keep activation ranges here, keyed by weights/graph/calibration-set hash, method and op types.
         work_dir: keep the captured feeds and intermediate graphs here (default: a temporary directory).
-        compare_exclusions: also measure the latent error of the denoiser quantized without float exclusions.
+        compare_exclusions: also measure the latent error of the denoiser quantized without float exclusions
+            (TensorRT target; the CPU target's measured exclusions report their own ablation).
+        target: "tensorrt" (symmetric S8S8 Q/DQ, the default) or "cpu" (uint8 x int8 integer operators for ONNX
+            Runtime on the CPU, see :mod:`.cpu_target`).
+        cpu_scheme: the CPU form's "dynamic" (MatMulInteger, default) or "static" (QLinearMatMul) quantization.
     Raises:
         CalibrationGateError: the gate failed (and not ``force``); nothing is written.
     """
@@ -247,7 +286,12 @@ def calibrate_bundle(
     unknown_vae = [g for g in quantize_vae if g not in VAE_GRAPHS]
     if unknown_vae:
         raise ValueError(f"quantize_vae takes {list(VAE_GRAPHS)}, got {unknown_vae}")
-    settings = CalibrationSettings(Method(method), tuple(exclude), tuple(op_types), (DENOISER_GRAPH, *quantize_vae))
+    target_ = Target(target)
+    if exclude is None and target_ == Target.TENSORRT:
+        exclude = DEFAULT_EXCLUDE
+    settings = CalibrationSettings(Method(method), None if exclude is None else tuple(exclude), tuple(op_types),
+                                   (DENOISER_GRAPH, *quantize_vae), target_, CpuScheme(cpu_scheme))  # fmt: skip
+    isa = detect_cpu_isa()
     _check_inputs(bundle, manifest, out, overwrite, settings.graphs)
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -261,13 +305,17 @@ def calibrate_bundle(
         capture_graphs = ("conditioning", DENOISER_GRAPH, *quantize_vae)
         capture = capture_calibration_feeds(bundle, images, work / "capture", steps, capture_graphs, threads=threads,
                                             total=num_samples, progress=progress)  # fmt: skip
-        say(f"quantizing {', '.join(settings.graphs)} ({settings.method.value})")
-        quantized = _quantize_graphs(bundle, manifest, capture, settings, work, Path(cache_dir) if cache_dir else None)
-        report = _new_report(manifest, capture, settings, quantized)
+        form = settings.method.value if target_ == Target.TENSORRT else f"CPU form, {settings.cpu_scheme.value}"
+        say(f"quantizing {', '.join(settings.graphs)} ({form}; CPU integer path {isa.path})")
+        quantized, cpu_ablation = _quantize_graphs(bundle, manifest, capture, settings, work,
+                                                   Path(cache_dir) if cache_dir else None, isa, threads)  # fmt: skip
+        report = _new_report(manifest, capture, settings, quantized, isa)
+        report.exclusion_ablation = cpu_ablation
         with atomic_directory(out, overwrite=overwrite) as staging:
             staged = stage_int8_bundle(bundle, manifest, {n: q.path for n, q in quantized.items()}, staging)
             if eval_scenes:
-                ablation = quantized[DENOISER_GRAPH] if compare_exclusions and settings.exclude else None
+                trt_exclusions = target_ == Target.TENSORRT and compare_exclusions and settings.exclude
+                ablation = quantized[DENOISER_GRAPH] if trt_exclusions else None
                 _evaluate(report, bundle, staging, capture, eval_scenes, eval_steps, speed_runs, threads, say, progress,
                           ablation)  # fmt: skip
                 failures = _apply_gate(report, thresholds, force)

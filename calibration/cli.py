@@ -1,7 +1,7 @@
-"""``mmgen-edge calibrate``: an FP32 bundle -> an INT8 (explicit Q/DQ) bundle, behind an accuracy gate.
+"""``mmgen-edge calibrate``: an FP32 bundle -> an INT8 bundle (TensorRT Q/DQ or CPU integer ops), behind an accuracy gate.
 
-    mmgen-edge calibrate BUNDLE --data SRC --out BUNDLE_INT8 [--method minmax|entropy|percentile] [--samples N]
-        [--max-drop depth=0.01,normal=1.0,miou=0.02] [--force] [--eval-scenes N] [--json]
+    mmgen-edge calibrate BUNDLE --data SRC --out BUNDLE_INT8 [--target tensorrt|cpu] [--method minmax|entropy|percentile]
+        [--samples N] [--max-drop depth=0.01,normal=1.0,miou=0.02] [--force] [--eval-scenes N] [--json]
 
 ``mmgen_edge/cli.py`` wires it in with ``add_parsers(subparsers)``; the parser's ``func`` is :func:`cmd_calibrate`.
 """
@@ -22,6 +22,7 @@ EXIT_GATE_REFUSED = 3
 def add_parsers(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``calibrate`` subcommand to an ``argparse`` subparsers object; returns its parser."""
     from .capture import DEFAULT_STEPS
+    from .cpu_target import DEFAULT_CPU_SCHEME, CpuScheme, Target
     from .quantize import DEFAULT_EXCLUDE, SENSITIVE_GROUPS, Method
     from .calibrate import DEFAULT_EVAL_SCENES, DEFAULT_SAMPLES
     from .measures import DEFAULT_SPEED_RUNS
@@ -48,8 +49,15 @@ def add_parsers(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--eval-scenes", type=positive_int, default=DEFAULT_EVAL_SCENES,
                    help=f"held-out scenes scored by the gate (default {DEFAULT_EVAL_SCENES})")  # fmt: skip
     p.add_argument("--eval-steps", type=step_count, help="sampler steps of the evaluation (default: the manifest's)")
-    p.add_argument("--exclude", default=",".join(DEFAULT_EXCLUDE),
-                   help=f"node groups kept in float, from {list(SENSITIVE_GROUPS)}, or 'none' (default: %(default)s)")  # fmt: skip
+    p.add_argument("--target", choices=[t.value for t in Target], default=Target.TENSORRT.value,
+                   help="tensorrt: symmetric INT8 Q/DQ that TensorRT builds (default); cpu: uint8 x int8 integer "
+                   "operators that ONNX Runtime runs fast on the CPU")  # fmt: skip
+    p.add_argument("--cpu-scheme", choices=[s.value for s in CpuScheme], default=DEFAULT_CPU_SCHEME.value,
+                   help="--target cpu: dynamic (MatMulInteger, per-call activation ranges) or static (QLinearMatMul, "
+                   "calibrated ranges) (default: %(default)s)")  # fmt: skip
+    p.add_argument("--exclude", default=None,
+                   help=f"node groups kept in float, from {list(SENSITIVE_GROUPS)}, or 'none' (default: "
+                   f"{','.join(DEFAULT_EXCLUDE)} for tensorrt; measured per group for cpu)")  # fmt: skip
     p.add_argument("--vae-encoder", action="store_true", help="also quantize the VAE encoder")
     p.add_argument("--vae-decoder", action="store_true", help="also quantize the VAE decoder")
     p.add_argument("--cache-dir", help="keep activation ranges here (keyed by weights, graph and calibration-set hash)")
@@ -95,7 +103,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             steps=args.steps,
             eval_scenes=args.eval_scenes,
             eval_steps=args.eval_steps,
-            exclude=parse_exclude(args.exclude),
+            exclude=None if args.exclude is None else parse_exclude(args.exclude),
             quantize_vae=tuple(g for g, on in (("vae_encoder", args.vae_encoder), ("vae_decoder", args.vae_decoder)) if on),
             cache_dir=args.cache_dir,
             work_dir=args.work_dir,
@@ -105,6 +113,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             threads=args.threads,
             progress=interactive,
             log=None if args.json else (lambda message: print(message, file=sys.stderr, flush=True)),
+            target=args.target,
+            cpu_scheme=args.cpu_scheme,
         )
     except CalibrationGateError as e:
         _print_report(e.report.to_dict(), e.report.summary_lines(), args.json)

@@ -94,9 +94,10 @@ LATENT_INPUT = "x_t"
 TENSORRT_QDQ_OPTIONS: dict[str, object] = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
 
 
-def calibrator_options(method: Method) -> dict[str, object]:
-    """``create_calibrator`` options: symmetric ranges (as the symmetric Q/DQ uses them), the percentile kept."""
-    options: dict[str, object] = {"symmetric": True}
+def calibrator_options(method: Method, symmetric: bool = True) -> dict[str, object]:
+    """``create_calibrator`` options: symmetric ranges (as the symmetric Q/DQ uses them; ``symmetric=False`` for the
+    CPU form's uint8 activations), the percentile kept."""
+    options: dict[str, object] = {"symmetric": symmetric}
     if method == Method.PERCENTILE:
         options["percentile"] = DEFAULT_PERCENTILE
     return options
@@ -220,8 +221,13 @@ def compute_ranges(
     work_dir: Path,
     op_types: Sequence[str] = DEFAULT_OP_TYPES,
     chunk: int = CALIBRATION_CHUNK,
+    symmetric: bool = True,
 ) -> TensorsData:
-    """Activation ranges of ``prepared`` over the reader's feeds, collected ``chunk`` calls at a time."""
+    """Activation ranges of ``prepared`` over the reader's feeds, collected ``chunk`` calls at a time.
+
+    ``symmetric`` ranges (``-max|x|..max|x|``) suit the symmetric TensorRT Q/DQ; the CPU form's uint8 activations
+    take the observed ``min..max`` (``symmetric=False``).
+    """
     method = Method(method)
     calibrator = create_calibrator(
         prepared,
@@ -229,7 +235,7 @@ def compute_ranges(
         augmented_model_path=str(work_dir / f"{prepared.stem}.augmented.onnx"),
         calibrate_method=method.ort,
         use_external_data_format=is_large(prepared),
-        extra_options=calibrator_options(method),
+        extra_options=calibrator_options(method, symmetric),
     )
     total = len(reader)  # type: ignore[arg-type]
     if total == 0:
@@ -252,11 +258,15 @@ def cached_ranges(cache_file: Path, compute: Callable[[], TensorsData]) -> tuple
 class RangesFactory:
     """A deferred :func:`compute_ranges` call (a cache hit never runs the calibration); looked up at call time."""
 
-    def __init__(self, prepared: Path, reader: CalibrationDataReader, method: Method, work_dir: Path, op_types: Sequence[str]):
+    def __init__(
+        self, prepared: Path, reader: CalibrationDataReader, method: Method, work_dir: Path, op_types: Sequence[str],
+        symmetric: bool = True,
+    ):  # fmt: skip
         self.args = (prepared, reader, method, work_dir, op_types)
+        self.symmetric = symmetric
 
     def __call__(self) -> TensorsData:
-        return compute_ranges(*self.args)
+        return compute_ranges(*self.args, symmetric=self.symmetric)
 
 
 # --------------------------------------------------------------------------------------------- quantize
@@ -269,7 +279,7 @@ class QuantizedGraph:
     path: Path
     method: str
     prepared: Path  # the pre-processed FP32 graph it was quantized from
-    ranges_file: Path
+    ranges_file: Path | None  # None for the CPU form's dynamic scheme (ranges taken on every call)
     op_types: tuple[str, ...]
     excluded: dict[str, list[str]] = field(default_factory=dict)  # group -> node names kept in float
     quantized_nodes: int = 0  # nodes of op_types with Q/DQ inputs

@@ -41,6 +41,9 @@ class CalibrationReport:
     passed: bool = False
     forced: bool = False
     output: str | None = None
+    target: str = "tensorrt"  # "tensorrt" (S8S8 Q/DQ) or "cpu" (uint8 x int8 integer operators)
+    isa: dict[str, Any] = field(default_factory=dict)  # cpu_isa.CpuIsa.to_dict(): the CPU's U8S8 path (MLAS)
+    cpu_form: dict[str, Any] = field(default_factory=dict)  # CPU target: scheme and cpu_target.CpuForm per graph
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,6 +52,8 @@ class CalibrationReport:
         """The manifest's ``calibration`` field: the headline facts, and the full report."""
         return {
             "method": self.method,
+            "target": self.target,
+            "isa": self.isa.get("path", "unknown"),
             "samples": self.samples,
             "steps": list(self.steps),
             "calibration_set_sha256": self.calibration_set_sha256,
@@ -63,6 +68,13 @@ class CalibrationReport:
             f"quantized    {', '.join(self.quantized_graphs)}: {self.quantized_nodes} nodes, {self.qdq_nodes} Q/DQ; "
             f"float: {', '.join(f'{g} ({len(n)})' for g, n in self.excluded_ops.items()) or 'none'}",
         ]
+        if self.isa:
+            lines.append(f"target       {self.target}; CPU integer path (MLAS U8S8): {self.isa['path']} ({self.isa['kernel']})")
+        for graph, form in self.cpu_form.items():
+            if isinstance(form, dict):
+                ops = ", ".join(f"{n} {op}" for op, n in form["integer_ops"].items())
+                lines.append(f"  {graph}: {self.cpu_form['scheme']}: {ops}; {form['float_compute']} float MatMul/Conv/Gemm, "
+                             f"{form['standalone_qdq']} Q/DQ; activations {'/'.join(sorted(set(form['activation_types'])))}")  # fmt: skip
         if self.fp32:
             lines.append(f"held-out     {self.eval_scenes} scenes, K={self.eval_steps}")
             for name, metric in GATE_METRICS.items():
@@ -73,9 +85,13 @@ class CalibrationReport:
         if self.latent_error:
             last = self.latent_error[-1]
             lines.append(f"latent       final x: max |diff| {last['max_abs']:.4f}, mean {last['mean_abs']:.4f}, rel rms {last['rel_rms']:.4f}")
+        if self.exclusion_ablation and self.target == "cpu":
+            lines.append("float groups one denoiser step vs FP32; gain = step time saved by quantizing the group")
         for variant, row in self.exclusion_ablation.items():
-            lines.append(f"  {variant:<24} {row['quantized_nodes']:.0f} nodes quantized: final rel rms {row['rel_rms']:.4f}, "
-                         f"max |diff| {row['max_abs']:.4f}")  # fmt: skip
+            which = "one-step" if self.target == "cpu" else "final"
+            gain = f", gain {row['gain']:+.1%}" if "gain" in row else ""
+            lines.append(f"  {variant:<24} {row['quantized_nodes']:.0f} nodes quantized: {which} rel rms {row['rel_rms']:.4f}, "
+                         f"max |diff| {row['max_abs']:.4f}{gain}")  # fmt: skip
         if self.speed:
             s = self.speed
             lines.append(f"speed (CPU)  one step at batch {s['rows']}: fp32 {s['fp32_ms']:.2f} ms, int8 {s['int8_ms']:.2f} ms (x{s['speedup']:.2f})")

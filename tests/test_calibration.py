@@ -24,6 +24,7 @@ from mmgen_edge.calibration import quantize
 from mmgen_edge.calibration.calibrate import calibrate_bundle
 from mmgen_edge.calibration.capture import CaptureSet, capture_calibration_feeds
 from mmgen_edge.calibration.cli import EXIT_GATE_REFUSED, add_parsers
+from mmgen_edge.calibration.cpu_isa import detect_cpu_isa
 from mmgen_edge.calibration.gate import CalibrationGateError, GateThresholds, check_gate
 from mmgen_edge.calibration.sources import (
     CALIBRATION_SEED,
@@ -107,6 +108,7 @@ def test_int8_bundle_is_written_with_qdq_and_runs(calibrated, tiny_bundle):
     assert calibration["calibration_set_sha256"] == CaptureSet.load(calibrated[2] / "capture").sha256
     assert calibration["source_weights_sha256"] == fp32.provenance.model_weights_sha256 is not None
     assert calibration["method"] == "minmax" and calibration["samples"] == SAMPLES and calibration["steps"] == list(STEPS)
+    assert calibration["target"] == "tensorrt" and calibration["isa"] == detect_cpu_isa().path  # the CPU timed on
     assert "denoiser_cached:head" in calibration["excluded_ops"]
     assert calibration["report"]["passed"] is True and calibration["report"]["latent_error"]
 
