@@ -203,7 +203,8 @@ def test_second_open_reuses_the_compiled_model(bundle_copy, info):
 def test_bf16_passes_the_calibration_gate(demo_bundle, info):
     """OpenVINO bf16 (every runtime graph; emulated where the CPU has no bf16) vs ORT FP32 on held-out scenes, with
     the INT8 calibration's gate and default thresholds."""
-    from mmgen_edge.calibration.report import EVAL_SEED, GateThresholds, check_gate
+    from mmgen_edge.calibration.gate import GateThresholds, check_gate
+    from mmgen_edge.calibration.measures import EVAL_SEED
     from mmgen_edge.samples.shapes.evaluate import evaluate_perception, held_out_scenes
     from mmgen_edge.sdk.api import MMGenModel
 
