@@ -93,8 +93,8 @@ def soak_stream(bundle: str | None, frames: int, steps: int) -> dict[str, object
                     if len(indices) == max(1, int(frames * WARMUP_FRACTION)):
                         warm_rss = rss_bytes()
                 stats = stream.stats
+            end_rss = rss_bytes()  # the model still open, as at the warm-up sample
         elapsed = time.perf_counter() - start
-    end_rss = rss_bytes()
     expected = list(range(frames))
     return {
         "frames_expected": frames,
