@@ -94,8 +94,13 @@ def detect_environment() -> Environment:
         gpu_name, capability = gpu.current_device()
     except (ImportError, gpu.CudaError) as exc:
         problems.append(str(exc))
+    openvino = None
+    try:  # a broken OpenVINO must not break the other backends: it is only rejected, with the reason
+        openvino = detect_openvino()
+    except Exception as exc:  # noqa: BLE001  (any failure of a third-party import or probe)
+        problems.append(f"OpenVINO is installed but failed to start: {exc}")
     return Environment(tuple(available_providers()), trt_version, gpu_name, capability, "; ".join(problems) or None,
-                       openvino=detect_openvino())
+                       openvino=openvino)
 
 
 def matching_engines(manifest: Manifest, env: Environment, bundle: Path | None) -> tuple[tuple[EngineEntry, ...], list[str]]:

@@ -14,6 +14,7 @@ a stale blob is never in the folder that a new version, device, precision or gra
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -67,8 +68,12 @@ class OpenVinoInfo:
         return f"OpenVINO {self.version} on {self.device_name} (capabilities {', '.join(self.capabilities)})"
 
 
+@functools.lru_cache(maxsize=1)
 def detect_openvino() -> OpenVinoInfo | None:
-    """OpenVINO's CPU facts, or None when OpenVINO is not installed (an installed but broken one raises)."""
+    """OpenVINO's CPU facts, or None when OpenVINO is not installed (an installed but broken one raises).
+
+    Read once per process (the machine does not change): every ``Pipeline`` calls it through ``detect_environment``.
+    """
     if importlib.util.find_spec("openvino") is None:
         return None
     ov = import_openvino()

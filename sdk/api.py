@@ -269,11 +269,16 @@ def noise_array(noise: object, shape: tuple[int, int, int, int]) -> np.ndarray:
     return np.ascontiguousarray(noise)
 
 
-def check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
+def check_tasks(tasks: Sequence[str], known: Sequence[str] = PERCEPTION_TASKS) -> tuple[str, ...]:
+    """Perception task names: each known, each at most once, at least one. The one policy of the local model, the
+    remote client and the server."""
     tasks = tuple(tasks)
-    unknown = [t for t in tasks if t not in PERCEPTION_TASKS]
+    unknown = [t for t in tasks if t not in known]
     if unknown or not tasks:
-        raise ValueError(f"unknown tasks {unknown or tasks}; choose from {list(PERCEPTION_TASKS)}")
+        raise ValueError(f"unknown tasks {unknown or list(tasks)}; choose from {list(known)}")
+    repeated = sorted({t for t in tasks if tasks.count(t) > 1})
+    if repeated:
+        raise ValueError(f"tasks must name each task at most once; repeated: {repeated}")
     return tasks
 
 

@@ -272,7 +272,7 @@ class RemoteModel(Model):
         return_latents: bool = False,
     ) -> PerceptionResult | list[PerceptionResult]:
         """As :meth:`Model.perceive <mmgen_edge.sdk.model_base.Model.perceive>`; a list is sent as concurrent requests."""
-        tasks = tuple(dict.fromkeys(check_tasks(tasks)))  # the server takes each task once
+        tasks = check_tasks(tasks)
         inputs, batched = load_images(image)
         if not inputs:
             raise ValueError("no images given")

@@ -20,7 +20,7 @@ import numpy as np
 
 from mmgen_edge.runtime.modalities import CONDITION_TASKS, perception_tasks
 from mmgen_edge.runtime.sampler import MAX_STEPS
-from mmgen_edge.sdk.api import GenerationRequest, MMGenModel, ModelOutput
+from mmgen_edge.sdk.api import GenerationRequest, MMGenModel, ModelOutput, check_tasks
 
 from mmgen_edge.sdk.protocol import (
     GENERATE_MODEL,
@@ -88,14 +88,10 @@ def request_text(array: np.ndarray, name: str) -> str:
 
 def parse_tasks(value: str, known: Sequence[str]) -> tuple[str, ...]:
     """Comma-separated task names: each known, each at most once, at least one (so at most ``len(known)``)."""
-    tasks = tuple(t.strip() for t in value.split(",") if t.strip())
-    unknown = [t for t in tasks if t not in known]
-    if unknown or not tasks:
-        raise RequestError(f"unknown tasks {unknown or list(tasks)}; choose from {list(known)}")
-    repeated = sorted({t for t in tasks if tasks.count(t) > 1})
-    if repeated:
-        raise RequestError(f"tasks must name each task at most once; repeated: {repeated}")
-    return tasks
+    try:
+        return check_tasks([t.strip() for t in value.split(",") if t.strip()], known)
+    except ValueError as e:
+        raise RequestError(str(e)) from None
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,6 @@ LOOPBACK = "127.0.0.1"
 ACCESS_TOKEN_ENV = "MMGEN_EDGE_ACCESS_TOKEN"
 #: Triton endpoints that need the access token (PyTriton's defaults less "statistics", which perf_analyzer reads).
 PROTECTED_ENDPOINTS = ("shared-memory", "model-repository", "trace", "logging")
-ACCESS_HEADER = "triton-access-token"
 
 
 @dataclass(frozen=True)

@@ -104,8 +104,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if (args.condition is None) != (args.condition_image is None):
         raise ValueError("--condition and --condition-image go together")
-    if args.num < 1:
-        raise ValueError(f"--num must be >= 1, got {args.num}")
     condition = {args.condition: load_image(args.condition_image, "--condition-image")} if args.condition else None
     out = Path(args.out)
     summary = []

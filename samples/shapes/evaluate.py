@@ -50,8 +50,6 @@ DEFAULT_STEPS = (1, 2, 4, 8, 25)
 CONSISTENCY_DISPARITY_OFFSET = 0.1
 #: Held-out scenes the VAE ceiling round-trips by default (the first ones of the perception set).
 DEFAULT_CEILING_SCENES = 64
-#: The modalities the VAE ceiling round-trips (the perception outputs).
-CEILING_MODALITIES = ("depth", "normal", "mask")
 
 
 def held_out_scenes(num: int, size: int) -> list[Scene]:
@@ -157,6 +155,7 @@ def vae_ceiling(model: Any, scenes: Sequence[Scene], progress: bool = False) -> 
         ``object_count_accuracy_exact``: the same on the exact encoded masks (the counter's own accuracy);
         ``seconds_per_frame``.
     """
+    from mmgen_edge.runtime.modalities import perception_modalities
     from mmgen_edge.sdk.api import maps_from_images
 
     from .encoding import encode_scene
@@ -165,15 +164,16 @@ def vae_ceiling(model: Any, scenes: Sequence[Scene], progress: bool = False) -> 
     if any(s.depth.shape != size for s in scenes):
         raise ValueError(f"scenes must be rendered at the model resolution {size}, got {sorted({s.depth.shape for s in scenes})}")
     batch = model.manifest.max_batch
+    modalities = perception_modalities(model.manifest.modalities)
     items: list[dict[str, float]] = []
     start = time.perf_counter()
     for i in tqdm(range(0, len(scenes), batch), desc="VAE ceiling", unit="batch", disable=not progress):
         chunk = scenes[i : i + batch]
         encoded = [encode_scene(s, np.random.default_rng(s.seed)) for s in chunk]
-        images = np.stack([e[m] for m in CEILING_MODALITIES for e in encoded])  # (3n, R, R, 3), modality-major
+        images = np.stack([e[m] for m in modalities for e in encoded])  # (3n, R, R, 3), modality-major
         decoded = model.pipeline.decode(model.pipeline.encode(images))  # (3n, R, R, 3) uint8
         for j, (scene, enc) in enumerate(zip(chunk, encoded)):
-            maps = maps_from_images({m: decoded[k * len(chunk) + j] for k, m in enumerate(CEILING_MODALITIES)}, size)
+            maps = maps_from_images({m: decoded[k * len(chunk) + j] for k, m in enumerate(modalities)}, size)
             seg = maps["segmentation"]
             truth = _true_object_count(scene)
             exact = count_objects(scene.instances, _mask_palette(scene.instances, enc["mask"]))
