@@ -306,3 +306,11 @@ def test_symbolic_link_out_of_the_bundle_and_unknown_verify_are_refused(runtime_
         read_manifest(runtime_bundle, verify="ful")
     with pytest.raises(ValueError, match="verify must be one of"):
         mmgen_edge.load(runtime_bundle, verify="sha256")
+
+
+def test_tasks_are_known_and_named_once(runtime_bundle):
+    with mmgen_edge.load(runtime_bundle, backend="ort-cpu", verify="size") as model:
+        with pytest.raises(ValueError, match="at most once; repeated: \\['depth'\\]"):
+            model.perceive(np.zeros((8, 8, 3), np.uint8), tasks=("depth", "depth"), steps=1)
+        with pytest.raises(ValueError, match="unknown tasks \\['depth2'\\]"):
+            model.perceive(np.zeros((8, 8, 3), np.uint8), tasks=("depth2",), steps=1)

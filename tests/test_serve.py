@@ -300,7 +300,9 @@ def test_every_request_field_is_bounded_and_refused_quickly(server, local):
     finally:
         client.close()
     with connect(server.grpc_url, timeout=REQUEST_TIMEOUT_S) as model:
-        served = model.perceive(image(8), seed=8, tasks=("depth", "depth"))  # the client sends each task once
+        with pytest.raises(ValueError, match="at most once"):  # the local model's policy, before anything is sent
+            model.perceive(image(8), seed=8, tasks=("depth", "depth"))
+        served = model.perceive(image(8), seed=8, tasks=("depth",))  # and the server keeps serving
     here = local.perceive(image(8), seed=8, tasks=("depth",))
     assert served.images.keys() == here.images.keys() == {"depth"}
     np.testing.assert_allclose(served.depth, here.depth, atol=2e-2)
