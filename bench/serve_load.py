@@ -102,6 +102,15 @@ def start_server(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen[
     return process, f"grpc://127.0.0.1:{grpc}"
 
 
+def stop_server(process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """SIGTERM the server started by :func:`start_server` (it finishes in-flight work); SIGKILL its session after ``timeout``."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", help="bundle directory (default: the demo model's)")
@@ -123,11 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = [run_level(url, s, args.requests, tasks) for s in levels]
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_server(process)
     marker = "engine batches of size: "
     batches = [json.loads(line.split(marker, 1)[1]) for line in log.read_text().splitlines() if marker in line]
     base = rows[0]["requests_per_s"]

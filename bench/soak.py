@@ -18,8 +18,6 @@ import argparse
 import importlib.util
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,18 +61,18 @@ def session_rss_bytes(session: int) -> int:
 
 def write_soak_video(path: Path, frames: int, fps: float = 30.0) -> None:
     """A video whose frame i has a bright bar in column band i % 16 (so consecutive frames differ)."""
-    import cv2
+    from mmgen_edge.sdk.stream import write_video
 
     h, w = FRAME_SIZE
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    rng = np.random.default_rng(0)
-    base = rng.integers(0, 120, (h, w, 3), dtype=np.uint8)
+    base = np.random.default_rng(0).integers(0, 120, (h, w, 3), dtype=np.uint8)
     band = w // 16
-    for i in range(frames):
-        frame = base.copy()
-        frame[:, (i % 16) * band : (i % 16 + 1) * band] = 255
-        writer.write(frame)
-    writer.release()
+
+    def frame(i: int) -> np.ndarray:
+        out = base.copy()
+        out[:, (i % 16) * band : (i % 16 + 1) * band] = 255
+        return out
+
+    write_video((frame(i) for i in range(frames)), path, fps)
 
 
 def soak_stream(bundle: str | None, frames: int, steps: int) -> dict[str, object]:
@@ -110,7 +108,7 @@ def soak_stream(bundle: str | None, frames: int, steps: int) -> dict[str, object
 
 
 def soak_serve(bundle: str | None, requests: int, clients: int, out: Path) -> dict[str, object]:
-    from mmgen_edge.bench.serve_load import start_server
+    from mmgen_edge.bench.serve_load import start_server, stop_server
     from mmgen_edge.sdk.remote import connect
 
     server_args = argparse.Namespace(bundle=bundle, instances=1, max_queue_delay_us=2000, threads=None)
@@ -146,11 +144,7 @@ def soak_serve(bundle: str | None, requests: int, clients: int, out: Path) -> di
         for model in models:
             model.close()
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_server(process)
     return {
         "requests": requests,
         "clients": clients,
