@@ -51,7 +51,8 @@ def ensure_demo_bundle(bundle: Path | None = None, progress: bool = True) -> Pat
             return bundle
     if any(importlib.util.find_spec(m) is None for m in ("torch", "onnx", "diffusers")):
         raise RuntimeError(f"the demo bundle at {bundle} must be exported once, which needs the export extra: "
-                           "pip install torch==2.13.0 && pip install -e '.[export]'")  # fmt: skip
+                           "pip install torch==2.13.0 && pip install 'mmgen-edge[export]' (from a clone: pip install -e "
+                           "'.[export]'); or set MMGEN_EDGE_BUNDLE to a bundle exported elsewhere")  # fmt: skip
     from mmgen_edge.export.onnx_export import export_bundle
 
     if progress:

@@ -314,3 +314,12 @@ def test_tasks_are_known_and_named_once(runtime_bundle):
             model.perceive(np.zeros((8, 8, 3), np.uint8), tasks=("depth", "depth"), steps=1)
         with pytest.raises(ValueError, match="unknown tasks \\['depth2'\\]"):
             model.perceive(np.zeros((8, 8, 3), np.uint8), tasks=("depth2",), steps=1)
+
+
+@pytest.mark.skipif(not BASE_INSTALL, reason="the export extra is missing only in the base-install venv")
+def test_demo_says_it_needs_the_export_extra_the_first_time(tmp_path):
+    env = {**os.environ, "MMGEN_EDGE_BUNDLE": str(tmp_path / "not-yet-exported")}  # the demo bundle, not exported yet
+    done = subprocess.run([*CLI, "demo", "--out", str(tmp_path / "demo")], capture_output=True, text=True, timeout=120,
+                          cwd=CHECKOUT, env=env)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "must be exported once, which needs the export extra: pip install torch==2.13.0 && pip install 'mmgen-edge[export]'" in done.stderr
