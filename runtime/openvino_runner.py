@@ -29,7 +29,8 @@ from typing import Any, Literal
 import numpy as np
 
 from .manifest import DimRange, GraphEntry, Manifest
-from .runner import Runner
+from .onnxruntime_runner import EDITED_MANIFEST_HINT
+from .runner import INPUT, OUTPUT, Runner, check_live_io
 
 OPENVINO_EXTRA_HINT = "install the openvino extra: pip install 'mmgen-edge[openvino]'"
 DEVICE = "CPU"
@@ -218,23 +219,18 @@ class OpenVinoRunner(Runner):
         self.request = compiled.create_infer_request()
 
     def _check_model(self, model: Any) -> None:
-        """The live model's inputs and outputs agree with the manifest (names, element types, ranks, fixed sizes)."""
-        for kind, ports, specs in (("input", model.inputs, self.graph.inputs), ("output", model.outputs, self.graph.outputs)):
-            live = {name: port for port in ports for name in port.get_names()}
-            for spec in specs:
-                port = live.get(spec.name)
-                if port is None:
-                    raise ValueError(f"{self.path}: the manifest's {kind} {spec.name!r} is not in the graph ({sorted(live)})")
-                dtype = np.dtype(port.get_element_type().to_dtype())
+        """The live model's inputs and outputs agree with the manifest: the same check as every runner
+        (:func:`~mmgen_edge.runtime.runner.check_live_io`: names, directions, dtypes, ranks, fixed sizes)."""
+        io: dict[str, tuple[str, str]] = {}
+        shapes: dict[str, list[int | None]] = {}
+        for mode, ports in ((INPUT, model.inputs), (OUTPUT, model.outputs)):
+            for port in ports:
+                dtype = np.dtype(port.get_element_type().to_dtype()).name
                 shape = port.get_partial_shape()
-                if dtype != np.dtype(spec.dtype) or shape.rank.get_length() != len(spec.shape):
-                    raise ValueError(
-                        f"{self.graph_name}.{spec.name}: the graph has {dtype} {shape}, the manifest says {spec.dtype} "
-                        f"{spec.shape}"
-                    )
-                for axis, want in enumerate(spec.shape):
-                    if isinstance(want, int) and shape[axis].is_static and shape[axis].get_length() != want:
-                        raise ValueError(f"{self.graph_name}.{spec.name}: the graph has {shape}, the manifest says {spec.shape}")
+                dims = [d.get_length() if d.is_static else None for d in shape] if shape.rank.is_static else []
+                for name in port.get_names():
+                    io[name], shapes[name] = (mode, dtype), dims
+        check_live_io(self.graph_name, self.graph, str(self.path), io, shapes, "graph", EDITED_MANIFEST_HINT)
 
     def _partial_shape(self, ov: ModuleType, shape: Iterable[int | str]) -> Any:
         """Fixed sizes as they are, each named dimension bounded by the manifest's range (unbounded without one)."""
