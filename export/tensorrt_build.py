@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -35,7 +34,7 @@ from types import ModuleType
 from typing import Any
 
 from mmgen_edge.runtime import gpu
-from mmgen_edge.runtime.fileio import readable_like_folder
+from mmgen_edge.runtime.fileio import atomic_file, readable_like_folder
 
 __all__ = [
     "BuildPlan",
@@ -339,19 +338,10 @@ def check_layer_precisions(layer_precisions: Mapping[str, int], precision: Preci
 
 
 def _atomic_write(path: Path, data: Any) -> None:
-    """Write ``data`` (bytes-like) to ``path`` through a temporary file in the same folder + ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as tmp:
-            tmp.write(memoryview(data))
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        readable_like_folder(Path(tmp_name), path.parent)  # mkstemp makes it 0600; engines are read like graphs
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    """Write ``data`` (bytes-like) to ``path`` atomically (:func:`~mmgen_edge.runtime.fileio.atomic_file`)."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(memoryview(data))
+        readable_like_folder(tmp, path.parent)  # engines are read like graphs
 
 
 def _format_parser_error(error: Any) -> str:

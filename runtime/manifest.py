@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from mmgen_edge import __version__
 from mmgen_edge.config import ModelConfig
 
-from .fileio import sha256_file
+from .fileio import sha256_file, write_text_atomic
 from .sampler import SamplerConfig
 
 MANIFEST_FILE = "manifest.json"
@@ -315,10 +315,5 @@ def file_entry(bundle: Path, relative: str) -> FileEntry:
 
 
 def write_manifest(bundle: str | os.PathLike[str], manifest: Manifest) -> None:
-    """Write ``manifest.json`` atomically (temporary file, then rename)."""
-    bundle = Path(bundle)
-    tmp = bundle / (MANIFEST_FILE + ".tmp")
-    tmp.write_text(manifest.model_dump_json(indent=2) + "\n")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, bundle / MANIFEST_FILE)
+    """Write ``manifest.json`` atomically (:func:`~mmgen_edge.runtime.fileio.write_text_atomic`)."""
+    write_text_atomic(Path(bundle) / MANIFEST_FILE, manifest.model_dump_json(indent=2) + "\n")
