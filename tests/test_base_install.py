@@ -39,7 +39,8 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
 def test_base_install_has_no_heavy_dependencies():
     heavy = [name for name in ("torch", "onnx", "diffusers", "safetensors", "pytriton") if importlib.util.find_spec(name)]
     assert heavy == [], f"the base install pulled in {heavy}"
-    assert CHECKOUT not in Path(mmgen_edge.__file__).resolve().parents, "tests must run against the installed wheel"
+    package = Path(mmgen_edge.__file__).resolve().parent
+    assert "site-packages" in package.parts and package != CHECKOUT / "mmgen_edge", f"tests must run against the installed wheel, not {package}"
 
 
 def test_manifest_verifies_and_detects_corruption(runtime_bundle, tmp_path):
