@@ -190,3 +190,15 @@ def test_cli_build_explains_what_is_missing(tiny_bundle, capsys):
     assert "pip install 'mmgen-edge[tensorrt]'" in capsys.readouterr().err
     assert cli_main(["build", str(tiny_bundle), "--int8"]) == 2
     assert "needs a calibrated bundle" in capsys.readouterr().err
+
+
+def test_build_names_a_cpu_calibrated_bundle(tiny_bundle, tmp_path, capsys):
+    import json
+    import shutil
+
+    copy = shutil.copytree(tiny_bundle, tmp_path / "cpu-int8")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["calibration"] = {"target": "cpu", "method": "minmax"}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert cli_main(["build", str(copy), "--int8"]) == 2
+    assert "calibrated for the CPU" in capsys.readouterr().err

@@ -13,6 +13,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     from mmgen_edge.runtime.manifest import read_manifest
 
     manifest = read_manifest(args.bundle, verify="size")
+    target = (manifest.calibration or {}).get("target")
+    if target == "cpu":
+        raise ValueError(
+            f"{args.bundle} was calibrated for the CPU (calibrate --target cpu: ONNX Runtime's integer operators, which "
+            "TensorRT does not build); calibrate the FP32 bundle with --target tensorrt for engines"
+        )
     fallback = "fp16" if args.fp16 else "fp32"
     by_precision: dict[str, list[str]] = {}
     for name in RUNTIME_GRAPHS:  # Q/DQ graphs build as int8 with --int8; the others at --fp16 or fp32
