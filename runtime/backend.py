@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import gpu
-from .manifest import EngineEntry, Manifest
+from .manifest import EngineEntry, GraphEntry, Manifest
 from .onnxruntime_runner import CPU, CUDA, TENSORRT, OnnxRuntimeRunner, available_providers
 from .openvino_runner import OPENVINO_EXTRA_HINT, OpenVinoInfo, detect_openvino, openvino_runners
-from .runner import Runner
+from .runner import Runner, activate_runners
 
 #: The graphs the runtime runs (the self-contained ``denoiser`` serves other runtimes, e.g. Triton).
 RUNTIME_GRAPHS = ("conditioning", "denoiser_cached", "vae_encoder", "vae_decoder")
@@ -192,29 +192,18 @@ def open_runners(
         if choice.openvino is None:
             raise ValueError(f"a {choice.kind.value} choice must carry the OpenVINO facts (choose_backend sets them)")
         return openvino_runners(bundle, manifest, graphs, OPENVINO_PRECISIONS[choice.kind], choice.openvino, threads)
-    runners: dict[str, Runner] = {}
     engines = {e.graph: e for e in choice.engines}
     providers = {
         BackendKind.ORT_CPU: [CPU],
         BackendKind.ORT_CUDA: [CUDA, CPU],
         BackendKind.ORT_TENSORRT: [TENSORRT, CUDA, CPU],
     }
-    try:
-        for name in graphs:
-            if name not in manifest.graphs:
-                raise ValueError(f"the bundle has no {name!r} graph (it has {sorted(manifest.graphs)})")
-            graph = manifest.graphs[name]
-            runner: Runner
-            if choice.kind == BackendKind.TENSORRT:
-                from .tensorrt_runner import TensorRTRunner
 
-                runner = TensorRTRunner(bundle / engines[name].file, name, graph, manifest.dims, use_cuda_graph=cuda_graph)
-            else:
-                runner = OnnxRuntimeRunner(bundle, name, graph, manifest.dims, providers[choice.kind], threads)
-            runner.activate()
-            runners[name] = runner
-    except BaseException:
-        for runner in runners.values():
-            runner.deactivate()
-        raise
-    return runners
+    def make(name: str, graph: GraphEntry) -> Runner:
+        if choice.kind == BackendKind.TENSORRT:
+            from .tensorrt_runner import TensorRTRunner
+
+            return TensorRTRunner(bundle / engines[name].file, name, graph, manifest.dims, use_cuda_graph=cuda_graph)
+        return OnnxRuntimeRunner(bundle, name, graph, manifest.dims, providers[choice.kind], threads)
+
+    return activate_runners(manifest, graphs, make)

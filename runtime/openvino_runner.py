@@ -30,7 +30,7 @@ import numpy as np
 
 from .manifest import DimRange, GraphEntry, Manifest
 from .onnxruntime_runner import EDITED_MANIFEST_HINT
-from .runner import INPUT, OUTPUT, Runner, check_live_io
+from .runner import INPUT, OUTPUT, Runner, activate_runners, check_live_io
 
 OPENVINO_EXTRA_HINT = "install the openvino extra: pip install 'mmgen-edge[openvino]'"
 DEVICE = "CPU"
@@ -272,18 +272,8 @@ def openvino_runners(
         The active runners by graph name.
     """
     check_precision(info, precision, emulated_bf16)
-    runners: dict[str, Runner] = {}
-    try:
-        for name in graphs:
-            if name not in manifest.graphs:
-                raise ValueError(f"the bundle has no {name!r} graph (it has {sorted(manifest.graphs)})")
-            graph = manifest.graphs[name]
-            runner = OpenVinoRunner(bundle, name, graph, manifest.dims, precision, info, graph_sha256(manifest, graph),
-                                    threads, emulated_bf16)  # fmt: skip
-            runner.activate()
-            runners[name] = runner
-    except BaseException:
-        for runner in runners.values():
-            runner.deactivate()
-        raise
-    return runners
+    return activate_runners(
+        manifest, graphs,
+        lambda name, graph: OpenVinoRunner(bundle, name, graph, manifest.dims, precision, info,
+                                           graph_sha256(manifest, graph), threads, emulated_bf16),
+    )  # fmt: skip

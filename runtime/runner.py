@@ -10,11 +10,11 @@ feed fails with a message that names the tensor instead of a backend error deep 
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .manifest import BundleError, DimRange, GraphEntry
+from .manifest import BundleError, DimRange, GraphEntry, Manifest
 
 INPUT, OUTPUT = "input", "output"
 #: A live graph dimension: an int when fixed; -1, None or a symbol name when dynamic.
@@ -189,3 +189,27 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     def _deactivate(self) -> None: ...
+
+
+def activate_runners(
+    manifest: Manifest, graphs: Iterable[str], make: Callable[[str, GraphEntry], "Runner"]
+) -> dict[str, "Runner"]:
+    """Create (``make(name, graph)``) and activate one runner per graph; if one fails, those already active are
+    deactivated again before the error propagates. Every backend opens its runners through this.
+
+    Raises:
+        ValueError: the bundle has no such graph.
+    """
+    runners: dict[str, Runner] = {}
+    try:
+        for name in graphs:
+            if name not in manifest.graphs:
+                raise ValueError(f"the bundle has no {name!r} graph (it has {sorted(manifest.graphs)})")
+            runner = make(name, manifest.graphs[name])
+            runner.activate()
+            runners[name] = runner
+    except BaseException:
+        for runner in runners.values():
+            runner.deactivate()
+        raise
+    return runners
