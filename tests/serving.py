@@ -41,3 +41,18 @@ def assert_same_perception(remote, local, latents: bool = False) -> None:
     if latents:
         np.testing.assert_allclose(remote.latents, local.latents, atol=1e-4)
     assert remote.backend == "remote" and remote.steps == local.steps
+
+
+def kill_session_and_read(process, log) -> str:
+    """Kill what is left of a server started in its own session (``process``) and return its log (closing it)."""
+    import os
+    import signal
+
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    for pid in session_processes(process.pid):
+        os.kill(pid, signal.SIGKILL)
+    log.seek(0)
+    output = log.read()
+    log.close()
+    return output

@@ -28,7 +28,7 @@ import mmgen_edge  # noqa: E402
 from mmgen_edge.sdk.protocol import TRITON_DTYPES  # noqa: E402
 from mmgen_edge.sdk.remote import RemoteError, RemoteModel, connect  # noqa: E402
 from mmgen_edge.serve.server import Server  # noqa: E402
-from serving import assert_same_perception, free_ports, image, session_processes  # noqa: E402
+from serving import assert_same_perception, free_ports, image, kill_session_and_read, session_processes  # noqa: E402
 
 pytestmark = pytest.mark.slow
 REQUEST_TIMEOUT_S = 60.0
@@ -168,13 +168,7 @@ def test_cli_serve_shuts_down_on_sigterm_and_leaves_no_process(tiny_bundle, tmp_
             time.sleep(0.2)
         assert session_processes(process.pid) == [], "processes left behind after shutdown"
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        for pid in session_processes(process.pid):
-            os.kill(pid, signal.SIGKILL)
-        log.seek(0)
-        output = log.read()
-        log.close()
+        output = kill_session_and_read(process, log)
     assert "ready at grpc://127.0.0.1" in output and "stopped" in output, output[-2000:]
 
 
@@ -428,13 +422,7 @@ def test_sigkilled_serve_on_all_interfaces_warns_and_leaves_no_process_or_port(t
             f.result(timeout=REQUEST_TIMEOUT_S)
         pool.shutdown()
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        for pid in session_processes(process.pid):
-            os.kill(pid, signal.SIGKILL)
-        log.seek(0)
-        output = log.read()
-        log.close()
+        output = kill_session_and_read(process, log)
     assert f"ready at grpc://0.0.0.0:{grpc}" in output, output[-2000:]
     assert "every network interface" in output and "no authentication" in output, output[-2000:]
     assert f"clients on this machine connect to grpc://127.0.0.1:{grpc}" in output
