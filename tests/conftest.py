@@ -129,3 +129,27 @@ def corrupt_video(tmp_path_factory) -> Path:
     write_video(frames, folder / "whole.mp4", fps=10)
     cut_media_data(folder / "whole.mp4", folder / "corrupt.mp4")
     return folder / "corrupt.mp4"
+
+
+#: A deliberately poor calibration: every activation range is this fraction of the observed one.
+RANGE_CLIP = 0.01
+
+
+@pytest.fixture()
+def clipped_ranges(monkeypatch):
+    """Make every activation range ``RANGE_CLIP`` of the observed one (a calibration the gate must refuse)."""
+    skip_without_export()
+    import numpy as np
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData
+
+    from mmgen_edge.calibration import quantize
+
+    original = quantize.compute_ranges
+
+    def clipped(*args: object, **kwargs: object) -> TensorsData:
+        ranges = original(*args, **kwargs)  # type: ignore[arg-type]
+        data = {name: TensorData(lowest=np.float32(t.range_value[0] * RANGE_CLIP), highest=np.float32(t.range_value[1] * RANGE_CLIP))
+                for name, t in ranges.data.items()}  # fmt: skip
+        return TensorsData(ranges.calibration_method, data)
+
+    monkeypatch.setattr(quantize, "compute_ranges", clipped)

@@ -39,7 +39,6 @@ EVAL_SCENES = 4
 STEPS = (1, 2, 4)
 #: Tight thresholds: a sound calibration of the tiny model stays well inside them, clipped ranges do not.
 TIGHT = GateThresholds(depth=0.002, normal=0.1, miou=0.002)
-RANGE_CLIP = 0.01
 VIDEO_FRAMES, VIDEO_SIZE, VIDEO_LIMIT = 300, 96, 6
 #: Python-heap peak allowed while streaming the whole 300-frame video (the decoded video is ~8 MB).
 VIDEO_PEAK_BYTES = 2 << 20
@@ -59,20 +58,6 @@ def calibrated(tiny_bundle, tmp_path_factory):
     return report, root / "int8", root / "work", root / "cache"
 
 
-@pytest.fixture()
-def clipped_ranges(monkeypatch):
-    """Make every activation range 1 % of the observed one: a deliberately poor calibration."""
-    from onnxruntime.quantization.calibrate import TensorData, TensorsData
-
-    original = quantize.compute_ranges
-
-    def clipped(*args: object, **kwargs: object) -> TensorsData:
-        ranges = original(*args, **kwargs)  # type: ignore[arg-type]
-        data = {name: TensorData(lowest=np.float32(t.range_value[0] * RANGE_CLIP), highest=np.float32(t.range_value[1] * RANGE_CLIP))
-                for name, t in ranges.data.items()}  # fmt: skip
-        return TensorsData(ranges.calibration_method, data)
-
-    monkeypatch.setattr(quantize, "compute_ranges", clipped)
 
 
 # ---------------------------------------------------------------------------------------------- the bundle
