@@ -25,6 +25,8 @@ and ``denoiser_cached`` takes it as input, without the ~1/3 of the weights that 
 
 ``vae_encoder``: image (N,3,H,W) in [-1,1] -> scaled latent mean (N,4,H/8,W/8).
 ``vae_decoder``: scaled latent (N,4,h,w) -> image (N,3,8h,8w) in [-1,1] (the caller maps to uint8).
+Either VAE graph may come from a diffusers ``AutoencoderKL`` or a distilled ``AutoencoderTiny`` (``autoencoders``
+maps both onto the bundle's latent space and value range), with the same inputs and outputs.
 
 The Euler update and x0 estimate use :mod:`mmgen_edge.runtime.sampler`, the same code as the runtime.
 """
@@ -36,6 +38,7 @@ from torch import nn
 
 from mmgen_edge.runtime import sampler as maths
 
+from .autoencoders import Autoencoder, decode_latent, encode_latent
 from .model import MMGen
 
 GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -120,24 +123,23 @@ class CachedDenoiserStep(nn.Module):
 
 
 class VaeEncoder(nn.Module):
-    """``vae_encoder``: image in [-1, 1] -> scaled latent mean (diffusers ``AutoencoderKL``)."""
+    """``vae_encoder``: image in [-1, 1] -> the bundle latent (``autoencoders.encode_latent``: KL or Tiny)."""
 
-    def __init__(self, vae: nn.Module):
+    def __init__(self, vae: Autoencoder):
         super().__init__()
         self.vae = vae
-        self.scale = float(vae.config.scaling_factor)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(image).latent_dist.mean * self.scale
+        return encode_latent(self.vae, image)
 
 
 class VaeDecoder(nn.Module):
-    """``vae_decoder``: scaled latent -> image in [-1, 1] (clamped)."""
+    """``vae_decoder``: the bundle latent -> image in [-1, 1] (clamped) at ``size`` px (``autoencoders.decode_latent``)."""
 
-    def __init__(self, vae: nn.Module):
+    def __init__(self, vae: Autoencoder, size: int):
         super().__init__()
         self.vae = vae
-        self.scale = float(vae.config.scaling_factor)
+        self.size = size
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latent / self.scale).sample.clamp(-1.0, 1.0)
+        return decode_latent(self.vae, latent, self.size)

@@ -35,6 +35,7 @@ from mmgen_edge.runtime.manifest import (
     Manifest,
     Precision,
     Provenance,
+    AutoencoderPart,
     TensorSpec,
     VaeInfo,
     file_entry,
@@ -42,10 +43,13 @@ from mmgen_edge.runtime.manifest import (
 )
 from mmgen_edge.runtime.sampler import SamplerConfig
 
+from .autoencoders import Autoencoder, decoder_upsampling, encoder_downsampling, load_autoencoder, part_parameters
+from .distill_vae import trained_parts, weights_sha256
 from .finite import check_finite
 from .graphs import GRAPH_IO, CachedDenoiserStep, Conditioning, DenoiserStep, VaeDecoder, VaeEncoder
 from .model import MMGen, count_parameters
 from .model_dir import WEIGHTS_FILE, load_model, read_model_dir_config
+from .student_gate import StudentOptions, gate_students
 
 DEFAULT_OPSET = 17
 #: Every graph the exporter knows: the runtime's four and the self-contained ``denoiser`` (for other runtimes).
@@ -170,6 +174,49 @@ def tensor_specs(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, 
     return tuple(spec(v) for v in model.graph.input), tuple(spec(v) for v in model.graph.output)
 
 
+def export_graph(
+    module: nn.Module, args: tuple[torch.Tensor, ...], name: str, bundle: Path, precision: Precision, opset: int
+) -> GraphEntry:
+    """Trace ``module`` as graph ``name`` into ``bundle/NAME.onnx`` (precision converted) and describe it."""
+    scratch = bundle / ".trace" / name
+    scratch.mkdir(parents=True)
+    trace_to_onnx(module, args, name, scratch / f"{name}.onnx", opset)
+    path = bundle / f"{name}.onnx"
+    external = finalize_onnx(scratch / f"{name}.onnx", path, precision)
+    shutil.rmtree(bundle / ".trace")
+    inputs, outputs = tensor_specs(path)
+    return GraphEntry(file=path.name, external_data=external, inputs=inputs, outputs=outputs, precision=precision)
+
+
+def autoencoder_part(directory: Path, vae: Autoencoder, half: str) -> AutoencoderPart:
+    """What the manifest records of the diffusers directory a VAE graph (``half``: encoder / decoder) came from."""
+    return AutoencoderPart(
+        family=type(vae).__name__, source=directory.name, parameters=part_parameters(vae, half),
+        weights_sha256=weights_sha256(directory), upsampling=decoder_upsampling(vae) if half == "decoder" else None,
+    )  # fmt: skip
+
+
+def load_student(directory: Path, half: str, teacher: AutoencoderKL, downsample: int) -> Autoencoder:
+    """An ``--encoder`` / ``--decoder`` directory, checked against the teacher VAE and the model's latent grid."""
+    student = load_autoencoder(directory)
+    check_finite(student.state_dict(), f"{half} {directory}")
+    parts = trained_parts(directory)
+    if parts is not None and half not in parts:
+        raise ValueError(f"{directory} is a distill-vae student whose {half} was not trained (trained: "
+                         f"{', '.join(parts)}); distil it with {'--encoder' if half == 'encoder' else 'a decoder'}")  # fmt: skip
+    if int(student.config.latent_channels) != int(teacher.config.latent_channels):
+        raise ValueError(f"{half} {directory} has {student.config.latent_channels} latent channels, the VAE "
+                         f"{teacher.config.latent_channels}")  # fmt: skip
+    if half == "encoder" and encoder_downsampling(student) != downsample:
+        raise ValueError(f"encoder {directory} downsamples {encoder_downsampling(student)}x; the model's latents are "
+                         f"1/{downsample} of the image")  # fmt: skip
+    up = decoder_upsampling(student)
+    if half == "decoder" and (up > downsample or downsample % up):
+        raise ValueError(f"decoder {directory} upsamples {up}x; the model's latents need {downsample}x (or a "
+                         "divisor of it, resized in the graph)")  # fmt: skip
+    return student
+
+
 def vae_kind(vae_dir: Path, vae: AutoencoderKL) -> str:
     sd = tuple(vae.config.block_out_channels) == (128, 256, 512, 512) and abs(vae.config.scaling_factor - 0.18215) < 1e-6
     return "sd-vae-ft-mse" if sd else vae_dir.name
@@ -186,8 +233,16 @@ def export_bundle(
     overwrite: bool = False,
     progress: bool = False,
     graphs: Sequence[str] = DEFAULT_GRAPHS,
+    students: StudentOptions | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Manifest:
     """Export the graphs (default: the runtime's four) and write the bundle atomically; returns its manifest.
+
+    ``students`` swaps in distilled VAE halves (``StudentOptions.decoder`` / ``encoder``: diffusers
+    ``AutoencoderTiny`` or ``AutoencoderKL`` directories, e.g. from ``mmgen-edge distill-vae`` or the public TAESD)
+    for the ``vae_decoder`` / ``vae_encoder`` graphs. The bundle is then gated against the same bundle with
+    ``vae_dir``'s own halves (:func:`~.student_gate.gate_students`): unless forced, a bundle that fails is not
+    written (:class:`~mmgen_edge.calibration.vae_gate.StudentGateError`); the report goes into ``manifest.vae.gate``.
 
     Weights holding NaN or Inf (model or VAE) are refused with the tensor's name before anything is traced.
     The runtime (and ``mmgen-edge triton-repo``) needs conditioning, denoiser_cached, vae_encoder and vae_decoder;
@@ -201,17 +256,24 @@ def export_bundle(
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
     model_dir, vae_dir = Path(model_dir), Path(vae_dir)
+    students = students or StudentOptions()
     meta = read_model_dir_config(model_dir)
     if not (vae_dir / "config.json").is_file():
         raise FileNotFoundError(f"{vae_dir} is not a diffusers AutoencoderKL directory: config.json is missing")
     model = load_model(model_dir, dtype=torch.float32)
     check_finite(model.state_dict(), f"model directory {model_dir} ({WEIGHTS_FILE})")
     model.set_fused_attention(False)
-    vae = AutoencoderKL.from_pretrained(vae_dir, low_cpu_mem_usage=False).eval()
+    vae = load_autoencoder(vae_dir, expect="AutoencoderKL")
     check_finite(vae.state_dict(), f"VAE {vae_dir}")
     cfg = model.config
     if vae.config.latent_channels != cfg.latent_channels:
         raise ValueError(f"VAE has {vae.config.latent_channels} latent channels, the model expects {cfg.latent_channels}")
+    halves: dict[str, tuple[Path, Autoencoder]] = {"encoder": (vae_dir, vae), "decoder": (vae_dir, vae)}
+    for half, directory in (("encoder", students.encoder), ("decoder", students.decoder)):
+        if directory is not None:
+            if f"vae_{half}" not in graphs:
+                raise ValueError(f"a student {half} was given but the vae_{half} graph is not exported")
+            halves[half] = (Path(directory), load_student(Path(directory), half, vae, cfg.vae_downsample))
 
     examples = example_inputs(model)
     image = torch.rand(2, 3, cfg.resolution, cfg.resolution) * 2 - 1
@@ -220,27 +282,18 @@ def export_bundle(
         "denoiser": lambda: (DenoiserStep(model), examples["denoiser"]),
         "conditioning": lambda: (Conditioning(model), examples["conditioning"]),
         "denoiser_cached": lambda: (CachedDenoiserStep(model), examples["denoiser_cached"]),
-        "vae_encoder": lambda: (VaeEncoder(vae), (image,)),
-        "vae_decoder": lambda: (VaeDecoder(vae), (latent,)),
+        "vae_encoder": lambda: (VaeEncoder(halves["encoder"][1]), (image,)),
+        "vae_decoder": lambda: (VaeDecoder(halves["decoder"][1], cfg.resolution), (latent,)),
     }
     unknown = sorted(set(graphs) - set(jobs))
     if unknown or not graphs:
         raise ValueError(f"unknown graphs {unknown or list(graphs)}; choose from {list(jobs)}")
     entries: dict[str, GraphEntry] = {}
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    inputs_used = (model_dir, vae_dir, *(d for d, _ in halves.values()))
+    with atomic_directory(out, overwrite=overwrite, protect=inputs_used) as tmp:
         for name in tqdm(graphs, desc="export graphs", unit="graph", disable=not progress):
             module, args = jobs[name]()
-            scratch = tmp / ".trace" / name
-            scratch.mkdir(parents=True)
-            trace_to_onnx(module, args, name, scratch / f"{name}.onnx", opset)
-            path = tmp / f"{name}.onnx"
-            external = finalize_onnx(scratch / f"{name}.onnx", path, precision)
-            shutil.rmtree(scratch)
-            inputs, outputs = tensor_specs(path)
-            entries[name] = GraphEntry(
-                file=path.name, external_data=external, inputs=inputs, outputs=outputs, precision=precision
-            )
-        (tmp / ".trace").rmdir()
+            entries[name] = export_graph(module, args, name, tmp, precision, opset)
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
         manifest = Manifest(
             model=cfg,
@@ -255,6 +308,8 @@ def export_bundle(
                 kind=vae_kind(vae_dir, vae),
                 scaling_factor=float(vae.config.scaling_factor),
                 parameters=count_parameters(vae),
+                encoder=autoencoder_part(*halves["encoder"], "encoder") if "vae_encoder" in graphs else None,
+                decoder=autoencoder_part(*halves["decoder"], "decoder") if "vae_decoder" in graphs else None,
             ),
             sampler=sampler or SamplerConfig(),
             precision=precision,
@@ -273,4 +328,15 @@ def export_bundle(
             ),
         )
         write_manifest(tmp, manifest)
+        if manifest.vae.students:
+            reference = {f"vae_{half}": VaeEncoder(vae) if half == "encoder" else VaeDecoder(vae, cfg.resolution)
+                         for half in ("encoder", "decoder") if f"vae_{half}" in manifest.vae.students}  # fmt: skip
+            examples_of = {"vae_encoder": (image,), "vae_decoder": (latent,)}
+            teacher = {half: autoencoder_part(vae_dir, vae, half) for half in ("encoder", "decoder")}
+            manifest = gate_students(
+                tmp, manifest, {name: (module, examples_of[name]) for name, module in reference.items()}, teacher,
+                students, lambda module, args, name, bundle: export_graph(module, args, name, bundle, precision, opset),
+                progress=progress, log=log,
+            )  # fmt: skip
+            write_manifest(tmp, manifest)
     return manifest

@@ -48,6 +48,7 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "convert": Command("mmgen_edge.commands.convert", "import a release (or release-layout) training checkpoint into a model directory", "export"),
     "export": Command("mmgen_edge.commands.export", "export a model directory and a VAE into an ONNX bundle (manifest + graphs)", "export"),
+    "distill-vae": Command("mmgen_edge.commands.distill_vae", "distil a tiny VAE decoder (and encoder) from a bundle's VAE, for export --decoder", "export"),
     "calibrate": Command("mmgen_edge.calibration.cli", "INT8-quantize a bundle's denoiser (explicit Q/DQ) with an accuracy gate", "export"),
     "build": Command("mmgen_edge.commands.build", "build TensorRT engines for a bundle on this GPU (recorded in its manifest)", "tensorrt"),
     "perceive": Command("mmgen_edge.commands.perceive", "depth, normals and segmentation of images (writes PNGs, or --json)"),

@@ -71,12 +71,37 @@ class LatentInfo(BaseModel):
     downsample: int  # image pixels per latent cell
 
 
+class AutoencoderPart(BaseModel):
+    """Where a bundle's ``vae_encoder`` or ``vae_decoder`` graph came from."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    family: Literal["AutoencoderKL", "AutoencoderTiny"]  # the diffusers class
+    source: str  # the diffusers directory's name
+    parameters: int  # of this half
+    weights_sha256: str | None = None  # over the directory's weights files (``export.distill_vae.weights_sha256``)
+    upsampling: int | None = None  # decoder only: its own output's pixels per latent cell (< downsample: resized)
+
+
 class VaeInfo(BaseModel):
+    """The bundle's VAE: the ``AutoencoderKL`` whose latent space the model was trained in, and where each VAE graph
+    came from (``encoder`` / ``decoder``: that VAE's halves, or distilled ``AutoencoderTiny`` students). ``gate``
+    holds the accuracy gate's report when a graph is a student's (``mmgen-edge export --decoder``)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: str  # "sd-vae-ft-mse", "shapes-demo", ... (the diffusers directory's name when unknown)
     scaling_factor: float
     parameters: int
+    encoder: AutoencoderPart | None = None  # None in bundles written before students existed: the VAE's own
+    decoder: AutoencoderPart | None = None
+    gate: dict[str, object] | None = None
+
+    @property
+    def students(self) -> tuple[str, ...]:
+        """The VAE graphs that come from a student (``"vae_encoder"``, ``"vae_decoder"``), in that order."""
+        parts = (("vae_encoder", self.encoder), ("vae_decoder", self.decoder))
+        return tuple(graph for graph, part in parts if part is not None and part.family == "AutoencoderTiny")
 
 
 class DimRange(BaseModel):

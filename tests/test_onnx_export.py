@@ -110,7 +110,7 @@ def test_vae_graphs_match_pytorch(tiny_bundle, tiny_vae_dir):
         lat = torch.randn(3, 4, 4, 4)  # three maps decoded in one call
         (decoded,) = run(session(tiny_bundle, "vae_decoder"), latent=lat)
         assert decoded.shape == (3, 3, 32, 32)
-        assert max_errors(decoded, VaeDecoder(vae)(lat))[0] < 1e-4
+        assert max_errors(decoded, VaeDecoder(vae, 32)(lat))[0] < 1e-4
     np.testing.assert_allclose(ref_latent.numpy(), vae.encode(image).latent_dist.mean.detach().numpy() * 0.5, rtol=1e-5)
 
 

@@ -1,0 +1,107 @@
+"""The two autoencoder families a bundle can carry, behind one latent convention (the bundle's latent space).
+
+    vae = load_autoencoder("models/taesd")                  # diffusers AutoencoderKL or AutoencoderTiny directory
+    z = encode_latent(vae, image)                           # image (N,3,H,W) in [-1,1] -> bundle latent (N,4,h,w)
+    x = decode_latent(vae, z, size=256)                     # bundle latent -> image (N,3,size,size) in [-1,1]
+
+The bundle's latent is the teacher ``AutoencoderKL``'s scaled posterior mean (``latent = mean * scaling_factor``,
+0.18215 for the SD VAE). diffusers' convention for both families is ``pipeline latent = (raw - shift_factor) *
+scaling_factor``; an ``AutoencoderTiny`` (TAESD) has ``scaling_factor`` 1.0 because its raw latents *are* the SD
+VAE's scaled latents, and it works in [0, 1] inside while its ``encode`` / ``decode`` take and give [-1, 1]. Both
+differences are handled here, so the exported graphs have the same inputs and outputs whatever the family, and no
+caller scales anything. A student decoder that decodes below the model resolution (fewer upsampling stages) is
+resized to it (bilinear) inside the graph: the smooth perception maps lose little, the decoder saves its
+full-resolution convolutions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, AutoencoderTiny
+
+Autoencoder = Union[AutoencoderKL, AutoencoderTiny]
+#: The diffusers classes a bundle's VAE graphs can come from, by their ``config.json`` ``_class_name``.
+AUTOENCODER_CLASSES: dict[str, type] = {"AutoencoderKL": AutoencoderKL, "AutoencoderTiny": AutoencoderTiny}
+
+
+def autoencoder_class_name(directory: str | os.PathLike[str]) -> str:
+    """The ``_class_name`` of a diffusers directory, checked to be one of :data:`AUTOENCODER_CLASSES`."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a diffusers autoencoder directory: config.json is missing")
+    try:
+        name = json.loads(path.read_text()).get("_class_name")
+    except (ValueError, AttributeError):
+        raise ValueError(f"{path} is not a diffusers config (not a JSON object with _class_name)") from None
+    if name not in AUTOENCODER_CLASSES:
+        raise ValueError(f"{directory} holds a {name!r}; a bundle's VAE graphs take one of {sorted(AUTOENCODER_CLASSES)}")
+    return name
+
+
+def load_autoencoder(directory: str | os.PathLike[str], expect: str | None = None) -> Autoencoder:
+    """Load a diffusers ``AutoencoderKL`` or ``AutoencoderTiny`` directory (fp32, eval mode).
+
+    Args:
+        directory: the diffusers directory (``config.json`` + weights).
+        expect: when given, the class it must be (e.g. the teacher must be an ``AutoencoderKL``).
+    """
+    name = autoencoder_class_name(directory)
+    if expect is not None and name != expect:
+        raise ValueError(f"{directory} holds a {name}, expected a {expect}")
+    return AUTOENCODER_CLASSES[name].from_pretrained(directory, low_cpu_mem_usage=False).float().eval()
+
+
+def _scale_shift(vae: Autoencoder) -> tuple[float, float]:
+    return float(vae.config.scaling_factor), float(getattr(vae.config, "shift_factor", None) or 0.0)
+
+
+def encode_latent(vae: Autoencoder, image: torch.Tensor) -> torch.Tensor:
+    """Image (N, 3, H, W) in [-1, 1] -> the bundle latent (N, C, H/f, W/f): posterior mean for ``AutoencoderKL``."""
+    scale, shift = _scale_shift(vae)
+    if isinstance(vae, AutoencoderTiny):
+        raw = vae.encode(image).latents
+    else:
+        raw = vae.encode(image).latent_dist.mean
+    return (raw - shift) * scale
+
+
+def decode_latent(vae: Autoencoder, latent: torch.Tensor, size: int | None = None) -> torch.Tensor:
+    """Bundle latent (N, C, h, w) -> image (N, 3, size, size) in [-1, 1], clamped.
+
+    ``size``: the image side the bundle expects; a decoder whose output is smaller is resized to it (bilinear).
+    """
+    scale, shift = _scale_shift(vae)
+    image = vae.decode(latent / scale + shift).sample
+    if size is not None and tuple(image.shape[-2:]) != (size, size):
+        image = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
+    return image.clamp(-1.0, 1.0)
+
+
+def decoder_upsampling(vae: Autoencoder) -> int:
+    """Image pixels per latent cell of the decoder's own output (before any resize)."""
+    if isinstance(vae, AutoencoderTiny):
+        stages = len(vae.config.num_decoder_blocks) - 1
+        return int(vae.config.upsampling_scaling_factor) ** stages
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def encoder_downsampling(vae: Autoencoder) -> int:
+    """Image pixels per latent cell of the encoder."""
+    if isinstance(vae, AutoencoderTiny):
+        return 2 ** (len(vae.config.num_encoder_blocks) - 1)
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def part_parameters(vae: Autoencoder, part: str) -> int:
+    """Parameters of the ``encoder`` or ``decoder`` half (with its quant / post-quant conv for ``AutoencoderKL``)."""
+    modules = [getattr(vae, part)]
+    extra = {"encoder": "quant_conv", "decoder": "post_quant_conv"}[part]
+    if getattr(vae, extra, None) is not None:
+        modules.append(getattr(vae, extra))
+    return sum(p.numel() for m in modules for p in m.parameters())

@@ -1,0 +1,426 @@
+"""Distil a small diffusers ``AutoencoderTiny`` (its decoder, optionally its encoder) from a teacher ``AutoencoderKL``.
+
+    report = distill_vae("samples/shapes/weights/vae", "demo:3000", "out/tiny-vae", work="out/distill-vae")
+
+What the student learns, in the bundle's latent space (``autoencoders``: the teacher's scaled posterior mean):
+- decoder: latent z -> the teacher's decoded image D(z), not the ground truth, since the accuracy gate compares the
+  student's bundle with the teacher's; the output is resized to the teacher's resolution when the student decodes
+  below it (``StudentShape.upsampling_stages``), exactly as the exported graph does;
+- encoder (``train_encoder``): image -> the teacher's latent mean.
+The student is saved with ``scaling_factor`` 1.0 and ``shift_factor`` 0: its raw latents *are* bundle latents, the
+convention of the public TAESD weights on SD-VAE latents, so both plug into ``mmgen-edge export --decoder`` alike.
+
+Data (``data``): ``demo:N`` renders N shapes scenes (seeds from :data:`DISTILL_SEED`, disjoint from training,
+calibration and the held-out evaluation) and uses all four modality images of each, rgb, depth, normal and mask:
+perception maps are not photographs, and they are what the decoder decodes in ``perceive``. A folder or a video
+gives its frames (RGB). Latents: the posterior mean for half of the images and a posterior sample for the other
+half, which covers some of the off-manifold latents a transformer predicts.
+
+Stages, cached in ``work`` so an interrupted run resumes where it stopped (rerun the same call):
+``dataset-KEY.npz`` (images, latents, teacher decodes; KEY hashes the teacher's weights and the data settings),
+``checkpoint.pt`` (student, optimiser, step, generator; every ``save_every`` steps, atomically), then ``out``
+(a diffusers directory, written atomically, with ``distill.json``: settings, loss curve and the held-out error of
+the student against the teacher per modality).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, AutoencoderTiny
+from tqdm.auto import tqdm
+
+from mmgen_edge.runtime.fileio import atomic_directory, atomic_file, sha256_file, write_text_atomic
+
+from .autoencoders import decode_latent, decoder_upsampling, encode_latent, encoder_downsampling, load_autoencoder
+
+#: First seed of the scenes ``demo:N`` renders for distillation (training 0..39 999, held-out 1 000 000+,
+#: calibration 2 000 000+).
+DISTILL_SEED = 3_000_000
+#: What a finished student records about itself, beside its diffusers files.
+REPORT_FILE = "distill.json"
+#: Fraction of the images held out to score the student against the teacher.
+HOLDOUT_FRACTION = 0.05
+#: Images encoded / decoded by the teacher per call while building the dataset.
+TEACHER_BATCH = 32
+
+
+@dataclass(frozen=True)
+class StudentShape:
+    """An ``AutoencoderTiny`` layout: channels (the same in every stage) and blocks per stage.
+
+    ``decoder_blocks`` has one entry per decoder stage; each stage but the last doubles the resolution, so three
+    stages decode at 1/2 of an f8 teacher's resolution (resized in the graph) and four at full resolution.
+    """
+
+    channels: int = 64
+    decoder_blocks: tuple[int, ...] = (3, 3, 3, 1)
+    encoder_channels: int = 64
+    encoder_blocks: tuple[int, ...] = (1, 3, 3, 3)
+
+    def __post_init__(self) -> None:
+        for name in ("channels", "encoder_channels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 512:
+                raise ValueError(f"student {name} must be an integer in 1..512, got {value!r}")
+        for name in ("decoder_blocks", "encoder_blocks"):
+            blocks = getattr(self, name)
+            if not 1 <= len(blocks) <= 6 or any(not isinstance(b, int) or not 0 <= b <= 8 for b in blocks):
+                raise ValueError(f"student {name} must be 1..6 stages of 0..8 blocks each, got {blocks!r}")
+
+    @property
+    def upsampling_stages(self) -> int:
+        return len(self.decoder_blocks) - 1
+
+    def new(self, latent_channels: int) -> AutoencoderTiny:
+        return AutoencoderTiny(
+            latent_channels=latent_channels,
+            decoder_block_out_channels=(self.channels,) * len(self.decoder_blocks),
+            num_decoder_blocks=self.decoder_blocks,
+            encoder_block_out_channels=(self.encoder_channels,) * len(self.encoder_blocks),
+            num_encoder_blocks=self.encoder_blocks,
+            scaling_factor=1.0,
+            shift_factor=0.0,
+        )
+
+
+#: Named layouts: ``taesd`` is the public TAESD's (diffusers' defaults, 1.2 M parameters per half: its weights plug
+#: in for SD-VAE latents); ``demo`` is shaped for the demo's 1 M-parameter VAE (16 channels at full resolution);
+#: ``demo-half`` decodes at half resolution and is resized in the graph (faster, softer edges).
+STUDENT_SHAPES: dict[str, StudentShape] = {
+    "taesd": StudentShape(),
+    "demo": StudentShape(channels=16, decoder_blocks=(3, 3, 3, 1), encoder_channels=16, encoder_blocks=(1, 3, 3, 3)),
+    "demo-half": StudentShape(channels=16, decoder_blocks=(3, 3, 3), encoder_channels=16, encoder_blocks=(1, 3, 3, 3)),
+}
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """Everything that shapes a distillation run (recorded in ``distill.json``; a resumed run must match it)."""
+
+    data: str
+    images: int = 4000  # at most this many images (a demo scene gives four)
+    steps: int = 3000
+    batch: int = 16
+    learning_rate: float = 2e-3
+    warmup: int = 100
+    train_encoder: bool = False
+    shape: StudentShape = StudentShape()
+    seed: int = 0
+    save_every: int = 250
+
+    def __post_init__(self) -> None:
+        for name in ("images", "steps", "batch", "save_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not (math.isfinite(self.learning_rate) and 0 < self.learning_rate <= 1):
+            raise ValueError(f"learning_rate must be in (0, 1], got {self.learning_rate!r}")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"warmup must be an integer >= 0, got {self.warmup!r}")
+
+    def learning_rate_at(self, step: int) -> float:
+        """Linear warm-up, then cosine decay to 0 at ``steps``."""
+        if step < self.warmup:
+            return self.learning_rate * (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.steps - self.warmup)
+        return self.learning_rate * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class DistillDataset:
+    """Teacher-labelled training data, all at the teacher's resolution."""
+
+    images: np.ndarray  # (M, H, W, 3) uint8: what the encoder sees
+    kinds: np.ndarray  # (M,) int: the modality index of each image (0 = rgb for plain frames)
+    latents: np.ndarray  # (M, C, h, w) float32: the decoder's inputs (posterior mean or sample)
+    means: np.ndarray  # (M, C, h, w) float32: the encoder's targets (posterior mean)
+    decoded: np.ndarray  # (M, H, W, 3) uint8: the teacher's decode of ``latents``, the decoder's targets
+
+
+def distillation_images(data: str, limit: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(images (M, size, size, 3) uint8, modality index (M,)) from ``demo:N``, a folder or a video."""
+    from mmgen_edge.calibration.sources import DEMO_PREFIX, iter_calibration_images, parse_demo_spec
+    from mmgen_edge.sdk.images import to_model_size
+
+    images, kinds = [], []
+    if str(data).strip().startswith(DEMO_PREFIX):
+        from mmgen_edge.samples.shapes.encoding import modality_stack
+        from mmgen_edge.samples.shapes.scenes import render_scene
+
+        scenes = min(parse_demo_spec(str(data).strip()), max(1, limit // 4))
+        for i in range(scenes):
+            stack = modality_stack(render_scene(DISTILL_SEED + i, size), np.random.default_rng(DISTILL_SEED + i))
+            images += list(stack)
+            kinds += list(range(len(stack)))
+    else:
+        for rgb in iter_calibration_images(data, limit):
+            images.append(to_model_size(rgb, size))
+            kinds.append(0)
+    if len(images) < 2:
+        raise ValueError(f"distillation data {data!r} gave {len(images)} image(s); at least 2 are needed")
+    return np.stack(images), np.asarray(kinds, dtype=np.int64)
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+@torch.no_grad()
+def label_with_teacher(teacher: AutoencoderKL, images: np.ndarray, kinds: np.ndarray, seed: int,
+                       progress: bool = False) -> DistillDataset:  # fmt: skip
+    """Encode every image with the teacher and decode its latent (mean or, for every other image, a sample)."""
+    g = torch.Generator().manual_seed(seed)
+    scale = float(teacher.config.scaling_factor)
+    size = images.shape[1]
+    latents, means, decoded = [], [], []
+    for i in tqdm(range(0, len(images), TEACHER_BATCH), desc="teacher labels", unit="batch", disable=not progress):
+        dist = teacher.encode(_to_tensor(images[i : i + TEACHER_BATCH])).latent_dist
+        noise = torch.randn(dist.mean.shape, generator=g)
+        sampled = (torch.arange(i, i + len(noise)) % 2 == 1).float().view(-1, 1, 1, 1)
+        z = (dist.mean + sampled * dist.std * noise) * scale
+        latents.append(z.numpy())
+        means.append((dist.mean * scale).numpy())
+        decoded.append(_to_uint8(decode_latent(teacher, z, size)))
+    return DistillDataset(images, kinds, np.concatenate(latents), np.concatenate(means), np.concatenate(decoded))
+
+
+def weights_sha256(directory: Path) -> str:
+    """SHA-256 over the SHA-256 of each weights file of a diffusers directory (one file: a hash of its hash)."""
+    files = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
+    if not files:
+        raise FileNotFoundError(f"{directory} has no weights (*.safetensors or *.bin)")
+    return hashlib.sha256("".join(sha256_file(path) for path in files).encode()).hexdigest()
+
+
+def _dataset_key(teacher_dir: Path, settings: DistillSettings) -> str:
+    spec = json.dumps({"teacher": weights_sha256(teacher_dir), "data": settings.data, "images": settings.images,
+                       "seed": settings.seed})  # fmt: skip
+    return hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+
+def build_dataset(teacher: AutoencoderKL, teacher_dir: Path, settings: DistillSettings, work: Path,
+                  progress: bool = False) -> DistillDataset:  # fmt: skip
+    """The teacher-labelled dataset, from ``work`` when a run with the same teacher and data made it."""
+    path = work / f"dataset-{_dataset_key(teacher_dir, settings)}.npz"
+    if path.is_file():
+        with np.load(path) as f:
+            return DistillDataset(**{k: f[k] for k in ("images", "kinds", "latents", "means", "decoded")})
+    size = int(teacher.config.sample_size) if isinstance(teacher.config.sample_size, int) else 256
+    images, kinds = distillation_images(settings.data, settings.images, size)
+    dataset = label_with_teacher(teacher, images, kinds, settings.seed, progress)
+    with atomic_file(path) as tmp:
+        np.savez(tmp, **dataclasses.asdict(dataset))
+    return dataset
+
+
+def split(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training indices, held-out indices): a fixed random :data:`HOLDOUT_FRACTION` is held out (at least 1)."""
+    order = np.random.default_rng(seed).permutation(count)
+    held = max(1, int(round(count * HOLDOUT_FRACTION)))
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
+def distill_loss(student: AutoencoderTiny, batch: dict[str, torch.Tensor], size: int, train_encoder: bool) -> torch.Tensor:
+    """L1 + MSE of the student's decode against the teacher's (and the latent MSE of its encoder, when trained)."""
+    out = decode_latent(student, batch["latents"], size)
+    loss = F.l1_loss(out, batch["decoded"]) + F.mse_loss(out, batch["decoded"])
+    if train_encoder:
+        loss = loss + F.mse_loss(encode_latent(student, batch["images"]), batch["means"])
+    return loss
+
+
+def _batch(dataset: DistillDataset, index: np.ndarray) -> dict[str, torch.Tensor]:
+    return {
+        "images": _to_tensor(dataset.images[index]),
+        "latents": torch.from_numpy(dataset.latents[index]),
+        "means": torch.from_numpy(dataset.means[index]),
+        "decoded": _to_tensor(dataset.decoded[index]),
+    }
+
+
+@torch.no_grad()
+def held_out_error(student: AutoencoderTiny, dataset: DistillDataset, index: np.ndarray, size: int,
+                   names: Sequence[str]) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Per modality: PSNR (dB) and mean absolute error (of 255) of the student's decode vs the teacher's, and the
+    encoder's latent RMS error relative to the latent RMS."""
+    student.eval()
+    rows: dict[str, dict[str, float]] = {}
+    for kind in np.unique(dataset.kinds[index]):
+        chosen = index[dataset.kinds[index] == kind]
+        batch = _batch(dataset, chosen)
+        out = _to_uint8(decode_latent(student, batch["latents"], size)).astype(np.float64)
+        err = out - dataset.decoded[chosen]
+        mse = float(np.mean(err**2))
+        latent = encode_latent(student, batch["images"])
+        rel = float(torch.sqrt(F.mse_loss(latent, batch["means"])) / batch["means"].pow(2).mean().sqrt().clamp_min(1e-12))
+        name = names[int(kind)] if int(kind) < len(names) else str(int(kind))
+        rows[name] = {"images": float(len(chosen)), "psnr_db": 10 * math.log10(255**2 / max(mse, 1e-12)),
+                      "mean_abs": float(np.mean(np.abs(err))), "encoder_latent_rel_rms": rel}  # fmt: skip
+    return rows
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    with atomic_file(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def check_student_shape(shape: StudentShape, teacher: AutoencoderKL, train_encoder: bool) -> None:
+    """The student must decode the teacher's latents at the teacher's resolution or below it by a power of 2, and
+    its encoder (when trained) must downsample exactly like the teacher's."""
+    teacher_down = encoder_downsampling(teacher)
+    up = 2**shape.upsampling_stages
+    if up > teacher_down or teacher_down % up:
+        raise ValueError(f"the student decoder upsamples {up}x but the teacher's latents are 1/{teacher_down} of the "
+                         f"image: use at most {int(math.log2(teacher_down)) + 1} decoder stages")  # fmt: skip
+    if train_encoder and 2 ** (len(shape.encoder_blocks) - 1) != teacher_down:
+        raise ValueError(f"the student encoder downsamples {2 ** (len(shape.encoder_blocks) - 1)}x, the teacher "
+                         f"{teacher_down}x: use {int(math.log2(teacher_down)) + 1} encoder stages")  # fmt: skip
+
+
+def distill_vae(
+    teacher_dir: str | os.PathLike[str],
+    settings: DistillSettings,
+    out: str | os.PathLike[str],
+    work: str | os.PathLike[str],
+    init: str | os.PathLike[str] | None = None,
+    minutes: float | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any] | None:
+    """Train (or resume) a student in ``work`` and write it to ``out``; returns the report, or None when ``minutes``
+    ran out first (the checkpoint is saved: call again to resume).
+
+    Args:
+        teacher_dir: a diffusers ``AutoencoderKL`` directory (the bundle's VAE, e.g. sd-vae-ft-mse or the demo's).
+        settings: data, length, student layout (:class:`DistillSettings`); a resumed run must use the same.
+        out: the diffusers ``AutoencoderTiny`` directory to write (atomically; ``overwrite`` replaces only a
+            directory mmgen-edge wrote).
+        work: cache and checkpoint directory.
+        init: an ``AutoencoderTiny`` directory to start from (e.g. the public TAESD weights) instead of a new student.
+        minutes: stop (saving the checkpoint) after this much training time.
+    """
+    from mmgen_edge.runtime.fileio import check_output_directory
+
+    say = log or (lambda message: None)
+    teacher_dir, out, work = Path(teacher_dir), Path(out), Path(work)
+    check_output_directory(out, overwrite, protect=(teacher_dir, work))
+    teacher = load_autoencoder(teacher_dir, expect="AutoencoderKL")
+    torch.manual_seed(settings.seed)
+    if init is not None:
+        student = load_autoencoder(init, expect="AutoencoderTiny")
+        if int(student.config.latent_channels) != int(teacher.config.latent_channels):
+            raise ValueError(f"{init} has {student.config.latent_channels} latent channels, the teacher "
+                             f"{teacher.config.latent_channels}")  # fmt: skip
+        shape = StudentShape(int(student.config.decoder_block_out_channels[0]), tuple(student.config.num_decoder_blocks),
+                             int(student.config.encoder_block_out_channels[0]), tuple(student.config.num_encoder_blocks))  # fmt: skip
+        settings = dataclasses.replace(settings, shape=shape)
+    else:
+        student = settings.shape.new(int(teacher.config.latent_channels))
+    check_student_shape(settings.shape, teacher, settings.train_encoder)
+    work.mkdir(parents=True, exist_ok=True)
+    say(f"labelling up to {settings.images} images of {settings.data} with the teacher {teacher_dir}")
+    dataset = build_dataset(teacher, teacher_dir, settings, work, progress)
+    size = dataset.images.shape[1]
+    train_index, held_index = split(len(dataset.images), settings.seed)
+    parts = [student.decoder, *([student.encoder] if settings.train_encoder else [])]
+    params = [p for part in parts for p in part.parameters()]
+    opt = torch.optim.Adam(params, lr=settings.learning_rate)
+    g = np.random.default_rng(settings.seed)
+    step, curve = 0, []
+    path = work / "checkpoint.pt"
+    if path.is_file():
+        state = torch.load(path, map_location="cpu", weights_only=False)  # our own file, written below
+        if state["settings"] != settings.to_dict():
+            raise ValueError(f"{path} was written with other settings ({state['settings']}); use another --work or "
+                             "the same options")  # fmt: skip
+        student.load_state_dict(state["student"])
+        opt.load_state_dict(state["opt"])
+        step, curve = int(state["step"]), list(state["curve"])
+        g.bit_generator.state = state["rng"]
+        say(f"resuming {path} at step {step}")
+
+    def save() -> None:
+        _atomic_save({"student": student.state_dict(), "opt": opt.state_dict(), "step": step, "curve": curve,
+                      "rng": g.bit_generator.state, "settings": settings.to_dict()}, path)  # fmt: skip
+
+    deadline = time.monotonic() + 60 * minutes if minutes else math.inf
+    student.train()
+    bar = tqdm(total=settings.steps, initial=step, desc="distill VAE", unit="step", disable=not progress)
+    running = None
+    while step < settings.steps and time.monotonic() < deadline:
+        for group in opt.param_groups:
+            group["lr"] = settings.learning_rate_at(step)
+        batch = _batch(dataset, g.choice(train_index, size=min(settings.batch, len(train_index)), replace=False))
+        loss = distill_loss(student, batch, size, settings.train_encoder)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"distillation loss became {loss.item()} at step {step}; lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}")
+        if step % settings.save_every == 0 or step == settings.steps:
+            curve.append({"step": step, "loss": running})
+            save()
+    bar.close()
+    save()
+    if step < settings.steps:
+        say(f"stopped at step {step} of {settings.steps} (time limit); run again to resume")
+        return None
+    names = _modality_names(settings.data)
+    report = {
+        "teacher": teacher_dir.name,
+        "teacher_weights_sha256": weights_sha256(teacher_dir),
+        "trained": ["decoder", *(["encoder"] if settings.train_encoder else [])],
+        "settings": settings.to_dict(),
+        "images": {"train": int(len(train_index)), "held_out": int(len(held_index))},
+        "decoder_upsampling": decoder_upsampling(student),
+        "held_out": held_out_error(student, dataset, held_index, size, names),
+        "curve": curve,
+        "parameters": {"decoder": sum(p.numel() for p in student.decoder.parameters()),
+                       "encoder": sum(p.numel() for p in student.encoder.parameters())},  # fmt: skip
+    }
+    with atomic_directory(out, overwrite=overwrite, protect=(teacher_dir, work)) as tmp:
+        student.save_pretrained(tmp, safe_serialization=True)
+        write_text_atomic(tmp / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _modality_names(data: str) -> tuple[str, ...]:
+    from mmgen_edge import MODALITIES
+
+    return tuple(MODALITIES) if str(data).strip().startswith("demo:") else ("rgb",)
+
+
+def trained_parts(directory: str | os.PathLike[str]) -> tuple[str, ...] | None:
+    """The halves a ``distill-vae`` student trained (from its ``distill.json``); None for any other directory."""
+    path = Path(directory) / REPORT_FILE
+    if not path.is_file():
+        return None
+    try:
+        return tuple(json.loads(path.read_text())["trained"])
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{path} is not a distill-vae report (no 'trained' list)") from None
