@@ -347,7 +347,7 @@ def distill_vae(
     params = [p for part in parts for p in part.parameters()]
     opt = torch.optim.Adam(params, lr=settings.learning_rate)
     g = np.random.default_rng(settings.seed)
-    step, curve = 0, []
+    step, curve, running = 0, [], None
     path = work / "checkpoint.pt"
     if path.is_file():
         state = torch.load(path, map_location="cpu", weights_only=False)  # our own file, written below
@@ -356,18 +356,17 @@ def distill_vae(
                              "the same options")  # fmt: skip
         student.load_state_dict(state["student"])
         opt.load_state_dict(state["opt"])
-        step, curve = int(state["step"]), list(state["curve"])
+        step, curve, running = int(state["step"]), list(state["curve"]), state.get("running_loss")
         g.bit_generator.state = state["rng"]
         say(f"resuming {path} at step {step}")
 
     def save() -> None:
         _atomic_save({"student": student.state_dict(), "opt": opt.state_dict(), "step": step, "curve": curve,
-                      "rng": g.bit_generator.state, "settings": settings.to_dict()}, path)  # fmt: skip
+                      "rng": g.bit_generator.state, "settings": settings.to_dict(), "running_loss": running}, path)  # fmt: skip
 
     deadline = time.monotonic() + 60 * minutes if minutes else math.inf
     student.train()
     bar = tqdm(total=settings.steps, initial=step, desc="distill VAE", unit="step", disable=not progress)
-    running = None
     while step < settings.steps and time.monotonic() < deadline:
         for group in opt.param_groups:
             group["lr"] = settings.learning_rate_at(step)

@@ -308,6 +308,7 @@ def export_bundle(
                 kind=vae_kind(vae_dir, vae),
                 scaling_factor=float(vae.config.scaling_factor),
                 parameters=count_parameters(vae),
+                weights_sha256=weights_sha256(vae_dir),
                 encoder=autoencoder_part(*halves["encoder"], "encoder") if "vae_encoder" in graphs else None,
                 decoder=autoencoder_part(*halves["decoder"], "decoder") if "vae_decoder" in graphs else None,
             ),

@@ -93,15 +93,17 @@ class VaeInfo(BaseModel):
     kind: str  # "sd-vae-ft-mse", "shapes-demo", ... (the diffusers directory's name when unknown)
     scaling_factor: float
     parameters: int
+    weights_sha256: str | None = None  # of this VAE's weights (``export.distill_vae.weights_sha256``)
     encoder: AutoencoderPart | None = None  # None in bundles written before students existed: the VAE's own
     decoder: AutoencoderPart | None = None
     gate: dict[str, object] | None = None
 
     @property
     def students(self) -> tuple[str, ...]:
-        """The VAE graphs that come from a student (``"vae_encoder"``, ``"vae_decoder"``), in that order."""
+        """The VAE graphs that do not come from this VAE's own weights (``"vae_encoder"``, ``"vae_decoder"``)."""
         parts = (("vae_encoder", self.encoder), ("vae_decoder", self.decoder))
-        return tuple(graph for graph, part in parts if part is not None and part.family == "AutoencoderTiny")
+        return tuple(graph for graph, part in parts if part is not None and (
+            part.family != "AutoencoderKL" or part.weights_sha256 != self.weights_sha256))  # fmt: skip
 
 
 class DimRange(BaseModel):
