@@ -15,7 +15,6 @@ The report also times both bundles frame by frame (interleaved, same process), p
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -30,7 +29,6 @@ from .measures import EVAL_SEED, perception_metrics
 DEFAULT_GATE_FRAMES = 32
 #: Interleaved frames timed per bundle for the report's speed section.
 DEFAULT_SPEED_FRAMES = 10
-STAGES = ("encode", "steps", "decode")
 
 
 class StudentGateError(RuntimeError):
@@ -79,25 +77,15 @@ def stage_speed(
     reference: Path, candidate: Path, image: np.ndarray, steps: int, frames: int = DEFAULT_SPEED_FRAMES,
     threads: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Median milliseconds per stage and per frame of both bundles, one frame at a time, interleaved."""
+    """Median milliseconds per stage and per frame of both bundles on ORT CPU, one frame at a time, interleaved
+    (``samples.shapes.evaluate.compare_stage_times``)."""
     import mmgen_edge
+    from mmgen_edge.samples.shapes.evaluate import compare_stage_times
 
-    times: dict[str, dict[str, list[float]]] = {"reference": {}, "candidate": {}}
     with mmgen_edge.load(reference, backend="ort-cpu", threads=threads, verify="size") as ref, \
             mmgen_edge.load(candidate, backend="ort-cpu", threads=threads, verify="size") as cand:  # fmt: skip
-        models = {"reference": ref, "candidate": cand}
-        for run in range(frames + 2):  # two warm-up frames each
-            for name, model in models.items():
-                timings = model.perceive(image, steps=steps, seed=EVAL_SEED).timings
-                if run >= 2:
-                    for stage in STAGES:
-                        times[name].setdefault(stage, []).append(timings[stage])
-                    times[name].setdefault("frame", []).append(sum(timings[s] for s in STAGES))
-    out: dict[str, Any] = {"frames": frames, "steps": steps, "threads": threads or 0}
-    for name, stages in times.items():
-        out[name] = {stage: 1000 * statistics.median(values) for stage, values in stages.items()}
-    out["speedup"] = {stage: out["reference"][stage] / max(out["candidate"][stage], 1e-9) for stage in (*STAGES, "frame")}
-    return out
+        times = compare_stage_times({"reference": ref, "candidate": cand}, image, steps, frames)
+    return {**times, "threads": threads or 0, "speedup": times["speedup"]["candidate"]}
 
 
 def gate_student_bundle(

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderTiny
 from tqdm.auto import tqdm
 
-from mmgen_edge.runtime.fileio import atomic_directory, atomic_file, sha256_file, write_text_atomic
+from mmgen_edge.runtime.fileio import atomic_directory, atomic_file, weights_sha256, write_text_atomic
 
 from .autoencoders import decode_latent, decoder_upsampling, encode_latent, encoder_downsampling, load_autoencoder
 
@@ -202,14 +202,6 @@ def label_with_teacher(teacher: AutoencoderKL, images: np.ndarray, kinds: np.nda
         means.append((dist.mean * scale).numpy())
         decoded.append(_to_uint8(decode_latent(teacher, z, size)))
     return DistillDataset(images, kinds, np.concatenate(latents), np.concatenate(means), np.concatenate(decoded))
-
-
-def weights_sha256(directory: Path) -> str:
-    """SHA-256 over the SHA-256 of each weights file of a diffusers directory (one file: a hash of its hash)."""
-    files = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
-    if not files:
-        raise FileNotFoundError(f"{directory} has no weights (*.safetensors or *.bin)")
-    return hashlib.sha256("".join(sha256_file(path) for path in files).encode()).hexdigest()
 
 
 def _dataset_key(teacher_dir: Path, settings: DistillSettings) -> str:

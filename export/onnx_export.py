@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mmgen_edge.runtime.backend import RUNTIME_GRAPHS
-from mmgen_edge.runtime.fileio import atomic_directory, sha256_file
+from mmgen_edge.runtime.fileio import atomic_directory, sha256_file, weights_sha256
 from mmgen_edge.runtime.manifest import (
     BATCH_DIM,
     DECODE_DIM,
@@ -44,7 +44,7 @@ from mmgen_edge.runtime.manifest import (
 from mmgen_edge.runtime.sampler import SamplerConfig
 
 from .autoencoders import Autoencoder, decoder_upsampling, encoder_downsampling, load_autoencoder, part_parameters
-from .distill_vae import trained_parts, weights_sha256
+from .distill_vae import trained_parts
 from .finite import check_finite
 from .graphs import GRAPH_IO, CachedDenoiserStep, Conditioning, DenoiserStep, VaeDecoder, VaeEncoder
 from .model import MMGen, count_parameters

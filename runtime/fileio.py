@@ -29,6 +29,15 @@ def sha256_file(path: str | os.PathLike[str], progress: bool = False) -> str:
     return digest.hexdigest()
 
 
+def weights_sha256(directory: str | os.PathLike[str]) -> str:
+    """SHA-256 over the SHA-256 of each weights file (``*.safetensors``, else ``*.bin``) of a diffusers directory."""
+    directory = Path(directory)
+    files = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
+    if not files:
+        raise FileNotFoundError(f"{directory} has no weights (*.safetensors or *.bin)")
+    return hashlib.sha256("".join(sha256_file(path) for path in files).encode()).hexdigest()
+
+
 def readable_like_folder(path: Path, folder: Path) -> None:
     """Give ``path`` at least the read/write bits its ``folder`` grants (a 0755 folder: 0644), never fewer than it has.
 

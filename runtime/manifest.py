@@ -79,7 +79,7 @@ class AutoencoderPart(BaseModel):
     family: Literal["AutoencoderKL", "AutoencoderTiny"]  # the diffusers class
     source: str  # the diffusers directory's name
     parameters: int  # of this half
-    weights_sha256: str | None = None  # over the directory's weights files (``export.distill_vae.weights_sha256``)
+    weights_sha256: str | None = None  # over the directory's weights files (``runtime.fileio.weights_sha256``)
     upsampling: int | None = None  # decoder only: its own output's pixels per latent cell (< downsample: resized)
 
 
@@ -93,7 +93,7 @@ class VaeInfo(BaseModel):
     kind: str  # "sd-vae-ft-mse", "shapes-demo", ... (the diffusers directory's name when unknown)
     scaling_factor: float
     parameters: int
-    weights_sha256: str | None = None  # of this VAE's weights (``export.distill_vae.weights_sha256``)
+    weights_sha256: str | None = None  # of this VAE's weights (``runtime.fileio.weights_sha256``)
     encoder: AutoencoderPart | None = None  # None in bundles written before students existed: the VAE's own
     decoder: AutoencoderPart | None = None
     gate: dict[str, object] | None = None

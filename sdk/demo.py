@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from mmgen_edge.runtime.fileio import sha256_file, write_text_atomic
+from mmgen_edge.runtime.fileio import sha256_file, weights_sha256, write_text_atomic
 from mmgen_edge.runtime.manifest import read_manifest
 from mmgen_edge.runtime.sampler import check_steps
 
@@ -30,6 +31,10 @@ from .api import MMGenModel, default_bundle, load
 from .images import write_image
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "samples" / "shapes" / "weights"
+#: The demo's distilled decoder (``mmgen-edge distill-vae``, diffusers ``AutoencoderTiny``).
+TINY_DECODER_DIR = WEIGHTS_DIR / "vae-tiny"
+#: Frames timed per decoder when the demo compares them.
+DECODER_SPEED_FRAMES = 10
 DEMO_SCENES = 8
 PHOTO = "grace_hopper.jpg"  # in matplotlib's bundled sample data
 PHOTO_CAPTION = ("out of domain: the demo model only knows the shapes world; "
@@ -49,16 +54,51 @@ def ensure_demo_bundle(bundle: Path | None = None, progress: bool = True) -> Pat
     if (bundle / "manifest.json").is_file():
         if read_manifest(bundle, verify="none").provenance.model_weights_sha256 == expected:
             return bundle
-    if any(importlib.util.find_spec(m) is None for m in ("torch", "onnx", "diffusers")):
-        raise RuntimeError(f"the demo bundle at {bundle} must be exported once, which needs the export extra: "
-                           "pip install torch==2.13.0 && pip install 'mmgen-edge[export]' (from a clone: pip install -e "
-                           "'.[export]'); or set MMGEN_EDGE_BUNDLE to a bundle exported elsewhere")  # fmt: skip
+    _require_export_extra(bundle, "MMGEN_EDGE_BUNDLE")
     from mmgen_edge.export.onnx_export import export_bundle
 
     if progress:
         print(f"exporting the demo bundle to {bundle} (once) ...", flush=True)
     export_bundle(WEIGHTS_DIR / "mmgen", WEIGHTS_DIR / "vae", bundle, overwrite=True, progress=progress)
     return bundle
+
+
+def default_tiny_bundle() -> Path:
+    """The demo model's bundle with the distilled decoder (``MMGEN_EDGE_TINY_BUNDLE`` overrides)."""
+    return Path(os.environ.get("MMGEN_EDGE_TINY_BUNDLE", default_bundle().with_name(default_bundle().name + "-tiny")))
+
+
+def ensure_tiny_decoder_bundle(bundle: Path | None = None, progress: bool = True) -> Path:
+    """Return the demo bundle whose ``vae_decoder`` is the shipped distilled decoder, exporting it (behind the
+    accuracy gate against the full decoder) when missing or stale. Raises RuntimeError without the export extra
+    and ``StudentGateError`` if the shipped decoder failed the gate here."""
+    bundle = bundle or default_tiny_bundle()
+    weights = WEIGHTS_DIR / "mmgen" / "model.safetensors"
+    if not (TINY_DECODER_DIR / "config.json").is_file():
+        raise FileNotFoundError(f"the demo's distilled decoder is missing ({TINY_DECODER_DIR})")
+    if (bundle / "manifest.json").is_file():
+        manifest = read_manifest(bundle, verify="none")
+        decoder = manifest.vae.decoder
+        if (manifest.provenance.model_weights_sha256 == sha256_file(weights) and decoder is not None
+                and decoder.weights_sha256 == weights_sha256(TINY_DECODER_DIR)):  # fmt: skip
+            return bundle
+    _require_export_extra(bundle, "MMGEN_EDGE_TINY_BUNDLE")
+    from mmgen_edge.export.onnx_export import export_bundle
+    from mmgen_edge.export.student_gate import StudentOptions
+
+    if progress:
+        print(f"exporting the demo bundle with the distilled decoder to {bundle} (once, with its accuracy gate) ...",
+              flush=True)  # fmt: skip
+    export_bundle(WEIGHTS_DIR / "mmgen", WEIGHTS_DIR / "vae", bundle, overwrite=True, progress=progress,
+                  students=StudentOptions(decoder=TINY_DECODER_DIR))  # fmt: skip
+    return bundle
+
+
+def _require_export_extra(bundle: Path, variable: str) -> None:
+    if any(importlib.util.find_spec(m) is None for m in ("torch", "onnx", "diffusers")):
+        raise RuntimeError(f"the demo bundle at {bundle} must be exported once, which needs the export extra: "
+                           "pip install torch==2.13.0 && pip install 'mmgen-edge[export]' (from a clone: pip install -e "
+                           f"'.[export]'); or set {variable} to a bundle exported elsewhere")  # fmt: skip
 
 
 def _disparity(depth: np.ndarray) -> np.ndarray:
@@ -131,6 +171,36 @@ def perceive_photo(model: MMGenModel, out: Path, steps: int, seed: int) -> dict[
             "seconds": sum(r.timings.values()), "gallery": "photo.png", "note": PHOTO_CAPTION}  # fmt: skip
 
 
+def compare_decoders(model: MMGenModel, tiny_bundle: Path, steps: int, seed: int) -> dict[str, Any]:
+    """The full and the distilled decoder side by side: accuracy on the demo's held-out scenes and the median time of
+    each stage, frame by frame, interleaved, on the same backend."""
+    from mmgen_edge.samples.shapes.evaluate import compare_stage_times, evaluate_perception, held_out_scenes
+
+    scenes = held_out_scenes(DEMO_SCENES, model.resolution)
+    with load(tiny_bundle, backend=model.backend) as tiny:
+        metrics = {"full": evaluate_perception(model, scenes, steps, seed=seed),
+                   "tiny": evaluate_perception(tiny, scenes, steps, seed=seed)}  # fmt: skip
+        times = compare_stage_times({"full": model, "tiny": tiny}, scenes[0].rgb, steps, DECODER_SPEED_FRAMES)
+        decoder = tiny.manifest.vae.decoder
+        gate = tiny.manifest.vae.gate or {}
+    return {"bundle": str(tiny_bundle), "backend": model.backend, "decoder": decoder.model_dump() if decoder else None,
+            "metrics": metrics,
+            "ms": {"full": times["full"], "tiny": times["tiny"]}, "speedup": times["speedup"]["tiny"],
+            "gate": {k: gate.get(k) for k in ("passed", "forced", "mode", "eval_scenes", "eval_steps", "data", "frames")}}  # fmt: skip
+
+
+def _tiny_decoder_section(model: MMGenModel, steps: int, seed: int, tiny_bundle: Path | None) -> dict[str, Any]:
+    """``compare_decoders``, or why it was skipped (no export extra to export the tiny bundle, or its gate failed)."""
+    from mmgen_edge.calibration.vae_gate import StudentGateError
+
+    try:
+        path = tiny_bundle or ensure_tiny_decoder_bundle()
+    except (RuntimeError, FileNotFoundError) as e:  # StudentGateError is a RuntimeError
+        kind = "the shipped decoder failed its accuracy gate here" if isinstance(e, StudentGateError) else str(e)
+        return {"skipped": kind}
+    return compare_decoders(model, path, steps, seed)
+
+
 def generate_samples(model: MMGenModel, out: Path, steps: int, seed: int) -> dict[str, Any]:
     from mmgen_edge.samples.shapes.evaluate import held_out_scenes
     from mmgen_edge.samples.shapes.scenes import CATEGORY_NAMES
@@ -151,7 +221,11 @@ def generate_samples(model: MMGenModel, out: Path, steps: int, seed: int) -> dic
             "galleries": ["generation_by_class.png (rows = classes)", "generation_from_depth.png (condition | rgb | normals)"]}  # fmt: skip
 
 
-def run_demo(out_dir: str | Path, steps: int | None = None, seed: int = 0, bundle: str | None = None) -> dict[str, Any]:
+def run_demo(
+    out_dir: str | Path, steps: int | None = None, seed: int = 0, bundle: str | None = None,
+    tiny_bundle: str | None = None, compare: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """The demo; ``compare`` adds the distilled decoder side by side (``tiny_bundle``, default: the demo's own)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -162,11 +236,39 @@ def run_demo(out_dir: str | Path, steps: int | None = None, seed: int = 0, bundl
                                   "model": f"{model.manifest.model.name} {model.resolution} px"}  # fmt: skip
         report["perception"] = perceive_scenes(model, out, k, seed)
         report["photo"] = perceive_photo(model, out, k, seed)
+        if compare:
+            report["decoders"] = _tiny_decoder_section(model, k, seed, Path(tiny_bundle) if tiny_bundle else None)
         report["generation"] = generate_samples(model, out, k, seed)
     report["seconds_total"] = time.perf_counter() - start
     write_text_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
     write_text_atomic(out / "report.md", _markdown(report))
     return report
+
+
+def _decoder_lines(section: dict[str, Any] | None) -> list[str]:
+    if not section:
+        return []
+    if "skipped" in section:
+        return [f"Distilled decoder: not compared ({section['skipped']}).", ""]
+    full, tiny = section["metrics"]["full"], section["metrics"]["tiny"]
+    ms, up = section["ms"], section["speedup"]
+    gate = section["gate"]
+    verdict = "passed" if gate.get("passed") else ("FAILED, forced" if gate.get("forced") else "not run")
+    where = f"{gate['eval_scenes']} held-out scenes" if gate.get("eval_scenes") else f"{gate.get('frames')} frames of {gate.get('data')}"
+    part = section.get("decoder") or {}
+    rows = [
+        f"Distilled decoder ({part.get('family', '?')}, {part.get('parameters', 0):,} parameters; accuracy gate {verdict} "
+        f"on {where}), next to the full one on {section['backend']}:",
+        "",
+        "| decoder | depth δ1 | normal err ° | mIoU | objects: normal err ° | encode ms | steps ms | decode ms | frame ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in (("full", full), ("tiny", tiny)):
+        t = ms[name]
+        rows.append(f"| {name} | {m['depth_delta1']:.3f} | {m['normal_mean']:.1f} | {m['seg_miou']:.3f} | "
+                    f"{m['object_normal_mean']:.1f} | {t['encode']:.1f} | {t['steps']:.1f} | {t['decode']:.1f} | {t['frame']:.1f} |")  # fmt: skip
+    rows += ["", f"The distilled decoder decodes {up['decode']:.2f}x faster; the whole frame is {up['frame']:.2f}x faster.", ""]
+    return rows
 
 
 def _markdown(report: dict[str, Any]) -> str:
@@ -187,6 +289,7 @@ def _markdown(report: dict[str, Any]) -> str:
         "",
         photo_line,
         "",
+        *_decoder_lines(report.get("decoders")),
         "Galleries: perception.png, photo.png, generation_by_class.png, generation_from_depth.png.",
         f"Total {report['seconds_total']:.1f} s.",
         "",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -17,9 +18,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     steps = list(args.steps)  # step_list checked every count
     bundle = args.bundle or ensure_demo_bundle()
-    with mmgen_edge.load(bundle, backend=args.backend) as model:
+    compare_bundle = args.compare or (None if args.bundle or args.no_compare else _demo_tiny_bundle())
+    with contextlib.ExitStack() as stack:
+        model = stack.enter_context(mmgen_edge.load(bundle, backend=args.backend))
+        compare = stack.enter_context(mmgen_edge.load(compare_bundle, backend=model.backend)) if compare_bundle else None
         report = run_evaluation(model, args.out, num_scenes=args.scenes, steps=steps,
-                                generation_per_class=args.generation, progress=not args.json and sys.stderr.isatty())  # fmt: skip
+                                generation_per_class=args.generation, progress=not args.json and sys.stderr.isatty(),
+                                compare=compare)  # fmt: skip
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -27,10 +32,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_tiny_bundle() -> Path | None:
+    """The demo's distilled-decoder bundle, or None (with a note) when it cannot be had here."""
+    from mmgen_edge.sdk.demo import ensure_tiny_decoder_bundle
+
+    try:
+        return ensure_tiny_decoder_bundle()
+    except (RuntimeError, FileNotFoundError) as e:
+        print(f"mmgen-edge eval: not comparing the distilled decoder: {e}", file=sys.stderr)
+        return None
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mmgen_edge.sdk.demo import run_demo
 
-    report = run_demo(args.out, steps=args.steps, seed=args.seed, bundle=args.bundle)
+    report = run_demo(args.out, steps=args.steps, seed=args.seed, bundle=args.bundle, tiny_bundle=args.tiny_bundle,
+                      compare=not args.no_compare)  # fmt: skip
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -47,6 +64,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--scenes", type=positive_int, default=200, help="held-out scenes (default: 200)")
     p.add_argument("--steps", type=step_list, default="1,2,4,8,25", help="comma-separated step counts")
     p.add_argument("--generation", type=nonnegative_int, default=2, help="generated samples per class for the grid (0: none)")
+    p.add_argument("--compare", help="a second bundle scored and timed side by side on the same scenes (default for the "
+                                     "demo model: its distilled-decoder bundle)")  # fmt: skip
+    p.add_argument("--no-compare", action="store_true", help="evaluate the bundle alone")
     p.add_argument("--out", default="out/eval")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
@@ -56,5 +76,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--bundle", help="bundle to use instead of the demo model's")
     p.add_argument("--steps", type=step_count, help="sampler steps (default: the bundle's)")
     p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--tiny-bundle", help="the distilled-decoder bundle compared with --bundle (default: the demo's own)")
+    p.add_argument("--no-compare", action="store_true", help="skip the distilled decoder's side-by-side comparison")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_demo)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,8 @@ DEFAULT_STEPS = (1, 2, 4, 8, 25)
 CONSISTENCY_DISPARITY_OFFSET = 0.1
 #: Held-out scenes the VAE ceiling round-trips by default (the first ones of the perception set).
 DEFAULT_CEILING_SCENES = 64
+#: Frames timed per model and K when a second model is compared.
+COMPARE_SPEED_FRAMES = 5
 
 
 def held_out_scenes(num: int, size: int) -> list[Scene]:
@@ -102,6 +104,43 @@ def evaluate_perception(model: Any, scenes: Sequence[Scene], steps: int, seed: i
     summary = mean_metrics(items)
     summary["seconds_per_frame"] = (time.perf_counter() - start) / len(scenes)
     return summary
+
+
+#: The model stages of a perceive frame (``PerceptionResult.timings``), summed into its frame time.
+FRAME_STAGES = ("encode", "steps", "decode")
+
+
+def compare_stage_times(models: Mapping[str, Any], image: np.ndarray, steps: int, frames: int = 10,
+                        warmup: int = 2) -> dict[str, Any]:  # fmt: skip
+    """Median milliseconds per stage and per frame of several loaded models, one frame at a time, interleaved.
+
+    Args:
+        models: label -> loaded model (``mmgen_edge.load``); the first is the reference of the speedups.
+        image: one RGB frame.
+        steps: sampler steps K.
+        frames: timed frames per model (after ``warmup`` untimed ones each).
+
+    Returns:
+        ``{"frames", "steps", LABEL: {stage: ms, "frame": ms}, "speedup": {LABEL: {stage: reference / LABEL}}}``
+        (``speedup`` holds every label but the reference).
+    """
+    if frames < 1 or warmup < 0:
+        raise ValueError(f"frames must be >= 1 and warmup >= 0, got {frames}, {warmup}")
+    times: dict[str, dict[str, list[float]]] = {label: {} for label in models}
+    for run in range(warmup + frames):
+        for label, model in models.items():
+            timings = model.perceive(image, steps=steps, seed=0).timings
+            if run >= warmup:
+                for stage in FRAME_STAGES:
+                    times[label].setdefault(stage, []).append(timings[stage])
+                times[label].setdefault("frame", []).append(sum(timings[s] for s in FRAME_STAGES))
+    out: dict[str, Any] = {"frames": frames, "steps": steps}
+    for label, stages in times.items():
+        out[label] = {stage: 1000 * float(np.median(values)) for stage, values in stages.items()}
+    reference = next(iter(models))
+    out["speedup"] = {label: {stage: out[reference][stage] / max(out[label][stage], 1e-9) for stage in out[label]}
+                      for label in models if label != reference}  # fmt: skip
+    return out
 
 
 def baselines(scenes: Sequence[Scene]) -> dict[str, dict[str, float]]:
@@ -226,6 +265,8 @@ def run_evaluation(
     generation_per_class: int = 2,
     progress: bool = False,
     ceiling_scenes: int = DEFAULT_CEILING_SCENES,
+    compare: Any | None = None,
+    speed_frames: int = COMPARE_SPEED_FRAMES,
 ) -> dict[str, Any]:
     """The full report (written to ``out_dir/report.json`` and ``report.md``).
 
@@ -238,6 +279,8 @@ def run_evaluation(
         progress: show progress bars.
         ceiling_scenes: the first this many held-out scenes (at most ``num_scenes``) are round-tripped through the
             VAE for the ceiling (it costs about one K = 1 perception pass per scene); 0 skips it.
+        compare: a second loaded model (e.g. the same model with a distilled decoder) scored on the same scenes and
+            timed stage by stage against ``model``, interleaved (``compare_stage_times``, ``speed_frames`` each).
 
     Returns:
         The report: ``perception`` {K: metrics}, ``baselines`` {"trivial": metrics}, ``vae_ceiling`` (unless
@@ -257,6 +300,14 @@ def run_evaluation(
         "perception": {str(k): evaluate_perception(model, scenes, k, progress=progress) for k in steps},
         "baselines": baselines(scenes),
     }
+    if compare is not None:
+        decoder = compare.manifest.vae.decoder
+        report["compare"] = {
+            "bundle": str(compare.pipeline.bundle), "decoder": decoder.model_dump() if decoder else None,
+            "perception": {str(k): evaluate_perception(compare, scenes, k, progress=progress) for k in steps},
+            "ms": {str(k): compare_stage_times({"this": model, "compare": compare}, scenes[0].rgb, k, speed_frames)
+                   for k in steps},
+        }  # fmt: skip
     if ceiling_count > 0:
         report["vae_ceiling"] = vae_ceiling(model, scenes[:ceiling_count], progress=progress)
     if generation_per_class > 0:
@@ -272,6 +323,24 @@ def _table(title: str, cols: Sequence[tuple[str, str, str]], rows: Sequence[tupl
     for name, m in rows:
         lines.append(f"| {name} | " + " | ".join(fmt.format(m[key]) if key in m else "" for key, _, fmt in cols) + " |")
     return lines
+
+
+def _compare_lines(report: dict[str, Any]) -> list[str]:
+    c = report["compare"]
+    part = c.get("decoder") or {}
+    lines = ["", f"Side by side with {c['bundle']} (decoder: {part.get('family', '?')} from {part.get('source', '?')}, "
+             f"{part.get('parameters', 0):,} parameters), same scenes, stages timed interleaved (median ms):", "",
+             "| K | bundle | depth δ1 | normal err ° | mIoU | objects: δ1 | objects: normal err ° | objects: mIoU "
+             "| encode | steps | decode | frame |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for k, ms in c["ms"].items():
+        for label, name, m in (("this", "this", report["perception"][k]), ("compare", "compare", c["perception"][k])):
+            t = ms[label]
+            lines.append(f"| {k} | {name} | {m['depth_delta1']:.3f} | {m['normal_mean']:.1f} | {m['seg_miou']:.3f} | "
+                         f"{m['object_depth_delta1']:.3f} | {m['object_normal_mean']:.1f} | {m['object_seg_miou']:.3f} | "
+                         f"{t['encode']:.1f} | {t['steps']:.1f} | {t['decode']:.1f} | {t['frame']:.1f} |")  # fmt: skip
+    speed = ", ".join(f"K={k}: decode {ms['speedup']['compare']['decode']:.2f}x, frame {ms['speedup']['compare']['frame']:.2f}x"
+                      for k, ms in c["ms"].items())  # fmt: skip
+    return lines + ["", f"Speed of the compared bundle: {speed}."]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -290,6 +359,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += _table("Whole image:", cols, rows)
     lines += _table("Object pixels only (instance id > 0; ground and walls excluded; depth aligned on the whole image; "
                     "trivial normal: facing the camera):", object_cols, rows)  # fmt: skip
+    if "compare" in report:
+        lines += _compare_lines(report)
     if "vae_ceiling" in report:
         c = report["vae_ceiling"]
         lines += ["", "VAE ceiling: the ground-truth maps encoded, round-tripped through the bundle's VAE and decoded by the "
