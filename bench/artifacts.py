@@ -18,8 +18,9 @@ DEFAULT_VAE_DIR = REPO_ROOT / "samples" / "shapes" / "weights" / "vae"
 TINY_MAX_BATCH = 4
 #: max_batch of a bundle the bench exports itself (the export default), raised to the largest --batch.
 EXPORT_MAX_BATCH = 8
-#: Labels of the bundles (keys of ``Artifacts.bundles`` and of the per-bundle cases in the JSON).
-FP32, INT8 = "fp32", "int8"
+#: Labels of the bundles (keys of ``Artifacts.bundles`` and of the per-bundle cases in the JSON): the fp32 bundle,
+#: its INT8 calibration, and the fp32 bundle with a distilled decoder (``mmgen-edge export --decoder``).
+FP32, INT8, TINY = "fp32", "int8", "tiny"
 
 
 @dataclass
@@ -47,8 +48,24 @@ def build_tiny_artifacts(workdir: Path) -> Artifacts:
     vae_dir = write_tiny_vae(workdir / "vae" / "tiny-vae")
     bundle = workdir / "bundles" / "tiny-fp32"
     export_bundle(model_dir, vae_dir, bundle, max_batch=TINY_MAX_BATCH)
+    tiny = export_random_student_bundle(model_dir, vae_dir, workdir)
     missing = {"bundle_int8": "--smoke builds no INT8 bundle (pass --bundle-int8 to time one)"}
-    return Artifacts(model_dir, vae_dir, {FP32: bundle}, missing, built_tiny=True)
+    return Artifacts(model_dir, vae_dir, {FP32: bundle, TINY: tiny}, missing, built_tiny=True)
+
+
+def export_random_student_bundle(model_dir: Path, vae_dir: Path, workdir: Path) -> Path:
+    """--smoke: the tiny bundle with an untrained 4-channel ``AutoencoderTiny`` decoder (speed only: forced past
+    its gate, which it fails)."""
+    from mmgen_edge.export.distill_vae import StudentShape
+    from mmgen_edge.export.onnx_export import export_bundle
+    from mmgen_edge.export.student_gate import StudentOptions
+
+    student = workdir / "vae" / "random-student"
+    StudentShape(4, (1, 1, 1, 1), 4, (1, 1, 1, 1)).new(4).save_pretrained(student)
+    bundle = workdir / "bundles" / "tiny-fp32-tiny-decoder"
+    options = StudentOptions(decoder=student, gate_scenes=1, speed_frames=0, force=True)
+    export_bundle(model_dir, vae_dir, bundle, max_batch=TINY_MAX_BATCH, students=options)
+    return bundle
 
 
 def find_artifacts(args: argparse.Namespace) -> Artifacts:
@@ -80,6 +97,13 @@ def find_artifacts(args: argparse.Namespace) -> Artifacts:
     int8 = existing("bundle_int8", args.bundle_int8, None, "manifest.json", int8_hint)
     if int8 is not None:
         bundles[INT8] = int8
+    from mmgen_edge.sdk.demo import default_tiny_bundle
+
+    tiny_hint = "export one with `mmgen-edge export --decoder` (the demo's: `mmgen-edge demo`), or pass --bundle-tiny"
+    tiny = existing("bundle_tiny", args.bundle_tiny, None if args.bundle else default_tiny_bundle(), "manifest.json",
+                    tiny_hint)  # fmt: skip
+    if tiny is not None:
+        bundles[TINY] = tiny
     return Artifacts(model_dir, vae_dir, bundles, missing)
 
 

@@ -29,6 +29,8 @@ GOALS: dict[str, float] = {
     "ort_int8_vs_ort_fp32": 1.8,
     "conditioning_cache_speedup": 1.2,
     "stream_throughput_vs_inverse_latency": 0.9,
+    "tiny_decoder_vs_full_decode": 2.0,  # issue 15: the distilled decoder's decode stage
+    "tiny_decoder_vs_full_frame": 1.4,  # and the whole perceive frame
 }
 
 
@@ -56,6 +58,12 @@ def collect_ratios(report: Mapping[str, Any]) -> dict[str, dict[str, float]]:
             if name.endswith("_vs_ort-cpu") and isinstance(found, dict):
                 for stage, value in found.items():
                     put(f"{name}_{stage}", where, value)
+    decoders = report.get("decoders", {})
+    for where, case in (decoders.items() if isinstance(decoders, dict) else []):
+        found = case.get("tiny_vs_full") if isinstance(case, dict) and where.startswith("K") else None
+        if isinstance(found, dict):
+            put("tiny_decoder_vs_full_decode", where, found.get("decode"))
+            put("tiny_decoder_vs_full_frame", where, found.get("frame"))
     stream = report.get("stream", {})
     for where, case in (stream.items() if isinstance(stream, dict) else []):
         if isinstance(case, dict):

@@ -30,6 +30,8 @@ Cases
 - ``perceive``: ``model.perceive`` of a held-out scene at K steps, median per stage (SDK ``timings``).
 - ``backends``: the fp32 bundle on ORT FP32, OpenVINO fp32 and OpenVINO bf16 (emulated and labelled so where the
   CPU has no bf16), batch 1 per K, round-robin: whole frame and encode / one step / decode, speedups vs ORT.
+- ``decoders``: the fp32 bundle next to the same bundle with a distilled decoder (``--bundle-tiny``), per K:
+  each stage and the whole frame, interleaved frame by frame, speedups, and the FLOPs of both decoders and frames.
 - ``stream``: a video of held-out scenes streamed with ``realtime=False``; frames/s vs 1 / (median single-frame
   latency at the same K, measured right before and after the stream).
 - ``accuracy_latency``: accuracy of ``mmgen-edge eval --json`` reports (``--eval-json``) or, without one, of a
@@ -68,6 +70,7 @@ from .artifacts import (
 from .case_accuracy import PLOT_FILE, bench_accuracy
 from .case_backends import bench_backends
 from .case_cache import bench_cache
+from .case_decoders import bench_decoders
 from .case_perceive import bench_perceive
 from .case_step import bench_step
 from .case_stream import bench_stream
@@ -109,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"diffusers VAE directory (default {DEFAULT_VAE_DIR}); only to export an fp32 bundle if --bundle is missing")
     add("--bundle", type=Path, help="fp32 bundle (default: the demo bundle, samples/shapes/bundle or $MMGEN_EDGE_BUNDLE)")
     add("--bundle-int8", type=Path, help="INT8 bundle from mmgen-edge calibrate (optional)")
+    add("--bundle-tiny", type=Path,
+        help="the fp32 bundle with a distilled decoder (mmgen-edge export --decoder; default: the demo's, "
+             "samples/shapes/bundle-tiny, when --bundle is not given)")
     add("--batch", type=parse_int_list, default=None, help="batch sizes (default 1,4)")
     add("--steps", type=step_list, default=None, help="sampler steps K of the perceive cases (default 1,2,4)")
     add("--runs", type=positive_int, default=None, help=f"timed runs per case (default {DEFAULT_RUNS})")
@@ -158,6 +164,7 @@ def run_bench(ctx: Context, out_dir: Path, workdir: Path) -> dict[str, Any]:
     report["perceive"] = run_case(ctx, "perceive", lambda: bench_perceive(ctx))
     rss["after_perceive"] = harness.peak_rss_bytes()
     report["backends"] = run_case(ctx, "backends", lambda: bench_backends(ctx))
+    report["decoders"] = run_case(ctx, "decoders", lambda: bench_decoders(ctx))
     report["stream"] = run_case(ctx, "stream", lambda: bench_stream(ctx, workdir))
     report["accuracy_latency"] = run_case(ctx, "accuracy_latency", lambda: bench_accuracy(ctx, out_dir))
     report["peak_rss_bytes"] = harness.peak_rss_bytes()
@@ -184,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from(args)
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
-    given = any(p is not None for p in (args.model_dir, args.vae_dir, args.bundle, args.bundle_int8))
+    given = any(p is not None for p in (args.model_dir, args.vae_dir, args.bundle, args.bundle_int8, args.bundle_tiny))
     with tempfile.TemporaryDirectory(prefix="mmgen-bench-") as tmp:
         workdir = Path(tmp)
         artifacts = build_tiny_artifacts(workdir) if settings.smoke and not given else find_artifacts(args)

@@ -27,7 +27,7 @@ SMOKE_EVAL_SCENES = 2
 #: Time limit of the torch.compile trial (inductor can take minutes on a small CPU).
 COMPILE_TIMEOUT_S = 300.0
 #: The cases, in the order they run (their keys in the JSON); ``--skip`` names some of them.
-CASES = ("step", "conditioning_cache", "perceive", "backends", "stream", "accuracy_latency")
+CASES = ("step", "conditioning_cache", "perceive", "backends", "decoders", "stream", "accuracy_latency")
 
 
 @dataclass(frozen=True)

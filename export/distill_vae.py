@@ -342,9 +342,14 @@ def distill_vae(
     step, curve, running = 0, [], None
     path = work / "checkpoint.pt"
     if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=False)  # our own file, written below
-        if state["settings"] != settings.to_dict():
-            raise ValueError(f"{path} was written with other settings ({state['settings']}); use another --work or "
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values: no pickled code
+            written_with = state["settings"]
+        except Exception as e:  # unpickling refused, truncated file, another format
+            raise ValueError(f"{path} is not a distill-vae checkpoint ({type(e).__name__}: {e}); remove it or use "
+                             "another --work") from None  # fmt: skip
+        if written_with != settings.to_dict():
+            raise ValueError(f"{path} was written with other settings ({written_with}); use another --work or "
                              "the same options")  # fmt: skip
         student.load_state_dict(state["student"])
         opt.load_state_dict(state["opt"])

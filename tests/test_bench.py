@@ -84,6 +84,18 @@ def test_smoke_run_writes_json_with_positive_timings_and_a_plot(tmp_path):
         for label in ("openvino-fp32", bf16):
             assert all(v > 0 for v in report["ratios"][f"{label}_vs_ort-cpu_frame"].values()), label
 
+    decoders = report["decoders"]
+    assert decoders["decoder"]["family"] == "AutoencoderTiny" and decoders["gate_passed"] is False  # random, forced
+    k1 = decoders["K1"]
+    for label in ("fp32", "tiny"):
+        assert set(k1["ms"][label]) == {"encode", "steps", "decode", "frame"} and all(v > 0 for v in k1["ms"][label].values())
+        share = k1["cost"][label]["decoder"]["flops"] / k1["cost"][label]["frame"]["flops"]
+        assert k1["cost"][label]["decoder_share_of_frame_flops"] == pytest.approx(share) and 0 < share < 1
+    assert k1["tiny_vs_full"]["decode"] == pytest.approx(k1["ms"]["fp32"]["decode"] / k1["ms"]["tiny"]["decode"])
+    assert report["ratios"]["tiny_decoder_vs_full_frame"]["K1"] == pytest.approx(k1["tiny_vs_full"]["frame"])
+    assert isinstance(report["goals"]["tiny_decoder_vs_full_decode"]["pass"], bool)
+    assert "tiny" in report["perceive"]  # every open bundle is timed in the perceive case too
+
     stream = report["stream"]["K1"]
     assert stream["frames"] == settings.SMOKE_STREAM_FRAMES and stream["frames_per_s"] > 0
     assert stream["stats"]["dropped"] == [0]
@@ -110,6 +122,7 @@ def test_missing_artifacts_are_skipped_with_a_reason(tmp_path):
     assert "config.json not found" in artifacts.missing["model_dir"]
     assert "manifest.json not found" in artifacts.missing["bundle"]
     assert "--bundle-int8" in artifacts.missing["bundle_int8"]
+    assert "--bundle-tiny" in artifacts.missing["bundle_tiny"]  # no default beside an explicit --bundle
 
 
 def test_skip_names_cases_and_rejects_unknown_ones():

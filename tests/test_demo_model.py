@@ -129,3 +129,43 @@ def test_int8_demo_bundle_passes_the_gate_and_runs(demo_bundle, tmp_path):
     with mmgen_edge.load(tmp_path / "int8", device="cpu") as model:
         result = model.perceive(held_out_scenes(1, 128)[0].rgb, seed=0)
     assert result.depth.shape == (128, 128)
+
+
+# ---------------------------------------------------------------------------------------------- the distilled decoder
+@pytest.fixture(scope="session")
+def tiny_decoder_bundle(tmp_path_factory):
+    from mmgen_edge.sdk.demo import ensure_tiny_decoder_bundle
+
+    return ensure_tiny_decoder_bundle(tmp_path_factory.mktemp("demo-tiny") / "bundle", progress=False)
+
+
+def test_shipped_tiny_decoder_is_small_and_passed_its_gate(tiny_decoder_bundle, demo_bundle):
+    from mmgen_edge.bench.harness import graph_cost
+    from mmgen_edge.sdk.demo import TINY_DECODER_DIR
+
+    assert sum(p.stat().st_size for p in TINY_DECODER_DIR.iterdir()) < 2_000_000
+    manifest = read_manifest(tiny_decoder_bundle)
+    assert manifest.vae.students == ("vae_decoder",) and manifest.vae.decoder.family == "AutoencoderTiny"
+    gate = manifest.vae.gate
+    assert gate["passed"] is True and gate["forced"] is False and gate["mode"] == "ground truth"
+    assert gate["eval_scenes"] == 32 and gate["failures"] == []
+    shapes = {"latent": [3, 4, 16, 16]}  # the three perception maps
+    tiny_flops, _ = graph_cost(tiny_decoder_bundle / "vae_decoder.onnx", shapes)
+    full_flops, _ = graph_cost(demo_bundle / "vae_decoder.onnx", shapes)
+    assert tiny_flops < full_flops / 2  # the decoder's work, counted on the graphs: less than half
+
+
+def test_demo_reports_both_decoders_side_by_side(demo_bundle, tiny_decoder_bundle, tmp_path):
+    from mmgen_edge.sdk.demo import run_demo
+
+    report = run_demo(tmp_path, steps=2, bundle=str(demo_bundle), tiny_bundle=str(tiny_decoder_bundle))
+    section = report["decoders"]
+    assert section["gate"]["passed"] is True and section["decoder"]["family"] == "AutoencoderTiny"
+    for name in ("full", "tiny"):
+        m = section["metrics"][name]
+        assert 0 < m["depth_delta1"] <= 1 and 0 < m["normal_mean"] < 90
+        assert set(section["ms"][name]) == {"encode", "steps", "decode", "frame"}
+    assert section["metrics"]["full"]["depth_delta1"] == pytest.approx(report["perception"]["metrics"]["depth_delta1"])
+    assert section["speedup"]["decode"] == pytest.approx(section["ms"]["full"]["decode"] / section["ms"]["tiny"]["decode"])
+    text = (tmp_path / "report.md").read_text()
+    assert "| tiny |" in text and "Distilled decoder (AutoencoderTiny" in text

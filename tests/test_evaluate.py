@@ -61,3 +61,21 @@ def test_run_evaluation_reports_object_metrics_and_the_vae_ceiling(tiny_bundle, 
     assert "Object pixels only" in text and "| VAE ceiling (2 scenes) |" in text and "| K=1 |" in text
     with pytest.raises(ValueError, match="ceiling_scenes"):
         run_evaluation(model, tmp_path, num_scenes=1, steps=(1,), ceiling_scenes=-1)
+
+
+def test_run_evaluation_compares_a_second_bundle_side_by_side(tiny_bundle, tmp_path):
+    with mmgen_edge.load(tiny_bundle, backend="ort-cpu") as model, mmgen_edge.load(tiny_bundle, backend="ort-cpu") as twin:
+        report = run_evaluation(model, tmp_path, num_scenes=2, steps=(1, 2), generation_per_class=0, ceiling_scenes=0,
+                                compare=twin, speed_frames=2)  # fmt: skip
+    compare = report["compare"]
+    assert compare["bundle"] == str(tiny_bundle) and compare["decoder"]["family"] == "AutoencoderKL"
+    for k in ("1", "2"):
+        for key in ("depth_delta1", "normal_mean", "seg_miou", "object_normal_mean"):  # same bundle, same noise
+            assert compare["perception"][k][key] == report["perception"][k][key]
+        ms = compare["ms"][k]
+        assert ms["frames"] == 2 and ms["steps"] == int(k)
+        for label in ("this", "compare"):
+            assert set(ms[label]) == {"encode", "steps", "decode", "frame"} and all(v > 0 for v in ms[label].values())
+        assert ms["speedup"]["compare"]["decode"] == pytest.approx(ms["this"]["decode"] / ms["compare"]["decode"])
+    text = (tmp_path / "report.md").read_text()
+    assert "Side by side with" in text and "| 2 | compare |" in text and "Speed of the compared bundle: K=1: decode" in text

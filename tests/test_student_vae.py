@@ -112,7 +112,7 @@ def test_an_interrupted_distillation_resumes_to_the_same_student(tiny_vae_dir, t
     clock = iter(range(0, 10_000, 5))  # each reading of distill's clock is 5 s later: 0.25 min = two steps
     monkeypatch.setattr(distill, "time", SimpleNamespace(monotonic=lambda: float(next(clock))))
     assert distill.distill_vae(tiny_vae_dir, settings(), tmp_path / "b", tmp_path / "work-b", minutes=0.25) is None
-    stopped_at = torch.load(tmp_path / "work-b" / "checkpoint.pt", weights_only=False)["step"]
+    stopped_at = torch.load(tmp_path / "work-b" / "checkpoint.pt", weights_only=True)["step"]
     assert stopped_at == 2
     monkeypatch.undo()
     resumed = distill.distill_vae(tiny_vae_dir, settings(), tmp_path / "b", tmp_path / "work-b")
@@ -127,6 +127,19 @@ def test_a_resume_with_other_settings_is_refused(tiny_vae_dir, tmp_path):
     distill.distill_vae(tiny_vae_dir, settings(steps=4), tmp_path / "a", tmp_path / "work")
     with pytest.raises(ValueError, match="other settings"):
         distill.distill_vae(tiny_vae_dir, settings(steps=5, batch=2), tmp_path / "b", tmp_path / "work")
+
+
+def test_a_checkpoint_that_is_not_ours_is_refused_without_running_it(tiny_vae_dir, tmp_path):
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('pickled code ran')",))
+
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "checkpoint.pt").write_bytes(pickle.dumps({"settings": Payload()}))
+    with pytest.raises(ValueError, match="not a distill-vae checkpoint"):
+        distill.distill_vae(tiny_vae_dir, settings(), tmp_path / "s", tmp_path / "work")
 
 
 @pytest.mark.parametrize(
