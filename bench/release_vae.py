@@ -283,10 +283,12 @@ def cpu_session(path: Path, threads: int) -> Any:
     """An ONNX Runtime CPU session of ``path`` with ``threads`` intra-op threads (one inter-op thread)."""
     import onnxruntime
 
+    from mmgen_edge.runtime.onnxruntime_runner import CPU
+
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(str(path), sess_options=options, providers=[CPU])
 
 
 def time_stages(graphs: Mapping[str, GraphFile], shapes: Mapping[str, Mapping[str, Sequence[int]]], threads: int,
