@@ -14,7 +14,8 @@ Data (``data``): ``demo:N`` renders N shapes scenes (seeds from :data:`DISTILL_S
 calibration and the held-out evaluation) and uses all four modality images of each, rgb, depth, normal and mask:
 perception maps are not photographs, and they are what the decoder decodes in ``perceive``. A folder or a video
 gives its frames (RGB). Latents: the posterior mean for half of the images and a posterior sample for the other
-half, which covers some of the off-manifold latents a transformer predicts.
+half, which covers some of the off-manifold latents a transformer predicts; with ``bundle``, also the depth, normal
+and mask latents that bundle predicts for the RGB frames (the decoder's real inputs in ``perceive``).
 
 Stages, cached in ``work`` so an interrupted run resumes where it stopped (rerun the same call):
 ``dataset-KEY.npz`` (images, latents, teacher decodes; KEY hashes the teacher's weights and the data settings),
@@ -120,6 +121,7 @@ class DistillSettings:
     shape: StudentShape = StudentShape()
     seed: int = 0
     save_every: int = 250
+    bundle: str | None = None  # also decode the latents this bundle predicts for the data's RGB frames
 
     def __post_init__(self) -> None:
         for name in ("images", "steps", "batch", "save_every"):
@@ -148,9 +150,14 @@ class DistillDataset:
 
     images: np.ndarray  # (M, H, W, 3) uint8: what the encoder sees
     kinds: np.ndarray  # (M,) int: the modality index of each image (0 = rgb for plain frames)
-    latents: np.ndarray  # (M, C, h, w) float32: the decoder's inputs (posterior mean or sample)
+    latents: np.ndarray  # (M, C, h, w) float32: the decoder's inputs (posterior mean or sample, or predicted)
     means: np.ndarray  # (M, C, h, w) float32: the encoder's targets (posterior mean)
     decoded: np.ndarray  # (M, H, W, 3) uint8: the teacher's decode of ``latents``, the decoder's targets
+    encoded: np.ndarray  # (M,) bool: rows whose image is a real image (the encoder trains on those only)
+
+    def concat(self, other: "DistillDataset") -> "DistillDataset":
+        return DistillDataset(*(np.concatenate([getattr(self, f.name), getattr(other, f.name)])
+                                for f in dataclasses.fields(self)))  # fmt: skip
 
 
 def distillation_images(data: str, limit: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -201,12 +208,48 @@ def label_with_teacher(teacher: AutoencoderKL, images: np.ndarray, kinds: np.nda
         latents.append(z.numpy())
         means.append((dist.mean * scale).numpy())
         decoded.append(_to_uint8(decode_latent(teacher, z, size)))
-    return DistillDataset(images, kinds, np.concatenate(latents), np.concatenate(means), np.concatenate(decoded))
+    return DistillDataset(images, kinds, np.concatenate(latents), np.concatenate(means), np.concatenate(decoded),
+                          np.ones(len(images), dtype=bool))  # fmt: skip
+
+
+#: Sampler steps cycled over the frames when the bundle's own predictions are added (every K the runtime serves).
+PREDICTION_STEPS = (1, 2, 4)
+
+
+@torch.no_grad()
+def label_predictions(teacher: AutoencoderKL, bundle: str, frames: np.ndarray, progress: bool = False) -> DistillDataset:
+    """The decoder's real inputs in ``perceive``: the depth / normal / mask latents that ``bundle`` predicts for the
+    RGB ``frames`` (K cycling over :data:`PREDICTION_STEPS`, seed = frame index), with the teacher's decode of each.
+    They are off the teacher's encoder manifold, which is where a student trained on encoded images alone drifts."""
+    import mmgen_edge
+
+    size = frames.shape[1]
+    latents, kinds = [], []
+    with mmgen_edge.load(bundle, backend="ort-cpu", verify="size") as model:
+        c = model.manifest.latent.channels_per_modality
+        modalities = model.manifest.modalities
+        for i in tqdm(range(len(frames)), desc="bundle predictions", unit="frame", disable=not progress):
+            k = PREDICTION_STEPS[i % len(PREDICTION_STEPS)]
+            z = model.perceive(frames[i], steps=k, seed=i, return_latents=True).latents  # (M*C, h, w)
+            for index, name in enumerate(modalities):
+                if name != "rgb":
+                    latents.append(z[index * c : (index + 1) * c])
+                    kinds.append(index)
+    z = np.stack(latents).astype(np.float32)
+    decoded = np.concatenate([_to_uint8(decode_latent(teacher, torch.from_numpy(z[i : i + TEACHER_BATCH]), size))
+                              for i in range(0, len(z), TEACHER_BATCH)])  # fmt: skip
+    return DistillDataset(decoded, np.asarray(kinds, dtype=np.int64), z, z, decoded, np.zeros(len(z), dtype=bool))
 
 
 def _dataset_key(teacher_dir: Path, settings: DistillSettings) -> str:
+    bundle = None
+    if settings.bundle is not None:  # the bundle's files, by their hashes in its manifest
+        from mmgen_edge.runtime.manifest import read_manifest
+
+        files = read_manifest(settings.bundle, verify="none").files
+        bundle = hashlib.sha256("".join(f.sha256 for f in files).encode()).hexdigest()
     spec = json.dumps({"teacher": weights_sha256(teacher_dir), "data": settings.data, "images": settings.images,
-                       "seed": settings.seed})  # fmt: skip
+                       "seed": settings.seed, "bundle": bundle})  # fmt: skip
     return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
@@ -216,10 +259,12 @@ def build_dataset(teacher: AutoencoderKL, teacher_dir: Path, settings: DistillSe
     path = work / f"dataset-{_dataset_key(teacher_dir, settings)}.npz"
     if path.is_file():
         with np.load(path) as f:
-            return DistillDataset(**{k: f[k] for k in ("images", "kinds", "latents", "means", "decoded")})
+            return DistillDataset(**{field.name: f[field.name] for field in dataclasses.fields(DistillDataset)})
     size = int(teacher.config.sample_size) if isinstance(teacher.config.sample_size, int) else 256
     images, kinds = distillation_images(settings.data, settings.images, size)
     dataset = label_with_teacher(teacher, images, kinds, settings.seed, progress)
+    if settings.bundle is not None:
+        dataset = dataset.concat(label_predictions(teacher, settings.bundle, images[kinds == 0], progress))
     with atomic_file(path) as tmp:
         np.savez(tmp, **dataclasses.asdict(dataset))
     return dataset
@@ -236,8 +281,9 @@ def distill_loss(student: AutoencoderTiny, batch: dict[str, torch.Tensor], size:
     """L1 + MSE of the student's decode against the teacher's (and the latent MSE of its encoder, when trained)."""
     out = decode_latent(student, batch["latents"], size)
     loss = F.l1_loss(out, batch["decoded"]) + F.mse_loss(out, batch["decoded"])
-    if train_encoder:
-        loss = loss + F.mse_loss(encode_latent(student, batch["images"]), batch["means"])
+    real = batch["encoded"]
+    if train_encoder and bool(real.any()):
+        loss = loss + F.mse_loss(encode_latent(student, batch["images"][real]), batch["means"][real])
     return loss
 
 
@@ -247,24 +293,28 @@ def _batch(dataset: DistillDataset, index: np.ndarray) -> dict[str, torch.Tensor
         "latents": torch.from_numpy(dataset.latents[index]),
         "means": torch.from_numpy(dataset.means[index]),
         "decoded": _to_tensor(dataset.decoded[index]),
+        "encoded": torch.from_numpy(dataset.encoded[index]),
     }
 
 
 @torch.no_grad()
 def held_out_error(student: AutoencoderTiny, dataset: DistillDataset, index: np.ndarray, size: int,
-                   names: Sequence[str]) -> dict[str, dict[str, float]]:  # fmt: skip
+                   names: Sequence[str]) -> dict[str, dict[str, float | None]]:  # fmt: skip
     """Per modality: PSNR (dB) and mean absolute error (of 255) of the student's decode vs the teacher's, and the
     encoder's latent RMS error relative to the latent RMS."""
     student.eval()
-    rows: dict[str, dict[str, float]] = {}
+    rows: dict[str, dict[str, float | None]] = {}
     for kind in np.unique(dataset.kinds[index]):
         chosen = index[dataset.kinds[index] == kind]
         batch = _batch(dataset, chosen)
         out = _to_uint8(decode_latent(student, batch["latents"], size)).astype(np.float64)
         err = out - dataset.decoded[chosen]
         mse = float(np.mean(err**2))
-        latent = encode_latent(student, batch["images"])
-        rel = float(torch.sqrt(F.mse_loss(latent, batch["means"])) / batch["means"].pow(2).mean().sqrt().clamp_min(1e-12))
+        real = batch["encoded"]
+        rel = None  # no real image of this kind (predicted latents only)
+        if bool(real.any()):
+            latent, mean = encode_latent(student, batch["images"][real]), batch["means"][real]
+            rel = float(torch.sqrt(F.mse_loss(latent, mean)) / mean.pow(2).mean().sqrt().clamp_min(1e-12))
         name = names[int(kind)] if int(kind) < len(names) else str(int(kind))
         rows[name] = {"images": float(len(chosen)), "psnr_db": 10 * math.log10(255**2 / max(mse, 1e-12)),
                       "mean_abs": float(np.mean(np.abs(err))), "encoder_latent_rel_rms": rel}  # fmt: skip
@@ -386,7 +436,9 @@ def distill_vae(
     if step < settings.steps:
         say(f"stopped at step {step} of {settings.steps} (time limit); run again to resume")
         return None
-    names = _modality_names(settings.data)
+    from mmgen_edge import MODALITIES
+
+    names = tuple(MODALITIES)
     report = {
         "teacher": teacher_dir.name,
         "teacher_weights_sha256": weights_sha256(teacher_dir),
@@ -403,12 +455,6 @@ def distill_vae(
         student.save_pretrained(tmp, safe_serialization=True)
         write_text_atomic(tmp / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report
-
-
-def _modality_names(data: str) -> tuple[str, ...]:
-    from mmgen_edge import MODALITIES
-
-    return tuple(MODALITIES) if str(data).strip().startswith("demo:") else ("rgb",)
 
 
 def trained_parts(directory: str | os.PathLike[str]) -> tuple[str, ...] | None:

@@ -101,6 +101,18 @@ def test_distillation_lowers_the_loss_and_writes_a_diffusers_student(student_dir
     assert (student_dir / ".mmgen-edge-output").is_file()
 
 
+def test_the_bundles_own_predictions_join_the_decoders_data(tiny_vae_dir, tiny_bundle, tmp_path):
+    s = settings(data="demo:2", images=8, steps=2, train_encoder=True, bundle=str(tiny_bundle))
+    report = distill.distill_vae(tiny_vae_dir, s, tmp_path / "s", tmp_path / "w")
+    with np.load(next((tmp_path / "w").glob("dataset-*.npz"))) as f:
+        kinds, encoded, latents = f["kinds"], f["encoded"], f["latents"]
+    assert len(kinds) == 8 + 2 * 3  # two scenes' four maps, then the bundle's depth/normal/mask for their two RGB frames
+    assert encoded[:8].all() and not encoded[8:].any() and list(kinds[8:]) == [1, 2, 3, 1, 2, 3]
+    assert np.isfinite(latents).all() and report["settings"]["bundle"] == str(tiny_bundle)
+    plain = distill._dataset_key(tiny_vae_dir, dataclasses.replace(s, bundle=None))
+    assert plain != distill._dataset_key(tiny_vae_dir, s)  # the cache knows which bundle labelled it
+
+
 def test_demo_data_trains_on_all_four_perception_maps():
     images, kinds = distill.distillation_images("demo:3", 12, 32)
     assert images.shape == (12, 32, 32, 3) and images.dtype == np.uint8

@@ -40,7 +40,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     shape = dataclasses.replace(shape, **overrides)
     settings = DistillSettings(data=args.data, images=args.images, steps=args.train_steps, batch=args.batch,
                                learning_rate=args.lr, train_encoder=args.encoder, shape=shape, seed=args.seed,
-                               save_every=args.save_every)  # fmt: skip
+                               save_every=args.save_every, bundle=args.bundle)  # fmt: skip
     work = Path(args.work) if args.work else Path(f"{args.out.rstrip('/')}-work")
     log = (lambda line: print(line, file=sys.stderr)) if not args.json else None
     report = distill_vae(args.teacher, settings, args.out, work, init=args.init, minutes=args.minutes,
@@ -54,7 +54,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     print(f"student      {args.out} (AutoencoderTiny; trained: {', '.join(report['trained'])}; decoder "
           f"{report['parameters']['decoder']:,} parameters, upsampling {report['decoder_upsampling']}x)")  # fmt: skip
     for name, row in report["held_out"].items():
-        enc = f", encoder latent rel. RMS {row['encoder_latent_rel_rms']:.3f}" if "encoder" in report["trained"] else ""
+        rel = row["encoder_latent_rel_rms"]
+        enc = f", encoder latent rel. RMS {rel:.3f}" if "encoder" in report["trained"] and rel is not None else ""
         print(f"  {name:<8} vs teacher: PSNR {row['psnr_db']:.1f} dB, mean |error| {row['mean_abs']:.2f}/255{enc} "
               f"({int(row['images'])} held-out images)")  # fmt: skip
     print(f"next         mmgen-edge export MODEL --vae {args.teacher} --decoder {args.out} --out BUNDLE")
@@ -84,6 +85,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--decoder-blocks", type=block_list, help="override the decoder's blocks per stage, e.g. 3,3,3,1")
     p.add_argument("--encoder-blocks", type=block_list, help="override the encoder's blocks per stage, e.g. 1,3,3,3")
     p.add_argument("--encoder", action="store_true", help="also train the encoder (to the teacher's latent mean)")
+    p.add_argument("--bundle", help="also train the decoder on the depth/normal/mask latents this bundle predicts for "
+                                    "the data's RGB frames (its real inputs in perceive; K = 1, 2, 4)")  # fmt: skip
     p.add_argument("--init", help="start from this AutoencoderTiny directory (e.g. public TAESD weights)")
     p.add_argument("--images", type=positive_int, default=d.images, help=f"at most this many images (default {d.images})")
     p.add_argument("--train-steps", type=positive_int, default=d.steps, help=f"optimiser steps (default {d.steps})")
