@@ -29,13 +29,13 @@ from mmgen_edge.runtime.manifest import (
     BATCH_DIM,
     DECODE_DIM,
     MODULATION_DIM,
+    AutoencoderPart,
     DimRange,
     GraphEntry,
     LatentInfo,
     Manifest,
     Precision,
     Provenance,
-    AutoencoderPart,
     TensorSpec,
     VaeInfo,
     file_entry,
@@ -330,13 +330,12 @@ def export_bundle(
         )
         write_manifest(tmp, manifest)
         if manifest.vae.students:
-            reference = {f"vae_{half}": VaeEncoder(vae) if half == "encoder" else VaeDecoder(vae, cfg.resolution)
-                         for half in ("encoder", "decoder") if f"vae_{half}" in manifest.vae.students}  # fmt: skip
-            examples_of = {"vae_encoder": (image,), "vae_decoder": (latent,)}
-            teacher = {half: autoencoder_part(vae_dir, vae, half) for half in ("encoder", "decoder")}
+            teacher_graphs = {"vae_encoder": (VaeEncoder(vae), (image,)),
+                              "vae_decoder": (VaeDecoder(vae, cfg.resolution), (latent,))}  # fmt: skip
             manifest = gate_students(
-                tmp, manifest, {name: (module, examples_of[name]) for name, module in reference.items()}, teacher,
-                students, lambda module, args, name, bundle: export_graph(module, args, name, bundle, precision, opset),
+                tmp, manifest, {name: teacher_graphs[name] for name in manifest.vae.students},
+                {half: autoencoder_part(vae_dir, vae, half) for half in ("encoder", "decoder")}, students,
+                lambda module, args, name, bundle: export_graph(module, args, name, bundle, precision, opset),
                 progress=progress, log=log,
             )  # fmt: skip
             write_manifest(tmp, manifest)

@@ -15,6 +15,7 @@ from extras import require_export
 
 pytestmark = require_export()
 
+import onnx  # noqa: E402
 import torch  # noqa: E402
 from diffusers import AutoencoderKL, AutoencoderTiny  # noqa: E402
 
@@ -311,3 +312,19 @@ def test_old_manifests_without_vae_parts_still_read(runtime_bundle, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(raw))
     manifest = read_manifest(copy)
     assert manifest.vae.encoder is None and manifest.vae.students == ()
+
+
+@pytest.mark.parametrize("blocks", [(1, 1, 1, 1), (1, 1, 1)], ids=["full-resolution", "half-resolution+resize"])
+def test_student_graphs_are_tensorrt_buildable(tiny_model_dir, tiny_vae_dir, tmp_path, blocks):
+    """Every op and attribute of a student's VAE graphs is in TensorRT's ONNX parser (tanh clamp, nearest
+    upsampling, the bilinear resize of a half-resolution decoder), so `mmgen-edge build` takes the bundle."""
+    from mmgen_edge.export.tensorrt_support import check_tensorrt_support
+
+    StudentShape(4, blocks, 4, (1, 1, 1, 1)).new(4).save_pretrained(tmp_path / "student")
+    options = StudentOptions(decoder=tmp_path / "student", encoder=tmp_path / "student", gate_scenes=1, speed_frames=0,
+                             force=True)  # fmt: skip
+    export_bundle(tiny_model_dir, tiny_vae_dir, tmp_path / "b", students=options)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "b" / "vae_decoder.onnx")).graph.node}
+    assert {"Conv", "Tanh", "Resize"} <= ops
+    for graph in ("vae_encoder", "vae_decoder"):
+        assert check_tensorrt_support(tmp_path / "b" / f"{graph}.onnx") == [], graph
