@@ -328,3 +328,30 @@ def test_student_graphs_are_tensorrt_buildable(tiny_model_dir, tiny_vae_dir, tmp
     assert {"Conv", "Tanh", "Resize"} <= ops
     for graph in ("vae_encoder", "vae_decoder"):
         assert check_tensorrt_support(tmp_path / "b" / f"{graph}.onnx") == [], graph
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--decoder-blocks", "3,9"], "--decoder-blocks: must be 1..6"), (["--channels", "0"], "--channels: must be"),
+     (["--batch", "0"], "--batch: must be"), (["--lr", "nan"], "--lr: must be a finite number"),
+     (["--shape", "huge"], "invalid choice: 'huge'")],
+)  # fmt: skip
+def test_distill_cli_refuses_bad_options(argv, message, capsys, tmp_path):
+    from mmgen_edge.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["distill-vae", str(tmp_path), "--data", "demo:2", "--out", str(tmp_path / "s"), *argv])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_distill_cli_trains_and_prints_the_next_step(tiny_vae_dir, tmp_path, capsys):
+    from mmgen_edge.cli import main
+
+    out = tmp_path / "student"
+    assert main(["distill-vae", str(tiny_vae_dir), "--data", "demo:2", "--out", str(out), "--channels", "4",
+                 "--decoder-blocks", "1,1,1,1", "--train-steps", "2", "--batch", "2"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "trained: decoder" in printed and f"--decoder {out}" in printed and "PSNR" in printed
+    assert (tmp_path / "student-work" / "checkpoint.pt").is_file()  # the default --work, for resuming
+    assert main(["distill-vae", str(tiny_vae_dir), "--data", "demo:2", "--out", str(out)]) == 2  # exists: no --overwrite
+    assert "already exists" in capsys.readouterr().err
