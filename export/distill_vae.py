@@ -122,6 +122,7 @@ class DistillSettings:
     seed: int = 0
     save_every: int = 250
     bundle: str | None = None  # also decode the latents this bundle predicts for the data's RGB frames
+    map_weights: tuple[float, ...] | None = None  # decoder loss weight per modality index (rgb, depth, normal, mask)
 
     def __post_init__(self) -> None:
         for name in ("images", "steps", "batch", "save_every"):
@@ -132,6 +133,10 @@ class DistillSettings:
             raise ValueError(f"learning_rate must be in (0, 1], got {self.learning_rate!r}")
         if not isinstance(self.warmup, int) or self.warmup < 0:
             raise ValueError(f"warmup must be an integer >= 0, got {self.warmup!r}")
+        if self.map_weights is not None and (not self.map_weights or any(
+                not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0) for w in self.map_weights)
+                or not any(self.map_weights)):  # fmt: skip
+            raise ValueError(f"map_weights must be finite numbers >= 0, not all 0, got {self.map_weights!r}")
 
     def learning_rate_at(self, step: int) -> float:
         """Linear warm-up, then cosine decay to 0 at ``steps``."""
@@ -277,10 +282,18 @@ def split(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[held:]), np.sort(order[:held])
 
 
-def distill_loss(student: AutoencoderTiny, batch: dict[str, torch.Tensor], size: int, train_encoder: bool) -> torch.Tensor:
-    """L1 + MSE of the student's decode against the teacher's (and the latent MSE of its encoder, when trained)."""
+def distill_loss(student: AutoencoderTiny, batch: dict[str, torch.Tensor], size: int, train_encoder: bool,
+                 map_weights: Sequence[float] | None = None) -> torch.Tensor:  # fmt: skip
+    """L1 + MSE of the student's decode against the teacher's (each image weighted by its modality's
+    ``map_weights`` entry, normalised to mean 1 over the batch), plus the latent MSE of its encoder when trained."""
     out = decode_latent(student, batch["latents"], size)
-    loss = F.l1_loss(out, batch["decoded"]) + F.mse_loss(out, batch["decoded"])
+    err = out - batch["decoded"]
+    per_image = (err.abs() + err.square()).mean(dim=(1, 2, 3))  # (B,)
+    if map_weights is not None:
+        table = torch.tensor(list(map_weights), dtype=per_image.dtype)
+        weights = table[batch["kinds"].clamp(max=len(table) - 1)]
+        per_image = per_image * weights / weights.mean().clamp_min(1e-12)
+    loss = per_image.mean()
     real = batch["encoded"]
     if train_encoder and bool(real.any()):
         loss = loss + F.mse_loss(encode_latent(student, batch["images"][real]), batch["means"][real])
@@ -294,6 +307,7 @@ def _batch(dataset: DistillDataset, index: np.ndarray) -> dict[str, torch.Tensor
         "means": torch.from_numpy(dataset.means[index]),
         "decoded": _to_tensor(dataset.decoded[index]),
         "encoded": torch.from_numpy(dataset.encoded[index]),
+        "kinds": torch.from_numpy(dataset.kinds[index]),
     }
 
 
@@ -418,7 +432,7 @@ def distill_vae(
         for group in opt.param_groups:
             group["lr"] = settings.learning_rate_at(step)
         batch = _batch(dataset, g.choice(train_index, size=min(settings.batch, len(train_index)), replace=False))
-        loss = distill_loss(student, batch, size, settings.train_encoder)
+        loss = distill_loss(student, batch, size, settings.train_encoder, settings.map_weights)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"distillation loss became {loss.item()} at step {step}; lower --lr")
         opt.zero_grad(set_to_none=True)

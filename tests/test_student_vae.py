@@ -114,6 +114,21 @@ def test_the_bundles_own_predictions_join_the_decoders_data(tiny_vae_dir, tiny_b
     assert plain != distill._dataset_key(tiny_vae_dir, s)  # the cache knows which bundle labelled it
 
 
+def test_map_weights_scale_each_modalitys_share_of_the_loss():
+    torch.manual_seed(0)
+    student = TINY_SHAPE.new(4)
+    batch = {"latents": torch.randn(4, 4, 4, 4), "decoded": torch.rand(4, 3, 32, 32) * 2 - 1,
+             "images": torch.rand(4, 3, 32, 32), "means": torch.randn(4, 4, 4, 4),
+             "encoded": torch.ones(4, dtype=torch.bool), "kinds": torch.tensor([0, 1, 2, 3])}  # fmt: skip
+    with torch.no_grad():
+        plain = distill.distill_loss(student, batch, 32, False)
+        equal = distill.distill_loss(student, batch, 32, False, (2.0, 2.0, 2.0, 2.0))
+        mask_only = distill.distill_loss(student, batch, 32, False, (0.0, 0.0, 0.0, 1.0))
+        err = distill.decode_latent(student, batch["latents"], 32) - batch["decoded"]
+    torch.testing.assert_close(plain, equal)  # weights are relative: normalised to mean 1
+    torch.testing.assert_close(mask_only, (err[3].abs() + err[3] ** 2).mean())  # the mask image alone
+
+
 def test_demo_data_trains_on_all_four_perception_maps():
     images, kinds = distill.distillation_images("demo:3", 12, 32)
     assert images.shape == (12, 32, 32, 3) and images.dtype == np.uint8
@@ -158,7 +173,7 @@ def test_a_checkpoint_that_is_not_ours_is_refused_without_running_it(tiny_vae_di
 @pytest.mark.parametrize(
     "bad",
     [dict(steps=0), dict(batch=-1), dict(learning_rate=float("nan")), dict(learning_rate=2.0), dict(warmup=-1),
-     dict(images=True)],
+     dict(images=True), dict(map_weights=(0.0, 0.0)), dict(map_weights=(1.0, -1.0)), dict(map_weights=())],
 )  # fmt: skip
 def test_bad_distill_settings_are_refused(bad):
     with pytest.raises(ValueError):
@@ -334,7 +349,8 @@ def test_student_graphs_are_tensorrt_buildable(tiny_model_dir, tiny_vae_dir, tmp
     "argv, message",
     [(["--decoder-blocks", "3,9"], "--decoder-blocks: must be 1..6"), (["--channels", "0"], "--channels: must be"),
      (["--batch", "0"], "--batch: must be"), (["--lr", "nan"], "--lr: must be a finite number"),
-     (["--shape", "huge"], "invalid choice: 'huge'")],
+     (["--shape", "huge"], "invalid choice: 'huge'"), (["--map-weights", "1,nan"], "--map-weights: must be finite"),
+     (["--map-weights", "0,0"], "not all 0")],
 )  # fmt: skip
 def test_distill_cli_refuses_bad_options(argv, message, capsys, tmp_path):
     from mmgen_edge.cli import main

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,17 @@ def block_list(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in parts)
 
 
+def weight_list(text: str) -> tuple[float, ...]:
+    """``"1,1,1,3"``: a finite weight >= 0 per modality (rgb, depth, normal, mask), not all 0."""
+    try:
+        values = tuple(float(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated numbers, got {text!r}") from None
+    if not values or any(not math.isfinite(v) or v < 0 for v in values) or not any(values):
+        raise argparse.ArgumentTypeError(f"must be finite numbers >= 0, not all 0, got {text!r}")
+    return values
+
+
 def cmd_distill(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -40,7 +52,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     shape = dataclasses.replace(shape, **overrides)
     settings = DistillSettings(data=args.data, images=args.images, steps=args.train_steps, batch=args.batch,
                                learning_rate=args.lr, train_encoder=args.encoder, shape=shape, seed=args.seed,
-                               save_every=args.save_every, bundle=args.bundle)  # fmt: skip
+                               save_every=args.save_every, bundle=args.bundle, map_weights=args.map_weights)  # fmt: skip
     work = Path(args.work) if args.work else Path(f"{args.out.rstrip('/')}-work")
     log = (lambda line: print(line, file=sys.stderr)) if not args.json else None
     report = distill_vae(args.teacher, settings, args.out, work, init=args.init, minutes=args.minutes,
@@ -87,6 +99,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--encoder", action="store_true", help="also train the encoder (to the teacher's latent mean)")
     p.add_argument("--bundle", help="also train the decoder on the depth/normal/mask latents this bundle predicts for "
                                     "the data's RGB frames (its real inputs in perceive; K = 1, 2, 4)")  # fmt: skip
+    p.add_argument("--map-weights", type=weight_list, metavar="1,1,1,3",
+                   help="decoder loss weight of each modality's images (rgb, depth, normal, mask; default: equal)")
     p.add_argument("--init", help="start from this AutoencoderTiny directory (e.g. public TAESD weights)")
     p.add_argument("--images", type=positive_int, default=d.images, help=f"at most this many images (default {d.images})")
     p.add_argument("--train-steps", type=positive_int, default=d.steps, help=f"optimiser steps (default {d.steps})")
