@@ -324,3 +324,15 @@ def test_demo_says_it_needs_the_export_extra_the_first_time(tmp_path):
                           cwd=CHECKOUT, env=env)  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "must be exported once, which needs the export extra: pip install torch==2.13.0 && pip install 'mmgen-edge[export]'" in done.stderr
+
+
+def test_cpu_sessions_do_not_busy_wait_between_calls(runtime_bundle):
+    """The pipeline's CPU sessions run one after another on the same cores; a session whose idle threads spin
+    starves the next one (a demo frame took 1.4x as long), so every CPU session is created with spinning off."""
+    from mmgen_edge.runtime.onnxruntime_runner import SPINNING_KEY
+
+    with mmgen_edge.load(runtime_bundle, backend="ort-cpu", verify="size") as model:
+        sessions = {name: runner.session for name, runner in model.pipeline.runners.items()}
+    assert set(sessions) == {"vae_encoder", "conditioning", "denoiser_cached", "vae_decoder"}
+    for name, session in sessions.items():
+        assert session.get_session_options().get_session_config_entry(SPINNING_KEY) == "0", name
