@@ -81,7 +81,8 @@ def ensure_tiny_decoder_bundle(bundle: Path | None = None, progress: bool = True
         manifest = read_manifest(bundle, verify="none")
         decoder = manifest.vae.decoder
         if (manifest.provenance.model_weights_sha256 == sha256_file(weights) and decoder is not None
-                and decoder.weights_sha256 == weights_sha256(TINY_DECODER_DIR)):  # fmt: skip
+                and decoder.weights_sha256 == weights_sha256(TINY_DECODER_DIR)
+                and manifest.vae.weights_sha256 == weights_sha256(WEIGHTS_DIR / "vae")):  # fmt: skip
             return bundle
     _require_export_extra(bundle, "MMGEN_EDGE_TINY_BUNDLE")
     from mmgen_edge.export.onnx_export import export_bundle
