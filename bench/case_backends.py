@@ -3,8 +3,10 @@
 
 OpenVINO bf16 runs natively where the CPU has it (``BF16`` in OpenVINO's capabilities: AVX512-BF16 or AMX). On a
 CPU without it the case still times it, emulated and labelled so (``openvino-bf16-emulated``: slower than fp32;
-the numbers then show the cost of emulation, not what bf16 hardware gives). Without the ``openvino`` extra the
-case is skipped with the reason.
+the numbers then show the cost of emulation, not what bf16 hardware gives). A CPU without AVX-512 cannot even
+emulate it (OpenVINO compiles f32 instead, which the runner refuses): there the case times ORT and OpenVINO fp32
+and says why bf16 is missing (``facts.bf16_unavailable``). Without the ``openvino`` extra the case is skipped with
+the reason.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def open_backends(ctx: Context) -> tuple[dict[str, Any], dict[str, Any]]:
     import mmgen_edge
     from mmgen_edge.runtime.backend import RUNTIME_GRAPHS, BackendChoice, BackendKind
     from mmgen_edge.runtime.manifest import read_manifest
-    from mmgen_edge.runtime.openvino_runner import detect_openvino, openvino_runners
+    from mmgen_edge.runtime.openvino_runner import PrecisionUnavailable, detect_openvino, openvino_runners
     from mmgen_edge.runtime.pipeline import Pipeline
     from mmgen_edge.sdk.api import MMGenModel
 
@@ -40,6 +42,7 @@ def open_backends(ctx: Context) -> tuple[dict[str, Any], dict[str, Any]]:
     info = detect_openvino()
     assert info is not None  # the caller checked that OpenVINO is installed
     models: dict[str, Any] = {}
+    bf16_unavailable = None
     try:
         for backend in (BASELINE, "openvino-fp32"):
             models[backend] = mmgen_edge.load(bundle, backend=backend, threads=threads, verify="size")
@@ -47,14 +50,20 @@ def open_backends(ctx: Context) -> tuple[dict[str, Any], dict[str, Any]]:
             models["openvino-bf16"] = mmgen_edge.load(bundle, backend="openvino-bf16", threads=threads, verify="size")
         else:
             manifest = read_manifest(bundle, verify="size")
-            runners = openvino_runners(bundle, manifest, RUNTIME_GRAPHS, "bf16", info, threads, emulated_bf16=True)
-            choice = BackendChoice(BackendKind.OPENVINO_BF16, "bench: emulated, this CPU has no native bf16", openvino=info)
-            models["openvino-bf16-emulated"] = MMGenModel(Pipeline.from_runners(manifest, runners, choice))
+            try:
+                runners = openvino_runners(bundle, manifest, RUNTIME_GRAPHS, "bf16", info, threads, emulated_bf16=True)
+            except PrecisionUnavailable as e:  # no AVX-512: OpenVINO cannot emulate bf16 either
+                bf16_unavailable = str(e)
+            else:
+                choice = BackendChoice(BackendKind.OPENVINO_BF16, "bench: emulated, this CPU has no native bf16",
+                                       openvino=info)  # fmt: skip
+                models["openvino-bf16-emulated"] = MMGenModel(Pipeline.from_runners(manifest, runners, choice))
     except BaseException:
         for model in models.values():
             model.close()
         raise
     facts = {"openvino": info.describe(), "native_bf16": info.bf16, "threads": threads,
+             **({"bf16_unavailable": bf16_unavailable} if bf16_unavailable else {}),
              "compile_s": {label: {g: round(getattr(r, "compile_seconds", 0.0), 3) for g, r in m.pipeline.runners.items()}
                            for label, m in models.items() if label != BASELINE}}  # fmt: skip
     return models, facts

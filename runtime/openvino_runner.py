@@ -37,6 +37,12 @@ DEVICE = "CPU"
 #: Our precision names -> OpenVINO's element type names (``INFERENCE_PRECISION_HINT``).
 OV_PRECISIONS: dict[str, str] = {"fp32": "f32", "bf16": "bf16"}
 OpenVinoPrecision = Literal["fp32", "bf16"]
+
+
+class PrecisionUnavailable(RuntimeError):
+    """OpenVINO compiled a graph in another precision (or on another device) than requested: refused, never run.
+
+    On a CPU without AVX-512 OpenVINO cannot even emulate bf16 and compiles f32 instead; this is that error."""
 BUNDLE_CACHE_DIR = Path("cache") / "openvino"
 BLOB_SUFFIX = ".blob"
 _SLUG = re.compile(r"[^a-z0-9]+")
@@ -211,7 +217,7 @@ class OpenVinoRunner(Runner):
         want = str(getattr(ov.Type, OV_PRECISIONS[self.precision]))
         devices = list(compiled.get_property("EXECUTION_DEVICES"))
         if got != want or devices != [DEVICE]:
-            raise RuntimeError(
+            raise PrecisionUnavailable(
                 f"OpenVINO compiled {self.graph_name} for {got} on {devices}, not {want} on {DEVICE} as requested; "
                 "refusing a silent downgrade"
             )
