@@ -25,6 +25,8 @@ import numpy as np
 from .gate import GateFailure, GateThresholds, check_gate
 from .measures import EVAL_SEED, perception_metrics
 
+#: Held-out scenes the gate scores by default (as INT8 calibration's gate).
+DEFAULT_GATE_SCENES = 32
 #: Frames read from ``data`` by default (agreement mode).
 DEFAULT_GATE_FRAMES = 32
 #: Interleaved frames timed per bundle for the report's speed section.

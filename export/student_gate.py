@@ -22,11 +22,15 @@ import torch
 from torch import nn
 
 from mmgen_edge.calibration.gate import GateThresholds
-from mmgen_edge.calibration.vae_gate import DEFAULT_GATE_FRAMES, DEFAULT_SPEED_FRAMES, StudentGateError, gate_student_bundle
+from mmgen_edge.calibration.vae_gate import (
+    DEFAULT_GATE_FRAMES,
+    DEFAULT_GATE_SCENES,
+    DEFAULT_SPEED_FRAMES,
+    StudentGateError,
+    gate_student_bundle,
+)
 from mmgen_edge.runtime.manifest import AutoencoderPart, GraphEntry, Manifest, file_entry, write_manifest
 
-#: Held-out scenes the gate scores by default (as INT8 calibration's gate).
-DEFAULT_GATE_SCENES = 32
 #: Where the reference bundle is staged, inside the bundle being written (removed before it is renamed into place).
 REFERENCE_DIR = ".gate-reference"
 

@@ -90,8 +90,7 @@ def gate_lines(report: dict[str, Any]) -> list[str]:
 
 def add_parsers(sub: Any) -> None:
     """Add ``export`` to an ``argparse`` subparsers object."""
-    from mmgen_edge.calibration.vae_gate import DEFAULT_GATE_FRAMES, DEFAULT_SPEED_FRAMES
-    from mmgen_edge.export.student_gate import DEFAULT_GATE_SCENES
+    from mmgen_edge.calibration.vae_gate import DEFAULT_GATE_FRAMES, DEFAULT_GATE_SCENES, DEFAULT_SPEED_FRAMES  # torch-free
 
     p = sub.add_parser(
         "export",
