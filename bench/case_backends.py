@@ -1,5 +1,8 @@
-"""The backends case: the fp32 bundle on ONNX Runtime FP32, OpenVINO fp32 and OpenVINO bf16 in one process, whole
-``perceive`` frames and each stage (encode, one denoiser step, decode) at batch 1, timed round-robin per K.
+"""The backends case: the fp32 bundle on ONNX Runtime FP32, OpenVINO fp32 and OpenVINO bf16, and the INT8 bundle
+(``--bundle-int8``) on ONNX Runtime and, in the Q/DQ form, on OpenVINO, in one process: whole ``perceive`` frames
+and each stage (encode, one denoiser step, decode) at batch 1, timed round-robin per K, with the speedups vs ORT
+FP32, the best frame (``best_frame``) and the best INT8 step (``best_int8_step``). The run's own ORT models are
+reused, not opened twice (at the release size each is gigabytes).
 
 OpenVINO bf16 runs natively where the CPU has it (``BF16`` in OpenVINO's capabilities: AVX512-BF16 or AMX). On a
 CPU without it the case still times it, emulated and labelled so (``openvino-bf16-emulated``: slower than fp32;
@@ -17,21 +20,24 @@ from typing import Any
 import numpy as np
 
 from . import harness
-from .artifacts import FP32
+from .artifacts import FP32, INT8
 from .case_perceive import PERCEIVE_TASKS
 from .context import Context
 from .inputs import SEED, scene_images
 from .outcomes import skipped
 
 BASELINE = "ort-cpu"
+#: The INT8 bundle's rows: on ONNX Runtime, and on OpenVINO (int8 MatMuls, bf16 or fp32 elsewhere; Q/DQ form only).
+INT8_ORT, INT8_OV = "ort-cpu-int8", "openvino-int8"
 #: The stages of a perceive call's ``timings`` that the case reports (``steps`` also per step: ``step``).
 STAGES = ("encode", "steps", "decode")
 
 
-def open_backends(ctx: Context) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The fp32 bundle as MMGenModels on each backend (label -> model), and the facts for the JSON."""
+def open_backends(ctx: Context) -> tuple[dict[str, Any], dict[str, Any], set[str]]:
+    """The fp32 bundle as MMGenModels on each backend and the INT8 bundle on ORT and (Q/DQ form only) OpenVINO
+    (label -> model), the facts for the JSON, and the labels that are the run's own models (not to be closed)."""
     import mmgen_edge
-    from mmgen_edge.runtime.backend import RUNTIME_GRAPHS, BackendChoice, BackendKind
+    from mmgen_edge.runtime.backend import RUNTIME_GRAPHS, BackendChoice, BackendKind, ort_cpu_form_problem
     from mmgen_edge.runtime.manifest import read_manifest
     from mmgen_edge.runtime.openvino_runner import PrecisionUnavailable, detect_openvino, openvino_runners
     from mmgen_edge.runtime.pipeline import Pipeline
@@ -42,10 +48,28 @@ def open_backends(ctx: Context) -> tuple[dict[str, Any], dict[str, Any]]:
     info = detect_openvino()
     assert info is not None  # the caller checked that OpenVINO is installed
     models: dict[str, Any] = {}
+    shared = set()  # the run's own open models, reused (at the release size a second ORT copy is gigabytes)
     bf16_unavailable = None
+    int8_facts: dict[str, Any] = {}
     try:
-        for backend in (BASELINE, "openvino-fp32"):
-            models[backend] = mmgen_edge.load(bundle, backend=backend, threads=threads, verify="size")
+        for label, backend in ((BASELINE, BASELINE), (INT8_ORT, BASELINE)):
+            source = FP32 if label == BASELINE else INT8
+            if source in ctx.models and ctx.models[source].backend == BASELINE:
+                models[label] = ctx.models[source]
+                shared.add(label)
+            elif source in ctx.artifacts.bundles:
+                models[label] = mmgen_edge.load(ctx.artifacts.bundles[source], backend=BASELINE, threads=threads,
+                                                verify="size")  # fmt: skip
+        models["openvino-fp32"] = mmgen_edge.load(bundle, backend="openvino-fp32", threads=threads, verify="size")
+        if INT8 in ctx.artifacts.bundles:
+            int8_manifest = read_manifest(ctx.artifacts.bundles[INT8], verify="none")
+            form = ort_cpu_form_problem(int8_manifest)
+            if form:
+                int8_facts["openvino_int8_skipped"] = form
+            else:
+                native = "bf16" if info.bf16 else "fp32"
+                models[INT8_OV] = mmgen_edge.load(ctx.artifacts.bundles[INT8], backend=f"openvino-{native}",
+                                                  threads=threads, verify="size")  # fmt: skip
         if info.bf16:
             models["openvino-bf16"] = mmgen_edge.load(bundle, backend="openvino-bf16", threads=threads, verify="size")
         else:
@@ -59,14 +83,21 @@ def open_backends(ctx: Context) -> tuple[dict[str, Any], dict[str, Any]]:
                                        openvino=info)  # fmt: skip
                 models["openvino-bf16-emulated"] = MMGenModel(Pipeline.from_runners(manifest, runners, choice))
     except BaseException:
-        for model in models.values():
-            model.close()
+        close_backends(models, shared)
         raise
-    facts = {"openvino": info.describe(), "native_bf16": info.bf16, "threads": threads,
+    facts = {"openvino": info.describe(), "native_bf16": info.bf16, "threads": threads, "shared": sorted(shared),
+             "int8_bundle": ctx.artifacts.bundles.get(INT8), **int8_facts,
              **({"bf16_unavailable": bf16_unavailable} if bf16_unavailable else {}),
              "compile_s": {label: {g: round(getattr(r, "compile_seconds", 0.0), 3) for g, r in m.pipeline.runners.items()}
-                           for label, m in models.items() if label != BASELINE}}  # fmt: skip
-    return models, facts
+                           for label, m in models.items() if label.startswith("openvino")}}  # fmt: skip
+    return models, facts, shared
+
+
+def close_backends(models: dict[str, Any], shared: set[str]) -> None:
+    """Close what this case opened (not the run's shared models)."""
+    for label, model in models.items():
+        if label not in shared:
+            model.close()
 
 
 def bench_backends_k(ctx: Context, models: dict[str, Any], image: np.ndarray, k: int) -> dict[str, Any]:
@@ -95,6 +126,15 @@ def bench_backends_k(ctx: Context, models: dict[str, Any], image: np.ndarray, k:
         ratios = {"frame": base["frame"]["median_ms"] / mine["frame"]["median_ms"]}
         ratios.update({name: base["stages_ms"][name] / mine["stages_ms"][name] for name in ("encode", "step", "decode")})
         out[f"{label}_vs_{BASELINE}"] = ratios
+    frames = {label: r["frame"] for label, r in ((n[: -len(f"_vs_{BASELINE}")], v) for n, v in out.items()
+              if n.endswith(f"_vs_{BASELINE}")) if "emulated" not in label}  # fmt: skip
+    if frames:
+        best = max(frames, key=frames.__getitem__)
+        out["best_frame"] = {"backend": best, "frame_vs_ort_fp32": frames[best]}
+    int8 = {label: out[f"{label}_vs_{BASELINE}"]["step"] for label in (INT8_ORT, INT8_OV) if f"{label}_vs_{BASELINE}" in out}
+    if int8:
+        best = max(int8, key=int8.__getitem__)
+        out["best_int8_step"] = {"backend": best, "step_vs_ort_fp32": int8[best]}
     return out
 
 
@@ -104,7 +144,7 @@ def bench_backends(ctx: Context) -> dict[str, Any]:
         return skipped("OpenVINO is not installed: pip install 'mmgen-edge[openvino]'")
     if FP32 not in ctx.artifacts.bundles:
         return skipped("no fp32 bundle")
-    models, facts = open_backends(ctx)
+    models, facts, shared = open_backends(ctx)
     try:
         image = scene_images(1, next(iter(models.values())).resolution)[0]
         out: dict[str, Any] = {"facts": facts}
@@ -112,5 +152,4 @@ def bench_backends(ctx: Context) -> dict[str, Any]:
             out[f"K{k}"] = ctx.attempt(f"backends K{k}", lambda k=k: bench_backends_k(ctx, models, image, k))
         return out
     finally:
-        for model in models.values():
-            model.close()
+        close_backends(models, shared)

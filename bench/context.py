@@ -39,6 +39,18 @@ class Context:
             return result
 
 
+def release(ctx: Context, label: str | None = None) -> None:
+    """Close and drop one open bundle (``label``), or the PyTorch model (None), once no later case needs it: at
+    the release size every copy is gigabytes, and the backends case opens three more."""
+    import gc
+
+    if label is None:
+        ctx.torch_model = None
+    elif label in ctx.models:
+        ctx.models.pop(label).close()
+    gc.collect()
+
+
 def open_models(ctx: Context) -> dict[str, Any]:
     """Open every bundle with the SDK (same threads as torch); returns the per-bundle facts for the JSON."""
     import mmgen_edge

@@ -6,7 +6,9 @@ perceive frame of the released model, on ONNX Runtime CPU and on the roofline fl
 
 At the release's size, all with random weights (speed only): SiT-XL/2 at 256 px (32x32 latents, 16 channels =
 4 modalities x 4), the SD-VAE architecture (the ``sd-vae-ft-mse`` ``AutoencoderKL`` config) and the TAESD
-architecture (diffusers' ``AutoencoderTiny()`` defaults, ``distill_vae.STUDENT_SHAPES["taesd"]``). Each graph is
+architecture (diffusers' ``AutoencoderTiny()`` defaults, ``distill_vae.STUDENT_SHAPES["taesd"]``), and TAESD's width
+decoding at half resolution (``STUDENT_SHAPES["taesd-half"]``, resized to 256 px in the graph: a student with no
+public weights, for the decoder's share of the frame's FLOPs; its accuracy is the distillation's to prove). Each graph is
 traced with the exporter's own wrappers (``graphs.VaeEncoder`` / ``VaeDecoder`` / ``CachedDenoiserStep``, through
 ``onnx_export.trace_to_onnx`` and ``finalize_onnx``), so it is the graph a bundle would carry; the traced graphs
 are cached in ``--work`` under a key of their configuration, so a second run skips tracing (XL: minutes, ~6 GB).
@@ -71,6 +73,7 @@ SMOKE_KL_VAE: dict[str, Any] = dict(
 SPEEDUP_TARGETS: dict[str, tuple[str, str, float]] = {  # name -> (slower frame, faster frame, minimum ratio)
     "full_vae_vs_tiny_decoder": ("full_vae", "tiny_decoder", 3.5),
     "full_vae_vs_tiny_both": ("full_vae", "tiny_both", 5.0),
+    "full_vae_vs_tiny_half_decoder": ("full_vae", "tiny_half_decoder", 3.5),  # the decoder's target, half resolution
 }
 #: Issue 15: the SD-VAE decoder's share of a frame's FLOPs as the issue states it; the share asked of the tiny one.
 ISSUE_FULL_DECODER_SHARE = 0.78
@@ -83,7 +86,7 @@ class Stage:
 
     graph: str  # a ``graphs.GRAPH_IO`` name
     role: str  # "encoder", "step" or "decoder"
-    autoencoder: str | None  # "sd_vae" or "taesd"; None for the denoiser step
+    autoencoder: str | None  # "sd_vae", "taesd" or "taesd_half"; None for the denoiser step
     dims: Mapping[str, int]
     call: str  # what one call computes, for the report
 
@@ -93,6 +96,8 @@ STAGES: dict[str, Stage] = {
     "sd_vae_decoder": Stage("vae_decoder", "decoder", "sd_vae", {DECODE_DIM: DECODED_MAPS}, f"{DECODED_MAPS} maps"),
     "taesd_encoder": Stage("vae_encoder", "encoder", "taesd", {BATCH_DIM: 1}, "1 image"),
     "taesd_decoder": Stage("vae_decoder", "decoder", "taesd", {DECODE_DIM: DECODED_MAPS}, f"{DECODED_MAPS} maps"),
+    "taesd_half_decoder": Stage("vae_decoder", "decoder", "taesd_half", {DECODE_DIM: DECODED_MAPS},
+                                f"{DECODED_MAPS} maps, half res"),  # fmt: skip
     "denoiser_step": Stage("denoiser_cached", "step", None, {BATCH_DIM: 1, MODULATION_DIM: 1}, "batch 1, no CFG"),
 }
 #: A K = 1 perceive frame: (encoder, step, decoder) stages.
@@ -100,6 +105,7 @@ FRAMES: dict[str, tuple[str, str, str]] = {
     "full_vae": ("sd_vae_encoder", "denoiser_step", "sd_vae_decoder"),
     "tiny_decoder": ("sd_vae_encoder", "denoiser_step", "taesd_decoder"),
     "tiny_both": ("taesd_encoder", "denoiser_step", "taesd_decoder"),
+    "tiny_half_decoder": ("sd_vae_encoder", "denoiser_step", "taesd_half_decoder"),
 }
 
 
@@ -111,6 +117,7 @@ class Architectures:
     model: Any  # mmgen_edge.config.ModelConfig
     kl_vae: Mapping[str, Any]  # AutoencoderKL(**kl_vae)
     tiny_vae: Any  # distill_vae.StudentShape
+    half_vae: Any  # distill_vae.StudentShape decoding at half resolution (resized in the graph)
     opset: int
     smoke: bool
 
@@ -119,8 +126,9 @@ class Architectures:
         common = {"graph": stage.graph, "opset": self.opset, "resolution": self.model.resolution, "seed": SEED}
         if stage.autoencoder == "sd_vae":
             return {**common, "family": "AutoencoderKL", "config": dict(self.kl_vae)}
-        if stage.autoencoder == "taesd":
-            return {**common, "family": "AutoencoderTiny", "config": asdict(self.tiny_vae),
+        if stage.autoencoder in ("taesd", "taesd_half"):
+            shape = self.tiny_vae if stage.autoencoder == "taesd" else self.half_vae
+            return {**common, "family": "AutoencoderTiny", "config": asdict(shape),
                     "latent_channels": self.model.latent_channels}  # fmt: skip
         return {**common, "family": "MMGen", "config": self.model.model_dump()}
 
@@ -132,7 +140,8 @@ def release_architectures() -> Architectures:
     from mmgen_edge.export.onnx_export import DEFAULT_OPSET
 
     model = preset("SiT-XL/2", resolution=256, projector_dim=None, z_dim=None)  # the REPA projector is training only
-    return Architectures(model, SD_VAE_FT_MSE, STUDENT_SHAPES["taesd"], DEFAULT_OPSET, smoke=False)
+    return Architectures(model, SD_VAE_FT_MSE, STUDENT_SHAPES["taesd"], STUDENT_SHAPES["taesd-half"], DEFAULT_OPSET,
+                         smoke=False)  # fmt: skip
 
 
 def smoke_architectures() -> Architectures:
@@ -142,7 +151,8 @@ def smoke_architectures() -> Architectures:
     from mmgen_edge.export.onnx_export import DEFAULT_OPSET
 
     model = preset("SiT-S/2", resolution=64, depth=2, hidden_size=64, num_heads=2, projector_dim=None, z_dim=None)
-    return Architectures(model, SMOKE_KL_VAE, STUDENT_SHAPES["demo"], DEFAULT_OPSET, smoke=True)
+    return Architectures(model, SMOKE_KL_VAE, STUDENT_SHAPES["demo"], STUDENT_SHAPES["demo-half"], DEFAULT_OPSET,
+                         smoke=True)  # fmt: skip
 
 
 #: The modules whose code shapes a traced graph: a change to any of them invalidates the cached graphs.
@@ -187,12 +197,16 @@ def random_transformer(arch: Architectures) -> Any:
 
 
 def random_autoencoder(arch: Architectures, family: str) -> Any:
-    """The ``sd_vae`` (AutoencoderKL) or ``taesd`` (AutoencoderTiny) of ``arch``, fp32, eval, random weights."""
+    """The ``sd_vae`` (AutoencoderKL), ``taesd`` or ``taesd_half`` (AutoencoderTiny) of ``arch``, fp32, eval, random
+    weights."""
     import torch
     from diffusers import AutoencoderKL
 
     torch.manual_seed(SEED)
-    vae = AutoencoderKL(**arch.kl_vae) if family == "sd_vae" else arch.tiny_vae.new(arch.model.latent_channels)
+    if family == "sd_vae":
+        vae = AutoencoderKL(**arch.kl_vae)
+    else:
+        vae = (arch.tiny_vae if family == "taesd" else arch.half_vae).new(arch.model.latent_channels)
     return vae.float().eval()
 
 
@@ -367,9 +381,10 @@ def decoder_flop_shares(frames: Mapping[str, Mapping[str, Any]]) -> dict[str, An
     """The decoder's share of each frame's FLOPs, with the issue's figure (SD-VAE) and target (tiny decoder)."""
     shares: dict[str, Any] = {name: {"value": frame["flop_shares"]["decoder"]} for name, frame in frames.items()}
     shares["full_vae"]["issue_says"] = ISSUE_FULL_DECODER_SHARE
-    tiny = shares["tiny_decoder"]
-    tiny["target_below"] = TINY_DECODER_SHARE_TARGET
-    tiny["pass"] = bool(tiny["value"] < TINY_DECODER_SHARE_TARGET)
+    for name in ("tiny_decoder", "tiny_half_decoder"):
+        tiny = shares[name]
+        tiny["target_below"] = TINY_DECODER_SHARE_TARGET
+        tiny["pass"] = bool(tiny["value"] < TINY_DECODER_SHARE_TARGET)
     return shares
 
 
@@ -390,6 +405,7 @@ def build_report(arch: Architectures, graphs: Mapping[str, GraphFile], costs: Ma
     cfg = arch.model
     configuration = {
         "model": cfg.model_dump(), "sd_vae": dict(arch.kl_vae), "taesd": asdict(arch.tiny_vae),
+        "taesd_half": asdict(arch.half_vae),
         "resolution": cfg.resolution, "latent": [cfg.in_channels, cfg.latent_size, cfg.latent_size],
         "decoded_maps": DECODED_MAPS, "opset": arch.opset, "weights": f"random (seed {SEED}): speed only",
         "inputs": "uniform [-1, 1) float32",
@@ -431,8 +447,9 @@ def print_table(report: Mapping[str, Any], json_path: Path) -> None:
         print(f"  {name}: {s['value']:.2f}x (target >= {s['target']}x: {verdict(s['pass'])})")
     share = report["decoder_flop_share"]
     print(f"  decoder FLOP share: SD-VAE {share['full_vae']['value']:.1%} (issue says {ISSUE_FULL_DECODER_SHARE:.0%}), "
-          f"tiny {share['tiny_decoder']['value']:.1%} (target < {TINY_DECODER_SHARE_TARGET:.0%}: "
-          f"{verdict(share['tiny_decoder']['pass'])})")  # fmt: skip
+          f"tiny {share['tiny_decoder']['value']:.1%}, tiny at half res {share['tiny_half_decoder']['value']:.1%} "
+          f"(target < {TINY_DECODER_SHARE_TARGET:.0%}: {verdict(share['tiny_decoder']['pass'])}, "
+          f"{verdict(share['tiny_half_decoder']['pass'])})")  # fmt: skip
     print_floors(report["device_floors"])
 
 

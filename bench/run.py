@@ -3,12 +3,17 @@ whole ``perceive`` frames by stage, stream throughput, accuracy vs latency, and 
 
     mmgen-edge bench --smoke                                      # tiny artifacts built in a temp dir, ~10-20 s
     mmgen-edge bench --bundle samples/shapes/bundle --bundle-int8 out/int8-bundle --out out/bench
+    mmgen-edge bench --size xl                                    # the release size, random weights (release_size)
 
 Writes ``OUT/bench.json`` and ``OUT/accuracy_latency.png``. Defaults are the demo model's paths
 (``samples/shapes/weights/{mmgen,vae}``, ``samples/shapes/bundle``); with no fp32 bundle but a model directory
 and a VAE, one is exported into a temp dir. Whatever is missing is skipped with the reason in the JSON, never a
 crash. A case that fails is reported as ``{"error": ...}`` (and listed in ``errors``); the other cases still run.
 ``--skip stream,perceive`` leaves cases out (reported as skipped); ``--stream-frames N`` bounds the stream case.
+``--size xl`` (or ``b2``) runs the same cases at the release's size: SiT-XL/2 (or B/2) and the SD-VAE at 256 px
+with random weights, built once into ``--work`` (default ``out/bench-work``; model dir, fp32 bundle, CPU INT8
+bundle, TAESD-decoder bundle: see ``release_size``) and found there by later runs; batch 1, K = 1, 5 runs unless
+asked; ``meta.size`` gives what was built and each bundle's size on disk, and the goals are the XL targets.
 On a busy machine (1-minute load average above ``BUSY_LOAD_PER_CPU`` x the CPUs at start) ``meta.warnings`` says
 the numbers are not to be trusted: PyTorch's OpenMP threads collapse under oversubscription, ONNX Runtime's much less.
 
@@ -52,6 +57,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,6 +67,7 @@ from mmgen_edge.cli import nonnegative_int, positive_float, positive_int, step_l
 from . import harness
 from .artifacts import (
     DEFAULT_MODEL_DIR,
+    TINY,
     DEFAULT_VAE_DIR,
     artifact_facts,
     build_tiny_artifacts,
@@ -74,8 +81,9 @@ from .case_decoders import bench_decoders
 from .case_perceive import bench_perceive
 from .case_step import bench_step
 from .case_stream import bench_stream
-from .context import Context, load_torch_model, open_models
+from .context import Context, load_torch_model, open_models, release
 from .outcomes import skipped
+from .release_size import DEFAULT_WORK, SIZES, build_size_artifacts, release_size
 from .report import (
     busy_warnings,
     collect_ratios,
@@ -131,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--compile-timeout-s", type=positive_float, default=COMPILE_TIMEOUT_S, help="time limit of the torch.compile trial")
     add("--torch-cuda", action="store_true", help="add the PyTorch CUDA eager step when a GPU is available")
     add("--backend", default="ort-cpu", help="SDK backend of the bundles (default ort-cpu)")
+    add("--size", choices=tuple(SIZES),
+        help="bench the release architecture of this size with random weights (speed only), built once in --work")
+    add("--work", type=Path, default=DEFAULT_WORK, help=f"--size: where its artifacts are built and kept (default {DEFAULT_WORK})")
     add("--smoke", action="store_true",
         help="tiny run: runs=3, batch 1, steps 1; builds tiny artifacts in a temp dir when no path is given")
     add("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
@@ -140,15 +151,23 @@ def build_parser() -> argparse.ArgumentParser:
 def run_case(ctx: Context, case: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """One case of CASES: ``{"skipped": "--skip CASE"}`` when --skip names it, else its result (or its error)."""
     if case in ctx.settings.skip:
-        return skipped(f"--skip {case}")
-    return ctx.attempt(case, fn)
+        return skipped(dict(ctx.settings.skip_reasons).get(case, f"--skip {case}"))
+    print(f"bench: {case} ...", file=sys.stderr, flush=True)  # at the release size a case takes minutes
+    start = time.perf_counter()
+    result = ctx.attempt(case, fn)
+    print(f"bench: {case} done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return result
 
 
-def run_bench(ctx: Context, out_dir: Path, workdir: Path) -> dict[str, Any]:
-    """Every case in order; the machine's peaks last (their buffers would inflate the peak RSS)."""
+def run_bench(ctx: Context, out_dir: Path, workdir: Path, size: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every case in order; the machine's peaks last (their buffers would inflate the peak RSS).
+
+    ``size``: what ``--size`` built (``release_size.build_size_artifacts``'s facts), for ``meta.size``."""
     meta: dict[str, Any] = {**environment_facts(ctx.settings), "settings": vars(ctx.settings).copy(),
                             "load_average_at_start": ctx.load_at_start,
                             "warnings": busy_warnings(ctx.load_at_start, default_threads())}  # fmt: skip
+    if size is not None:
+        meta["size"] = size
     meta["export"] = ctx.attempt(
         "export the fp32 bundle", lambda: export_missing_bundle(ctx.artifacts, ctx.settings.batches, workdir)
     )
@@ -159,12 +178,14 @@ def run_bench(ctx: Context, out_dir: Path, workdir: Path) -> dict[str, Any]:
     (out_dir / PLOT_FILE).unlink(missing_ok=True)  # never leave a previous run's plot next to this run's JSON
     rss: dict[str, int] = {"after_load": harness.peak_rss_bytes()}
     report["step"] = run_case(ctx, "step", lambda: bench_step(ctx))
+    release(ctx)  # the PyTorch model: only the step case times it
     rss["after_step"] = harness.peak_rss_bytes()
     report["conditioning_cache"] = run_case(ctx, "conditioning_cache", lambda: bench_cache(ctx))
     report["perceive"] = run_case(ctx, "perceive", lambda: bench_perceive(ctx))
     rss["after_perceive"] = harness.peak_rss_bytes()
-    report["backends"] = run_case(ctx, "backends", lambda: bench_backends(ctx))
     report["decoders"] = run_case(ctx, "decoders", lambda: bench_decoders(ctx))
+    release(ctx, TINY)  # before the backends case opens OpenVINO's copies
+    report["backends"] = run_case(ctx, "backends", lambda: bench_backends(ctx))
     report["stream"] = run_case(ctx, "stream", lambda: bench_stream(ctx, workdir))
     report["accuracy_latency"] = run_case(ctx, "accuracy_latency", lambda: bench_accuracy(ctx, out_dir))
     report["peak_rss_bytes"] = harness.peak_rss_bytes()
@@ -172,7 +193,7 @@ def run_bench(ctx: Context, out_dir: Path, workdir: Path) -> dict[str, Any]:
     report["machine"] = {"this_cpu": this_cpu_peaks(), "device_peaks": harness.DEVICE_PEAKS}
     add_rooflines(report, report["machine"]["this_cpu"])
     report["ratios"] = collect_ratios(report)
-    report["goals"] = evaluate_goals(report["ratios"])
+    report["goals"] = evaluate_goals(report["ratios"], ctx.settings.size)
     report["errors"] = ctx.errors
     return report
 
@@ -187,17 +208,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         0; failed cases are reported in the JSON's ``errors``, not by the exit status.
     """
     load_at_start = load_average()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     settings = settings_from(args)
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
     given = any(p is not None for p in (args.model_dir, args.vae_dir, args.bundle, args.bundle_int8, args.bundle_tiny))
+    if args.size is not None and given:
+        parser.error("--size builds its own model and bundles; leave out --model-dir, --vae-dir and --bundle*")
+    if args.size is not None and args.work.exists() and not args.work.is_dir():
+        parser.error(f"--work {args.work} is a file, not a folder")
     with tempfile.TemporaryDirectory(prefix="mmgen-bench-") as tmp:
         workdir = Path(tmp)
-        artifacts = build_tiny_artifacts(workdir) if settings.smoke and not given else find_artifacts(args)
+        size_facts = None
+        if args.size is not None:
+            artifacts, size_facts = build_size_artifacts(
+                release_size(args.size, smoke=settings.smoke), args.work, max(settings.batches), settings.threads,
+                with_tiny="decoders" not in settings.skip,
+            )
+        elif settings.smoke and not given:
+            artifacts = build_tiny_artifacts(workdir)
+        else:
+            artifacts = find_artifacts(args)
         ctx = Context(settings, artifacts, eval_json=list(args.eval_json), load_at_start=load_at_start)
         try:
-            report = run_bench(ctx, out_dir, workdir)
+            report = run_bench(ctx, out_dir, workdir, size_facts)
         finally:
             for model in ctx.models.values():
                 model.close()

@@ -24,10 +24,19 @@ SMOKE_RUNS = 3
 SMOKE_WARMUP = 1
 SMOKE_STREAM_FRAMES = 8
 SMOKE_EVAL_SCENES = 2
+#: --size xl / b2 (release architecture, random weights): one frame takes seconds on a small CPU, so fewer runs,
+#: batch 1 and K = 1 (the issue's frame) unless asked; stream and accuracy mean nothing with random weights.
+SIZE_BATCHES = (1,)
+SIZE_STEPS = (1,)
+SIZE_RUNS = 5
+SIZE_WARMUP = 1
+SIZE_SKIPPED = {"stream": "--size: random weights (a stream of them says nothing the perceive case does not)",
+                "accuracy_latency": "--size: random weights have no accuracy"}
+
 #: Time limit of the torch.compile trial (inductor can take minutes on a small CPU).
 COMPILE_TIMEOUT_S = 300.0
 #: The cases, in the order they run (their keys in the JSON); ``--skip`` names some of them.
-CASES = ("step", "conditioning_cache", "perceive", "backends", "decoders", "stream", "accuracy_latency")
+CASES = ("step", "conditioning_cache", "perceive", "decoders", "backends", "stream", "accuracy_latency")
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,8 @@ class Settings:
     backend: str
     smoke: bool
     skip: tuple[str, ...] = ()  # cases of CASES not to run
+    size: str | None = None  # --size: the release architecture with random weights (release_size.SIZES)
+    skip_reasons: tuple[tuple[str, str], ...] = ()  # case -> why it is skipped, for skips not asked by --skip
 
 
 def parse_int_list(text: str) -> tuple[int, ...]:
@@ -80,21 +91,30 @@ def settings_from(args: argparse.Namespace) -> Settings:
         ValueError: --runs < 1, --warmup < 0 or --threads < 1.
     """
     smoke = bool(args.smoke)
+    size = getattr(args, "size", None)
 
-    def pick(value: Any, normal: Any, small: Any) -> Any:
-        return value if value is not None else (small if smoke else normal)
+    def pick(value: Any, normal: Any, small: Any, sized: Any = None) -> Any:
+        if value is not None:
+            return value
+        if smoke:
+            return small
+        return sized if size is not None and sized is not None else normal
 
-    runs, warmup = pick(args.runs, DEFAULT_RUNS, SMOKE_RUNS), pick(args.warmup, DEFAULT_WARMUP, SMOKE_WARMUP)
+    runs = pick(args.runs, DEFAULT_RUNS, SMOKE_RUNS, SIZE_RUNS)
+    warmup = pick(args.warmup, DEFAULT_WARMUP, SMOKE_WARMUP, SIZE_WARMUP)
     if runs < 1 or warmup < 0 or args.threads < 1:
         raise ValueError(f"need --runs >= 1, --warmup >= 0, --threads >= 1; got {runs}, {warmup}, {args.threads}")
-    if args.compile == "auto":
+    if args.compile == "auto" and size is not None:
+        compile_on, note = False, "skipped with --size (inductor takes many minutes at the release size); pass --compile on"
+    elif args.compile == "auto":
         compile_on = not smoke
         note = "skipped in --smoke (inductor takes minutes on a small CPU); pass --compile on" if smoke else "auto"
     else:
         compile_on, note = args.compile == "on", f"--compile {args.compile}"
+    skips = size_skips(size, tuple(args.skip))
     return Settings(
-        batches=pick(args.batch, DEFAULT_BATCHES, SMOKE_BATCHES),
-        steps=pick(args.steps, DEFAULT_STEPS, SMOKE_STEPS),
+        batches=pick(args.batch, DEFAULT_BATCHES, SMOKE_BATCHES, SIZE_BATCHES),
+        steps=pick(args.steps, DEFAULT_STEPS, SMOKE_STEPS, SIZE_STEPS),
         runs=runs,
         warmup=warmup,
         threads=args.threads,
@@ -106,6 +126,15 @@ def settings_from(args: argparse.Namespace) -> Settings:
         torch_cuda=bool(args.torch_cuda),
         backend=args.backend,
         smoke=smoke,
-        skip=tuple(args.skip),
+        skip=tuple(case for case in CASES if case in args.skip or case in skips),
+        size=size,
+        skip_reasons=tuple(skips.items()),
     )
+
+
+def size_skips(size: str | None, asked: tuple[str, ...]) -> dict[str, str]:
+    """The cases ``--size`` leaves out by default (with the reason), unless ``--skip`` already names them."""
+    if size is None:
+        return {}
+    return {case: reason for case, reason in SIZE_SKIPPED.items() if case not in asked}
 

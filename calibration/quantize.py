@@ -21,7 +21,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, load_tensors_data, save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from mmgen_edge.runtime.fileio import link_or_copy
 from mmgen_edge.runtime.manifest import MANIFEST_FILE, Manifest, Precision, file_entry, write_manifest
 
 #: Operators whose inputs get Q/DQ pairs (what TensorRT runs in INT8; everything else stays float).
@@ -355,6 +355,9 @@ def stage_int8_bundle(
 ) -> Manifest:
     """Fill ``target`` with the FP32 bundle's files, the ``quantized`` graphs in place of theirs, and a manifest.
 
+    The unchanged files (the conditioning graph, the VAE graphs: a third of an XL bundle) are hard-linked to the
+    FP32 bundle's where the file system allows (``fileio.link_or_copy``), not copied again.
+
     The manifest says precision ``int8`` (the quantized graphs too; the others keep theirs), lists every file
     re-hashed, drops the TensorRT engines (they were built from the FP32 graphs) and records ``calibration``.
     """
@@ -367,7 +370,7 @@ def stage_int8_bundle(
     for entry in manifest.files:
         if entry.path not in replaced and entry.path not in engine_files:
             (target / entry.path).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source / entry.path, target / entry.path)
+            link_or_copy(source / entry.path, target / entry.path)  # unchanged: shared with the FP32 bundle
     graphs = dict(manifest.graphs)
     for name, path in quantized.items():
         graph = graphs[name]

@@ -99,9 +99,11 @@ class StudentShape:
 
 #: Named layouts: ``taesd`` is the public TAESD's (diffusers' defaults, 1.2 M parameters per half: its weights plug
 #: in for SD-VAE latents); ``demo`` is shaped for the demo's 1 M-parameter VAE (16 channels at full resolution);
-#: ``demo-half`` decodes at half resolution and is resized in the graph (faster, softer edges).
+#: ``demo-half`` decodes at half resolution and is resized in the graph (faster, softer edges); ``taesd-half`` is
+#: TAESD's width decoding at half resolution (no public weights: distill it; its encoder is TAESD's layout).
 STUDENT_SHAPES: dict[str, StudentShape] = {
     "taesd": StudentShape(),
+    "taesd-half": StudentShape(decoder_blocks=(3, 3, 3)),
     "demo": StudentShape(channels=16, decoder_blocks=(3, 3, 3, 1), encoder_channels=16, encoder_blocks=(1, 3, 3, 3)),
     "demo-half": StudentShape(channels=16, decoder_blocks=(3, 3, 3), encoder_channels=16, encoder_blocks=(1, 3, 3, 3)),
 }

@@ -11,7 +11,6 @@ manifest's ``vae.gate``.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from mmgen_edge.calibration.vae_gate import (
     StudentGateError,
     gate_student_bundle,
 )
+from mmgen_edge.runtime.fileio import link_or_copy
 from mmgen_edge.runtime.manifest import AutoencoderPart, GraphEntry, Manifest, file_entry, write_manifest
 
 #: Where the reference bundle is staged, inside the bundle being written (removed before it is renamed into place).
@@ -73,13 +73,6 @@ class StudentOptions:
 ExportGraph = Callable[[nn.Module, tuple[torch.Tensor, ...], str, Path], GraphEntry]
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
-
-
 def stage_reference(
     bundle: Path, manifest: Manifest, reference_graphs: Mapping[str, tuple[nn.Module, tuple[torch.Tensor, ...]]],
     teacher: Mapping[str, AutoencoderPart], export_graph: ExportGraph,
@@ -91,7 +84,7 @@ def stage_reference(
     replaced |= {manifest.graphs[name].external_data for name in reference_graphs} - {None}
     for entry in manifest.files:
         if entry.path not in replaced:
-            _link_or_copy(bundle / entry.path, reference / entry.path)
+            link_or_copy(bundle / entry.path, reference / entry.path)
     graphs = dict(manifest.graphs)
     for name, (module, args) in reference_graphs.items():
         graphs[name] = export_graph(module, args, name, reference)

@@ -7,7 +7,10 @@
    current CUDA device, read by :func:`mmgen_edge.runtime.gpu.current_device` as engine building reads it;
 2. ONNX Runtime's TensorRT execution provider;
 3. ONNX Runtime's CUDA execution provider;
-4. OpenVINO on CPU, when installed: bf16 where the CPU runs it natively (AVX512-BF16 or AMX), else fp32;
+4. OpenVINO on CPU, when installed: bf16 where the CPU runs it natively (AVX512-BF16 or AMX), else fp32. Never
+   for an INT8 bundle in ONNX Runtime's CPU form (``calibrate --target cpu``: MatMulInteger with dynamic
+   quantization, which OpenVINO would run in float, slower than ONNX Runtime runs it; not even when asked for by
+   name); an INT8 bundle in the Q/DQ form (``--target tensorrt``) runs int8 on OpenVINO;
 5. ONNX Runtime on CPU.
 
 ``backend="openvino"`` is OpenVINO with that same precision choice; ``"openvino-fp32"`` / ``"openvino-bf16"`` fix it
@@ -140,6 +143,15 @@ def openvino_candidate(env: Environment, precision: str) -> tuple[str | None, st
     return None, f"{info.describe()}: {why}"
 
 
+def ort_cpu_form_problem(manifest: Manifest) -> str | None:
+    """Why ``auto`` leaves an INT8 bundle in ONNX Runtime's CPU form to ONNX Runtime (None for any other bundle)."""
+    calibration = manifest.calibration or {}
+    if calibration.get("target") != "cpu":
+        return None
+    return ("the bundle's INT8 is ONNX Runtime's CPU form (calibrate --target cpu: MatMulInteger), which OpenVINO "
+            "would run in float, slower than ONNX Runtime runs it; for OpenVINO calibrate --target tensorrt (Q/DQ)")  # fmt: skip
+
+
 def choose_backend(manifest: Manifest, env: Environment, requested: str = "auto", bundle: Path | None = None) -> BackendChoice:
     """The backend to use; ``requested`` is "auto", "openvino" (its precision chosen as in "auto") or a
     :class:`BackendKind` value (then it must be possible)."""
@@ -156,6 +168,9 @@ def choose_backend(manifest: Manifest, env: Environment, requested: str = "auto"
         (BackendKind.ORT_CPU, None if CPU in env.ort_providers else "onnxruntime has no CPUExecutionProvider", "no GPU backend available" ),
     ]  # fmt: skip
     openvino = [(k, *openvino_candidate(env, OPENVINO_PRECISIONS[k])) for k in (BackendKind.OPENVINO_BF16, BackendKind.OPENVINO_FP32)]
+    form = ort_cpu_form_problem(manifest)
+    if form is not None and env.openvino is not None:
+        openvino = [(k, problem or form, reason) for k, problem, reason in openvino]
     candidates[-1:-1] = openvino  # after the GPU backends, before ORT CPU
     for kind, problem, reason in candidates:
         wanted = ("auto", kind.value, OPENVINO_ANY) if kind in OPENVINO_PRECISIONS else ("auto", kind.value)

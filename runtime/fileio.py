@@ -50,6 +50,21 @@ def readable_like_folder(path: Path, folder: Path) -> None:
         os.chmod(path, mode | want)
 
 
+def link_or_copy(source: Path, target: Path) -> bool:
+    """Hard-link ``source`` at ``target`` (a derived bundle's unchanged graph takes no second copy on disk); copy it
+    where a link cannot be made (another file system, a file system without links). Returns True when linked.
+
+    Bundle files are never written in place (a new bundle replaces the folder), and every file is listed with its
+    hash in its manifest, so a shared inode cannot change one bundle behind the other's back unnoticed.
+    """
+    try:
+        os.link(source, target)
+        return True
+    except OSError:
+        shutil.copy2(source, target)
+        return False
+
+
 #: Written into every directory that :func:`atomic_directory` produces: ``overwrite`` may replace only such a
 #: directory (or an empty one), never a folder of unrelated files.
 OUTPUT_MARKER = ".mmgen-edge-output"

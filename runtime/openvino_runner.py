@@ -1,5 +1,10 @@
 """OpenVINO runner: the bundle's ONNX graphs on the CPU plugin, fp32 or bf16, never a silent downgrade.
 
+An INT8 graph in the Q/DQ form (``calibrate --target tensorrt``) runs its quantized MatMuls in int8 (OpenVINO's
+low-precision transformations; the rest at the requested precision): the runner checks on the compiled model that
+int8 kernels run them (``backend`` says ``int8+bf16``) and refuses a graph whose quantized layers would all run in
+float, as ONNX Runtime's CPU form (MatMulInteger) would.
+
 OpenVINO reads the bundle's ONNX files as they are. Precision is a request (``INFERENCE_PRECISION_HINT``) that this
 runner always sets explicitly (on a CPU with AMX, OpenVINO's own default is bf16) and checks on the compiled model.
 bf16 counts as supported only where the device lists ``BF16`` in ``OPTIMIZATION_CAPABILITIES`` (AVX512-BF16 or
@@ -28,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .manifest import DimRange, GraphEntry, Manifest
+from .manifest import DimRange, GraphEntry, Manifest, Precision
 from .onnxruntime_runner import EDITED_MANIFEST_HINT
 from .runner import INPUT, OUTPUT, Runner, activate_runners, check_live_io
 
@@ -194,6 +199,7 @@ class OpenVinoRunner(Runner):
         self.compile_seconds = 0.0
         self.compiled: Any = None
         self.request: Any = None
+        self.int8_layers = 0  # INT8 graphs: MatMuls / convolutions OpenVINO runs in int8 (set by activate)
 
     def _activate(self) -> None:
         ov = import_openvino()
@@ -221,6 +227,15 @@ class OpenVinoRunner(Runner):
                 f"OpenVINO compiled {self.graph_name} for {got} on {devices}, not {want} on {DEVICE} as requested; "
                 "refusing a silent downgrade"
             )
+        if self.graph.precision == Precision.INT8:
+            self.int8_layers, others = int8_layer_counts(compiled)
+            if not self.int8_layers:
+                raise PrecisionUnavailable(
+                    f"OpenVINO runs none of the INT8 graph {self.graph_name}'s MatMuls / convolutions in int8 (they run "
+                    f"{others or 'in float'}): only the Q/DQ form (calibrate --target tensorrt) runs int8 on OpenVINO; "
+                    "refusing a silent downgrade to float"
+                )  # fmt: skip
+            self.backend = f"openvino:{DEVICE}:int8+{self.precision}"
         self.compiled = compiled
         self.request = compiled.create_infer_request()
 
@@ -257,6 +272,25 @@ class OpenVinoRunner(Runner):
     def _deactivate(self) -> None:
         self.request = None
         self.compiled = None
+
+
+#: Layers of OpenVINO's runtime model whose ``runtimePrecision`` says whether int8 kernels run them.
+INT8_LAYER_TYPES = ("FullyConnected", "MatMul", "Convolution")
+
+
+def int8_layer_counts(compiled: Any) -> tuple[int, dict[str, int]]:
+    """(layers of INT8_LAYER_TYPES that run in i8 / u8, the others by runtime precision) of a compiled model."""
+    int8, others = 0, {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if "layerType" not in info or info["layerType"].astype(str) not in INT8_LAYER_TYPES:
+            continue
+        precision = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "unknown"
+        if precision in ("i8", "u8"):
+            int8 += 1
+        else:
+            others[precision] = others.get(precision, 0) + 1
+    return int8, others
 
 
 def openvino_runners(

@@ -117,6 +117,112 @@ def test_smoke_run_writes_json_with_positive_timings_and_a_plot(tmp_path):
     assert report["accuracy_latency"]["points"][0]["K"] == 1
 
 
+@pytest.mark.slow
+def test_size_builds_its_artifacts_once_and_judges_the_size_goals(tmp_path):
+    """--size (here its --smoke stand-ins): model dir, VAE, fp32 / CPU INT8 / tiny-decoder bundles built in --work
+    like a user would, every case that means something timed on them, the XL goals judged; a second run finds the
+    artifacts (nothing rebuilt) and another max batch gets its own bundles."""
+    run, report_module = load_script("run"), load_script("report")
+    work, out = tmp_path / "work", tmp_path / "out"
+    argv = ["--size", "xl", "--smoke", "--work", str(work), "--out", str(out), "--skip", "conditioning_cache"]
+    assert run.main(argv) == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert report["errors"] == []
+    size = report["meta"]["size"]
+    assert size["size"] == "xl" and size["smoke"] is True and size["weights"] == "random (speed only)"
+    assert {k: v["cached"] for k, v in size["built"].items()} == {
+        "model": False, "vae": False, "bundle-fp32-b1": False, "bundle-int8-cpu-b1": False, "taesd": False,
+        "bundle-tiny-decoder-b1": False}  # fmt: skip
+    root = Path(size["work"])
+    assert root.parent == work and root.name.startswith("xl-smoke-")
+    int8 = json.loads((root / "bundle-int8-cpu-b1" / "manifest.json").read_text())
+    assert int8["precision"] == "int8" and int8["calibration"]["target"] == "cpu" and int8["calibration"]["forced"]
+    for label in ("fp32", "int8", "tiny"):
+        assert size["bundle_bytes"][label]["graphs"] > 0, label
+        assert report["meta"]["bundles"][label]["resolution"] == 64, label
+    # the unchanged graphs of the INT8 bundle are links to the fp32 bundle's: counted once per bundle, not copied
+    assert (root / "bundle-int8-cpu-b1" / "conditioning.onnx").stat().st_ino == (root / "bundle-fp32-b1" / "conditioning.onnx").stat().st_ino
+    assert report["stream"] == {"skipped": report_module_skip("stream")}
+    assert report["accuracy_latency"] == {"skipped": report_module_skip("accuracy_latency")}
+    assert report["conditioning_cache"] == {"skipped": "--skip conditioning_cache"}
+    assert report["step"]["b1"]["ratios"]["ort_int8_vs_ort_fp32"] > 0
+    assert report["decoders"]["K1"]["tiny_vs_full"]["frame"] > 0
+    goals = report["goals"]
+    assert goals["cpu_int8_vs_ort_fp32_b1"]["target"] == report_module.SIZE_GOALS["xl"]["cpu_int8_vs_ort_fp32_b1"] == 3.0
+    backends = report["backends"]
+    assert backends["facts"]["shared"] == ["ort-cpu", "ort-cpu-int8"]  # the run's own ORT models, not reopened
+    assert "ONNX Runtime's CPU form" in backends["facts"]["openvino_int8_skipped"]  # the size's INT8 is the CPU form
+    k1 = backends["K1"]
+    assert k1["ort-cpu-int8"]["frame"]["median_ms"] > 0 and "openvino-int8" not in k1
+    assert k1["best_int8_step"]["backend"] == "ort-cpu-int8"
+    assert goals["cpu_int8_vs_ort_fp32_b1"]["values"] == {"backends/K1": k1["best_int8_step"]["step_vs_ort_fp32"]}
+    best = k1["best_frame"]
+    assert best["frame_vs_ort_fp32"] == max(v["frame"] for n, v in k1.items() if n.endswith("_vs_ort-cpu"))
+    assert goals["best_cpu_backend_vs_ort_fp32_frame"]["values"] == {"K1": best["frame_vs_ort_fp32"]}
+    assert goals["fp32_bundle_graphs_gb"]["at_most"] is True and goals["fp32_bundle_graphs_gb"]["pass"] is True
+    assert math.isclose(goals["fp32_bundle_graphs_gb"]["worst"], size["bundle_bytes"]["fp32"]["graphs"] / 1e9)
+    assert isinstance(goals["best_cpu_backend_vs_ort_fp32_frame"]["pass"], bool)
+
+    assert run.main(argv) == 0  # found, not rebuilt
+    again = json.loads((out / "bench.json").read_text())["meta"]["size"]["built"]
+    assert all(entry["cached"] for entry in again.values())
+    assert run.main([*argv, "--batch", "2", "--skip", "backends,decoders,perceive,step"]) == 0
+    built = json.loads((out / "bench.json").read_text())["meta"]["size"]["built"]
+    assert built["bundle-fp32-b2"]["cached"] is False and built["model"]["cached"] is True
+    assert "bundle-tiny-decoder-b2" not in built  # --skip decoders: no tiny bundle is built
+
+
+def report_module_skip(case: str) -> str:
+    return load_script("settings").SIZE_SKIPPED[case]
+
+
+def test_size_refuses_given_artifacts_and_a_file_as_work(tmp_path, capsys):
+    run, sizes = load_script("run"), load_script("release_size")
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--size", "xl", "--bundle", str(tmp_path)])
+    assert exit_info.value.code == 2 and "--size builds its own model" in capsys.readouterr().err
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    with pytest.raises(SystemExit):
+        run.main(["--size", "b2", "--work", str(afile)])
+    assert "is a file, not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run.build_parser().parse_args(["--size", "xxl"])
+    assert "invalid choice: 'xxl'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown size 'h2'; the sizes are xl, b2"):
+        sizes.release_size("h2")
+    b2, xl = sizes.release_size("b2"), sizes.release_size("xl")
+    assert (b2.arch.model.name, xl.arch.model.name) == ("SiT-B/2", "SiT-XL/2")
+    assert b2.arch.model.resolution == xl.arch.model.resolution == 256 and b2.key != xl.key
+    assert b2.arch.kl_vae == xl.arch.kl_vae and b2.arch.kl_vae["block_out_channels"] == (128, 256, 512, 512)
+
+
+def test_size_settings_default_to_one_frame_and_goals_take_the_size_targets():
+    run, settings, report = load_script("run"), load_script("settings"), load_script("report")
+    sized = settings.settings_from(run.build_parser().parse_args(["--size", "xl"]))
+    assert (sized.batches, sized.steps, sized.runs, sized.warmup) == ((1,), (1,), 5, 1)
+    assert sized.skip == ("stream", "accuracy_latency") and sized.compile is False
+    asked = settings.settings_from(run.build_parser().parse_args(["--size", "xl", "--steps", "1,4", "--runs", "3"]))
+    assert (asked.steps, asked.runs) == ((1, 4), 3)
+    plain = settings.settings_from(run.build_parser().parse_args([]))
+    assert plain.skip == () and plain.steps == settings.DEFAULT_STEPS
+    ratios = {"best_cpu_backend_vs_ort_fp32_frame": {"K1": 2.0}, "fp32_bundle_graphs_gb": {"fp32": 3.2}}
+    demo, xl = report.evaluate_goals(ratios), report.evaluate_goals(ratios, "xl")
+    assert demo["best_cpu_backend_vs_ort_fp32_frame"]["pass"] is True and "fp32_bundle_graphs_gb" not in demo
+    assert xl["best_cpu_backend_vs_ort_fp32_frame"]["pass"] is False  # 2.0 < 3.0 at XL
+    assert xl["fp32_bundle_graphs_gb"] == {"target": 3.0, "at_most": True, "worst": 3.2, "values": {"fp32": 3.2},
+                                           "pass": False}  # fmt: skip
+
+
+def test_best_backend_ratio_ignores_emulated_bf16():
+    report = load_script("report")
+    backends = {"K1": {"openvino-fp32_vs_ort-cpu": {"frame": 1.2}, "openvino-bf16-emulated_vs_ort-cpu": {"frame": 9.0}},
+                "K4": {"openvino-fp32_vs_ort-cpu": {"frame": 1.3}, "openvino-bf16_vs_ort-cpu": {"frame": 2.1}},
+                "facts": {}}  # fmt: skip
+    ratios = report.collect_ratios({"backends": backends})
+    assert ratios["best_cpu_backend_vs_ort_fp32_frame"] == {"K1": 1.2, "K4": 2.1}
+
+
 def test_missing_artifacts_are_skipped_with_a_reason(tmp_path):
     run, found = load_script("run"), load_script("artifacts")
     nowhere = tmp_path / "nowhere"

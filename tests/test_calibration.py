@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tracemalloc
 from pathlib import Path
 
@@ -100,6 +101,29 @@ def test_int8_bundle_is_written_with_qdq_and_runs(calibrated, tiny_bundle):
     with mmgen_edge.load(out, device="cpu") as loaded:
         result = loaded.perceive(np.full((40, 56, 3), 128, np.uint8), steps=2, seed=0)
     assert result.depth.shape == (40, 56) and np.isfinite(result.depth).all()
+
+
+def test_int8_bundle_links_its_unchanged_graphs_instead_of_copying_them(calibrated, tiny_bundle, tmp_path, monkeypatch):
+    """A derived bundle takes no second copy of the graphs it keeps (a third of an XL bundle); where links cannot be
+    made (another file system) it copies them, and both bundles verify either way."""
+    _, out, _, _ = calibrated
+    for kept in ("conditioning.onnx", "vae_encoder.onnx", "vae_decoder.onnx"):
+        assert (out / kept).stat().st_ino == (tiny_bundle / kept).stat().st_ino, kept
+    replaced = out / "denoiser_cached.onnx"
+    assert replaced.stat().st_ino != (tiny_bundle / "denoiser_cached.onnx").stat().st_ino
+
+    def no_links(source, target):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    manifest = read_manifest(tiny_bundle, verify="none")
+    target = tmp_path / "staged"
+    target.mkdir()
+    quantize.stage_int8_bundle(tiny_bundle, manifest, {"denoiser_cached": out / "denoiser_cached.onnx"}, target)
+    copied = target / "conditioning.onnx"
+    assert copied.stat().st_ino != (tiny_bundle / "conditioning.onnx").stat().st_ino
+    assert copied.read_bytes() == (tiny_bundle / "conditioning.onnx").read_bytes()
+    read_manifest(tiny_bundle, verify="full")
 
 
 def test_report_measures_latent_error_and_speed(calibrated):
