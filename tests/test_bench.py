@@ -136,7 +136,7 @@ def test_size_builds_its_artifacts_once_and_judges_the_size_goals(tmp_path):
     root = Path(size["work"])
     assert root.parent == work and root.name.startswith("xl-smoke-")
     int8 = json.loads((root / "bundle-int8-cpu-b1" / "manifest.json").read_text())
-    assert int8["precision"] == "int8" and int8["calibration"]["target"] == "cpu" and int8["calibration"]["forced"]
+    assert int8["precision"] == "int8" and int8["calibration"]["target"] == "cpu" and int8["calibration"]["report"]["forced"]
     for label in ("fp32", "int8", "tiny"):
         assert size["bundle_bytes"][label]["graphs"] > 0, label
         assert report["meta"]["bundles"][label]["resolution"] == 64, label

@@ -56,6 +56,9 @@ def test_smoke_run_reports_consistent_stages_frames_shares_and_floors(tmp_path, 
     # the tiny VAE does less work than the KL one, each half
     assert stages["taesd_decoder"]["flops"] < stages["sd_vae_decoder"]["flops"]
     assert stages["taesd_encoder"]["flops"] < stages["sd_vae_encoder"]["flops"]
+    # the half-resolution student decodes the same latents to the same image size, for fewer FLOPs
+    assert stages["taesd_half_decoder"]["input_shapes"] == stages["taesd_decoder"]["input_shapes"]
+    assert stages["taesd_half_decoder"]["flops"] < stages["taesd_decoder"]["flops"]
 
     for name, frame in report["frames"].items():
         parts = FRAMES[name]
@@ -72,8 +75,10 @@ def test_smoke_run_reports_consistent_stages_frames_shares_and_floors(tmp_path, 
     assert share["full_vae"]["value"] == report["frames"]["full_vae"]["flop_shares"]["decoder"]
     assert share["full_vae"]["issue_says"] == 0.78
     assert share["tiny_decoder"]["value"] < share["full_vae"]["value"]
-    tiny = share["tiny_decoder"]
-    assert tiny["target_below"] == 0.15 and tiny["pass"] == (tiny["value"] < 0.15)
+    for name in ("tiny_decoder", "tiny_half_decoder"):
+        tiny = share[name]
+        assert tiny["target_below"] == 0.15 and tiny["pass"] == (tiny["value"] < 0.15)
+    assert share["tiny_half_decoder"]["value"] < share["tiny_decoder"]["value"]
 
     assert set(report["device_floors"]) == set(harness.DEVICE_PEAKS)
     for device, by_precision in report["device_floors"].items():
