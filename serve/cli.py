@@ -89,7 +89,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--http-port", type=port, default=8000)
     p.add_argument("--grpc-port", type=port, default=8001)
     p.add_argument("--metrics-port", type=port, default=8002)
-    p.add_argument("--backend", default="auto", help="auto, tensorrt, ort-tensorrt, ort-cuda or ort-cpu")
+    p.add_argument("--backend", default="auto", help="auto, tensorrt, ort-tensorrt, ort-cuda, ort-cpu, openvino, openvino-fp32 or openvino-bf16")
     p.add_argument("--instances", type=positive_int, default=1, help="model copies serving batches concurrently (default: 1)")
     p.add_argument("--max-queue-delay-us", type=nonnegative_int, default=2000, help="how long the batcher waits to fill a batch")
     p.add_argument("--max-queue-size", type=positive_int, default=256, help="requests waiting per model; more are refused (default: 256)")

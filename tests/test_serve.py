@@ -44,7 +44,7 @@ def server(tiny_bundle):
     http, grpc, metrics = free_ports(3)
     with Server(
         tiny_bundle, http_port=http, grpc_port=grpc, metrics_port=metrics, max_queue_delay_us=BATCH_WINDOW_US, threads=1,
-        access_token=ACCESS_TOKEN,
+        access_token=ACCESS_TOKEN, backend="ort-cpu",  # the `local` reference's backend (auto is bf16 on AMX CPUs)
     ) as s:  # fmt: skip
         yield s
 
