@@ -34,6 +34,7 @@ R, C, h, w and the batch limit come from the bundle manifest (:func:`model_specs
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,6 +146,17 @@ def read_text(array: np.ndarray) -> str:
     """The string in a (1, 1) BYTES tensor (bytes, numpy bytes or object arrays)."""
     value = np.asarray(array).reshape(-1)[0]
     return value.decode() if isinstance(value, (bytes, np.bytes_)) else str(value)
+
+
+# How Triton's Python backend wraps the refusal of a whole batch (serve/pytriton_errors.py): a prefix naming the
+# model instance, the exception's type, and the raising frames after "At:".
+_BATCH_REFUSAL = re.compile(r"Failed to process the request\(s\) for model '[^']*', message: (?:\w+Exception: )?(.*?)(?:\n\nAt:\n.*)?$", re.S)
+
+
+def refusal_reason(message: str) -> str:
+    """The server's own reason in an error message from Triton (unchanged when it is not a wrapped refusal)."""
+    found = _BATCH_REFUSAL.search(message)
+    return found.group(1).strip() if found else message
 
 
 def info_json(steps: int, backend: str, timings: dict[str, float]) -> np.ndarray:

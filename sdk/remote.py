@@ -37,6 +37,7 @@ from mmgen_edge.sdk.protocol import (
     ModelSpec,
     model_specs,
     read_text,
+    refusal_reason,
 )
 
 from .api import (
@@ -212,7 +213,8 @@ class RemoteModel(Model):
             else:
                 result = client.infer(model, tensors, timeout=deadline_us)
         except Exception as e:  # tritonclient's InferenceServerException and transport errors
-            raise RemoteError(f"{model} at {self.url}: {e}") from e
+            message = e.message() if callable(getattr(e, "message", None)) else str(e)
+            raise RemoteError(f"{model} at {self.url}: {refusal_reason(message or str(e))}") from e
         response = result.get_response()
         names = [o.name for o in response.outputs] if self._grpc else [o["name"] for o in response["outputs"]]
         outputs = {name: result.as_numpy(name) for name in names}

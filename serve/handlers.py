@@ -63,6 +63,21 @@ def response_error(response: Mapping[str, np.ndarray]) -> str | None:
     return message or None
 
 
+def batch_refusal(responses: Sequence[object]) -> str | None:
+    """The one reason for which every request of a batch was refused, else None.
+
+    ``responses`` are Triton Python-backend responses (``has_error()``, ``error().message()``). Triton's Python
+    backend counts a request as failed only when its whole ``execute`` fails, so an execute whose every request was
+    refused alike raises this reason instead of returning the error responses: then each request is a failure in
+    ``nv_inference_request_failure``, with that message. (A refused request batched with served ones keeps its own
+    error response and is counted as a success: Triton has no per-request failure for this backend.)
+    """
+    if not responses or not all(r.has_error() for r in responses):  # type: ignore[attr-defined]
+        return None
+    messages = {r.error().message() for r in responses}  # type: ignore[attr-defined]
+    return messages.pop() if len(messages) == 1 else None
+
+
 def request_text(array: np.ndarray, name: str) -> str:
     """The string of one BYTES input, at most ``MAX_TEXT_BYTES`` bytes of UTF-8; RequestError naming it otherwise.
 

@@ -11,7 +11,13 @@ our models the files are PyTriton's own, unchanged, plus one: PyTriton's ``model
 ``pytriton_model.py`` and a small ``model.py`` (:data:`WRAPPER`) imports it and wraps its response builder. A
 response that carries only a non-empty ``error`` output (what :func:`~mmgen_edge.serve.handlers.error_response`
 returns) becomes ``InferenceResponse(error=TritonError(message))`` for that request; every other response is
-built by PyTriton as before. The rest of the batch is served; Triton counts one failure per refused request.
+built by PyTriton as before. The rest of the batch is served.
+
+Triton's Python backend counts a request as failed only when the whole ``execute`` fails (``PbMetricReporter``:
+one success flag per execute, in every release so far). So the wrapper's ``TritonPythonModel.execute`` raises when
+every request of its batch was refused for the same reason (:func:`~mmgen_edge.serve.handlers.batch_refusal`):
+then each one is a failure in ``nv_inference_request_failure``, with that message. A refused request batched with served ones (or with requests
+refused for other reasons) keeps its own error but is counted as a success: the one case Triton cannot tell apart.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ Triton error for its request alone.
 
 import triton_python_backend_utils as pb_utils  # type: ignore
 
+from mmgen_edge.serve.handlers import batch_refusal
+
 from . import pytriton_model as _pytriton
-from .pytriton_model import TritonPythonModel  # noqa: F401 - the class Triton instantiates
 
 if not callable(getattr(_pytriton, "_wrap_response", None)):
     raise ImportError("mmgen-edge: this PyTriton's proxy model has no _wrap_response; install nvidia-pytriton 0.7")
@@ -50,6 +57,23 @@ def _response_or_error(response, requested_output_names, model_outputs):
 
 
 _pytriton._wrap_response = _response_or_error
+
+
+# A batch whose every request was refused for one reason fails as a whole execute: Triton's Python backend
+# reports a request as failed only then, so this is how a refused request reaches nv_inference_request_failure
+# (alone in its batch, or batched with others refused alike). The class is compiled under a plain file name
+# because the stub appends the raising frames ("At: <file>(<line>): <function>") to the message clients see,
+# and this file lies in a temporary folder of the server's.
+_FAILING_MODEL = """
+class TritonPythonModel(_pytriton.TritonPythonModel):
+    def execute(self, requests):
+        responses = super().execute(requests)
+        reason = batch_refusal(responses)
+        if reason is not None:
+            raise pb_utils.TritonModelException(reason)
+        return responses
+"""
+exec(compile(_FAILING_MODEL, "mmgen-edge", "exec"), globals())
 '''
 
 

@@ -28,7 +28,7 @@ from mmgen_edge.runtime.runner import Runner
 from mmgen_edge.sdk.api import MMGenModel
 from mmgen_edge.sdk.protocol import GENERATE_MODEL, INFO_MODEL, MODELS as ENTRY_MODELS, PERCEIVE_MODEL, model_specs
 
-from .handlers import RequestHandler, response_error
+from .handlers import RequestHandler, batch_refusal, response_error
 from .triton_repo import MANIFEST_PARAMETER, batch_symbol, component_model_name, from_triton, to_triton
 
 PB_UTILS = "triton_python_backend_utils"
@@ -123,16 +123,20 @@ class TritonPythonModel:
         }[self.model_name]
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        """One response per request, in order. A refused request gets a Triton error of its own (a failure in
-        Triton's metrics) while the others are served; a failing component model (a BLS error) fails the requests
-        of its engine batch with a Triton error naming it."""
+        """One response per request, in order. A refused request gets a Triton error of its own while the others
+        are served. A failing component model (a BLS error) fails the whole execute with a Triton error naming it,
+        as does a batch whose every request was refused for one reason (``batch_refusal``): only a failed execute
+        counts its requests in Triton's ``nv_inference_request_failure``."""
         batch = [self._inputs(request) for request in requests]
         try:
             responses = self.serve(batch)
         except Exception as e:  # noqa: BLE001 - reported to every client of the batch instead of killing the stub
-            error = self.pb.TritonError(f"{self.model_name}: {type(e).__name__}: {e}")
-            return [self.pb.InferenceResponse(output_tensors=[], error=error) for _ in requests]
-        return [self._response(response) for response in responses]
+            raise self.pb.TritonModelException(f"{self.model_name}: {type(e).__name__}: {e}") from None
+        out = [self._response(response) for response in responses]
+        reason = batch_refusal(out)
+        if reason is not None:
+            raise self.pb.TritonModelException(reason)
+        return out
 
     def _response(self, response: Mapping[str, np.ndarray]) -> Any:
         message = response_error(response)

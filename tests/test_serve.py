@@ -25,7 +25,7 @@ if os.environ.get("MMGEN_EDGE_REQUIRE_SERVE") != "1":
     pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed")
 
 import mmgen_edge  # noqa: E402
-from mmgen_edge.sdk.protocol import TRITON_DTYPES  # noqa: E402
+from mmgen_edge.sdk.protocol import TRITON_DTYPES, refusal_reason  # noqa: E402
 from mmgen_edge.sdk.remote import RemoteError, RemoteModel, connect  # noqa: E402
 from mmgen_edge.serve.server import Server  # noqa: E402
 from serving import assert_same_perception, free_ports, image, kill_session_and_read, session_processes  # noqa: E402
@@ -339,6 +339,34 @@ def test_a_bad_request_fails_alone_as_a_triton_failure(server, local):
         return int(stats["model_stats"][0].get("execution_count", 0))
 
     assert executions(stats_after) - executions(stats_before) < 4, "the four requests were never batched together"
+
+
+def test_refused_requests_on_their_own_are_triton_failures(server, local):
+    """What perf_analyzer sends when its input is wrong: the same refused request again and again. Each is one
+    failure in nv_inference_request_failure (none a success), with its reason and no traceback."""
+    r = local.resolution
+    bad = {"image": image(9, r, r)[None], "steps": np.array([[10_000]], np.int32)}
+    client = _raw_client(server)
+    try:
+        before = _counters(server, "mmgen_perceive")
+        outcomes = [_raw_infer(client, "mmgen_perceive", bad) for _ in range(3)]
+        served = _raw_infer(client, "mmgen_perceive", {"image": image(10, r, r)[None], "seed": np.array([[10]], np.int64)})
+        after = _counters(server, "mmgen_perceive")
+    finally:
+        client.close()
+    for outcome in outcomes:
+        assert isinstance(outcome, Exception), outcome
+        message = outcome.message()
+        assert "steps must be in 1..250" in message, message
+        assert "Traceback" not in message and "model.py" not in message and "/tmp" not in message, message
+    assert not isinstance(served, Exception), served
+    counted = {k: after[k] - before[k] for k in after}
+    assert counted == {"nv_inference_request_failure": 3, "nv_inference_request_success": 1}, counted
+    assert refusal_reason(outcomes[0].message()) == "steps must be in 1..250 (or 0 for the default), got 10000"
+    with connect(server.grpc_url, timeout=REQUEST_TIMEOUT_S) as model:  # the SDK shows the reason alone
+        # (the SDK checks steps itself before sending: this is what a request from an older client meets)
+        with pytest.raises(RemoteError, match=r"^mmgen_perceive at grpc://\S+: steps must be in 1\.\.250 \(or 0 for the default\), got 10000$"):
+            model._infer("mmgen_perceive", bad)
 
 
 def test_statistics_are_open_and_admin_endpoints_need_the_token(server):

@@ -324,6 +324,9 @@ def fake_pb_utils(triton: FakeTriton) -> types.ModuleType:
         def message(self):
             return self._message
 
+    class TritonModelException(Exception):
+        pass
+
     class InferenceResponse:
         def __init__(self, output_tensors=(), error=None):
             self._outputs, self._error = list(output_tensors), error
@@ -357,7 +360,7 @@ def fake_pb_utils(triton: FakeTriton) -> types.ModuleType:
     def get_output_tensor_by_name(response, name):
         return next((t for t in response.output_tensors() if t.name() == name), None)
 
-    for item in (Tensor, TritonError, InferenceResponse, InferenceRequest, get_input_tensor_by_name, get_output_tensor_by_name):
+    for item in (Tensor, TritonError, TritonModelException, InferenceResponse, InferenceRequest, get_input_tensor_by_name, get_output_tensor_by_name):
         setattr(pb, item.__name__, item)
     return pb
 
@@ -422,7 +425,7 @@ def test_bls_perceive_equals_the_local_sdk(triton, repo, local, manifest):
     ]
     responses = model.execute(requests)
     assert len(responses) == 4
-    bad = responses[1]  # refused alone, as a Triton error (a failure in Triton's metrics), no outputs
+    bad = responses[1]  # refused alone, as a Triton error, no outputs; the others are served
     assert bad.has_error() and bad.output_tensors() == []
     assert bad.error().message().startswith("mmgen_perceive: unknown tasks ['bogus']")
 
@@ -437,6 +440,13 @@ def test_bls_perceive_equals_the_local_sdk(triton, repo, local, manifest):
 
     assert set(triton.calls) == {component_model_name(g) for g in RUNTIME_GRAPHS}
     assert 2 in triton.batches["mmgen_vae_encoder"]  # the two depth,normals requests ran as one batch
+
+    # a batch refused alike fails as a whole execute (so Triton counts each request as a failure); unlike: each its own
+    pb = sys.modules["triton_python_backend_utils"]
+    with pytest.raises(pb.TritonModelException, match=r"^mmgen_perceive: unknown tasks \['bogus'\]"):
+        model.execute([request(image=images[1], tasks="bogus"), request(image=images[2], tasks="bogus")])
+    unlike = model.execute([request(image=images[1], tasks="bogus"), request(image=images[2], tasks="depth,depth")])
+    assert [r.has_error() for r in unlike] == [True, True] and "at most once" in unlike[1].error().message()
     model.finalize()
 
 
@@ -478,10 +488,9 @@ def test_bls_info_and_component_failures(triton, repo, manifest, tmp_path):
     triton.repo = broken
     model = entry_model(broken, "mmgen_perceive")
     image = _images(1, manifest.model.resolution)[0]
-    responses = model.execute([request(image=image), request(image=image, tasks="depth")])
-    assert len(responses) == 2
-    for response in responses:
-        assert response.has_error() and "mmgen_vae_encoder" in response.error().message()
+    pb = sys.modules["triton_python_backend_utils"]
+    with pytest.raises(pb.TritonModelException, match="mmgen_vae_encoder"):  # the whole execute fails: a failure each
+        model.execute([request(image=image), request(image=image, tasks="depth")])
 
     runner = BlsRunner("vae_decoder", manifest.graphs["vae_decoder"], manifest.dims, sys.modules["triton_python_backend_utils"])
     runner.model_name = "mmgen_vae_decoderx"  # a name the repository does not have fails, naming it

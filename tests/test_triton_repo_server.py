@@ -332,6 +332,23 @@ def test_a_malformed_request_gets_a_clear_error_and_the_server_keeps_serving(ser
     assert server.process.poll() is None
 
 
+def test_refused_requests_on_their_own_are_triton_failures(server, remote, local):
+    import urllib.request
+
+    def failures() -> float:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+        lines = [line for line in text.splitlines() if line.startswith("nv_inference_request_failure{") and 'model="mmgen_perceive"' in line]
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+    r = local.resolution
+    bad = {"image": np.zeros((1, r, r, 3), np.uint8), "steps": np.array([[10_000]], np.int32)}
+    before = failures()
+    for _ in range(2):
+        with pytest.raises(RemoteError, match=r"^mmgen_perceive at grpc://\S+: mmgen_perceive: steps must be in 1\.\.250"):
+            remote._infer("mmgen_perceive", bad)
+    assert failures() - before == 2
+
+
 def test_shutdown_leaves_no_process(server):
     assert len(session_processes(server.sid)) >= 2, "expected tritonserver and its Python backend stubs"
     code = server.stop()
