@@ -38,8 +38,10 @@ GOALS: dict[str, float] = {
 SIZE_GOALS: dict[str, dict[str, float]] = {
     "xl": {"best_cpu_backend_vs_ort_fp32_frame": 3.0, "cpu_int8_vs_ort_fp32_b1": 3.0},
 }
-#: Goals met by staying at or below the target: the fp32 bundle's runtime graphs on disk, in GB (issue 13, XL).
-MAX_GOALS: dict[str, dict[str, float]] = {"xl": {"fp32_bundle_graphs_gb": 3.0}}
+#: Goals met by staying at or below the target: the fp32 bundle's runtime graphs on disk, in GiB (issue 13, XL).
+#: GiB, as ``du -sh`` counts: the unit of the issue's "5.5 GB now" (the old XL layout is 5.43 GiB, 5.83e9 bytes).
+#: In decimal GB the XL weights alone are 3.08 (770 M fp32 parameters), which no fp32 layout can go below.
+MAX_GOALS: dict[str, dict[str, float]] = {"xl": {"fp32_bundle_graphs_gib": 3.0}}
 
 
 def collect_ratios(report: Mapping[str, Any]) -> dict[str, dict[str, float]]:
@@ -89,7 +91,7 @@ def collect_ratios(report: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     sized = report.get("meta", {}).get("size", {})
     fp32_bytes = sized.get("bundle_bytes", {}).get(FP32) if isinstance(sized, dict) else None
     if isinstance(fp32_bytes, dict):
-        put("fp32_bundle_graphs_gb", FP32, fp32_bytes.get("graphs", 0) / 1e9)
+        put("fp32_bundle_graphs_gib", FP32, fp32_bytes.get("graphs", 0) / 2**30)
     return ratios
 
 

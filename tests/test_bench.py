@@ -159,8 +159,8 @@ def test_size_builds_its_artifacts_once_and_judges_the_size_goals(tmp_path):
     best = k1["best_frame"]
     assert best["frame_vs_ort_fp32"] == max(v["frame"] for n, v in k1.items() if n.endswith("_vs_ort-cpu"))
     assert goals["best_cpu_backend_vs_ort_fp32_frame"]["values"] == {"K1": best["frame_vs_ort_fp32"]}
-    assert goals["fp32_bundle_graphs_gb"]["at_most"] is True and goals["fp32_bundle_graphs_gb"]["pass"] is True
-    assert math.isclose(goals["fp32_bundle_graphs_gb"]["worst"], size["bundle_bytes"]["fp32"]["graphs"] / 1e9)
+    assert goals["fp32_bundle_graphs_gib"]["at_most"] is True and goals["fp32_bundle_graphs_gib"]["pass"] is True
+    assert math.isclose(goals["fp32_bundle_graphs_gib"]["worst"], size["bundle_bytes"]["fp32"]["graphs"] / 2**30)
     assert isinstance(goals["best_cpu_backend_vs_ort_fp32_frame"]["pass"], bool)
 
     assert run.main(argv) == 0  # found, not rebuilt
@@ -206,11 +206,11 @@ def test_size_settings_default_to_one_frame_and_goals_take_the_size_targets():
     assert (asked.steps, asked.runs) == ((1, 4), 3)
     plain = settings.settings_from(run.build_parser().parse_args([]))
     assert plain.skip == () and plain.steps == settings.DEFAULT_STEPS
-    ratios = {"best_cpu_backend_vs_ort_fp32_frame": {"K1": 2.0}, "fp32_bundle_graphs_gb": {"fp32": 3.2}}
+    ratios = {"best_cpu_backend_vs_ort_fp32_frame": {"K1": 2.0}, "fp32_bundle_graphs_gib": {"fp32": 3.2}}
     demo, xl = report.evaluate_goals(ratios), report.evaluate_goals(ratios, "xl")
-    assert demo["best_cpu_backend_vs_ort_fp32_frame"]["pass"] is True and "fp32_bundle_graphs_gb" not in demo
+    assert demo["best_cpu_backend_vs_ort_fp32_frame"]["pass"] is True and "fp32_bundle_graphs_gib" not in demo
     assert xl["best_cpu_backend_vs_ort_fp32_frame"]["pass"] is False  # 2.0 < 3.0 at XL
-    assert xl["fp32_bundle_graphs_gb"] == {"target": 3.0, "at_most": True, "worst": 3.2, "values": {"fp32": 3.2},
+    assert xl["fp32_bundle_graphs_gib"] == {"target": 3.0, "at_most": True, "worst": 3.2, "values": {"fp32": 3.2},
                                            "pass": False}  # fmt: skip
 
 
