@@ -32,7 +32,19 @@ MAX_PERIOD = 10000.0
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    """adaLN: x (N, T, D) scaled and shifted by (N, 1, D) rows (see :func:`modulation_chunks`)."""
+    return x * (1 + scale) + shift
+
+
+def modulation_chunks(modulation: torch.Tensor, count: int, width: int) -> tuple[torch.Tensor, ...]:
+    """(N, count*width) -> ``count`` tensors (N, 1, width) that broadcast over the tokens.
+
+    The same values as ``modulation.chunk(count, -1)`` then ``unsqueeze(1)``, written so that the traced graph is one
+    Reshape and ``count`` constant Slices rather than chains of Shape / Div / Slice / Unsqueeze nodes: a CPU runs
+    every node of the step graph at every step, at a cost of a few microseconds each.
+    """
+    rows = modulation.reshape(-1, count, width)
+    return tuple(rows[:, i : i + 1] for i in range(count))
 
 
 def timestep_features(t: torch.Tensor, dim: int = TIMESTEP_FREQ_DIM) -> torch.Tensor:
@@ -112,8 +124,10 @@ class Attention(nn.Module):
         self.fused = True  # scaled_dot_product_attention; False = explicit softmax (same maths)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, tokens, dim = x.shape
-        qkv = self.qkv(x).reshape(n, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        # Python ints (constants when traced, as the token count is fixed by the resolution) and -1 for the batch:
+        # the graph's reshapes then need no Shape / Gather / Concat chains.
+        tokens, dim = int(x.shape[1]), int(x.shape[2])
+        qkv = self.qkv(x).reshape(-1, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (N, heads, T, head_dim)
         q, k = self.q_norm(q), self.k_norm(k)
         if self.fused:
@@ -121,7 +135,7 @@ class Attention(nn.Module):
         else:
             attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)  # (N, heads, T, T)
             x = attn.softmax(dim=-1) @ v
-        return self.proj(x.transpose(1, 2).reshape(n, tokens, dim))  # (N, T, D)
+        return self.proj(x.transpose(1, 2).reshape(-1, tokens, dim))  # (N, T, D)
 
 
 class Mlp(nn.Module):
@@ -151,9 +165,10 @@ class SiTBlock(nn.Module):
 
     def forward_modulated(self, x: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
         """The block given its precomputed modulation (N, 6D) (conditioning cache)."""
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.chunk(6, dim=-1)
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))  # (N, T, D)
-        return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # (N, T, D)
+        width = self.norm1.normalized_shape[0]
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation_chunks(modulation, 6, width)
+        x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))  # (N, T, D)
+        return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # (N, T, D)
 
 
 class FinalLayer(nn.Module):
@@ -169,7 +184,7 @@ class FinalLayer(nn.Module):
         return self.forward_modulated(x, self.adaLN_modulation(c))
 
     def forward_modulated(self, x: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
-        shift, scale = modulation.chunk(2, dim=-1)
+        shift, scale = modulation_chunks(modulation, 2, self.norm_final.normalized_shape[0])
         return self.linear(modulate(self.norm_final(x), shift, scale))  # (N, T, p*p*C)
 
 
@@ -247,8 +262,8 @@ class MMGen(nn.Module):
         """(N, T, p*p*C) -> (N, C, h*p, w*p)."""
         p, c = self.config.patch_size, self.config.latent_channels
         h = w = int(x.shape[1] ** 0.5)
-        x = x.reshape(x.shape[0], h, w, p, p, c).permute(0, 5, 1, 3, 2, 4)  # n h w p q c -> n c h p w q
-        return x.reshape(x.shape[0], c, h * p, w * p)
+        x = x.reshape(-1, h, w, p, p, c).permute(0, 5, 1, 3, 2, 4)  # n h w p q c -> n c h p w q
+        return x.reshape(-1, c, h * p, w * p)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         c = self.conditioning(t, y, task)  # (N, D)

@@ -280,3 +280,42 @@ def test_export_with_denoiser_on_request(tiny_model_dir, tiny_vae_dir, tmp_path)
     out = tmp_path / "bundle"
     assert cli_main(["export", str(tiny_model_dir), "--vae", str(tiny_vae_dir), "--out", str(out), "--with-denoiser", "--json"]) == 0
     assert sorted(read_manifest(out).graphs) == sorted(["denoiser", "conditioning", "denoiser_cached", "vae_encoder", "vae_decoder"])
+
+
+def test_step_graph_adds_no_shape_arithmetic_per_block(tiny_model, tmp_path):
+    """Each transformer block adds a fixed set of compute nodes to ``denoiser_cached`` and no Shape / Gather / Concat /
+    Unsqueeze / Div chains (constant reshapes and slices instead), and its tanh GELU is one ``Gelu`` node (opset 20):
+    on a CPU every node costs microseconds at every step. The batch stays dynamic."""
+    import collections
+
+    import onnx
+
+    from mmgen_edge.export.model import MMGen
+    from mmgen_edge.export.onnx_export import DEFAULT_OPSET, example_inputs, trace_to_onnx
+
+    def op_counts(depth: int) -> collections.Counter:
+        torch.manual_seed(0)
+        model = MMGen(tiny_model.config.model_copy(update={"depth": depth})).eval()
+        model.set_fused_attention(False)  # as export_bundle traces it
+        path = tmp_path / f"depth{depth}.onnx"
+        trace_to_onnx(CachedDenoiserStep(model), example_inputs(model)["denoiser_cached"], "denoiser_cached", path, DEFAULT_OPSET)
+        graph = onnx.load(str(path)).graph
+        return collections.Counter(n.op_type for n in graph.node if n.op_type != "Constant")
+
+    one, three = op_counts(1), op_counts(3)
+    per_block = {op: (three[op] - one[op]) / 2 for op in set(one) | set(three) if three[op] != one[op]}
+    assert DEFAULT_OPSET >= 20 and per_block.get("Gelu") == 1 and "Tanh" not in per_block, per_block
+    assert not {"Shape", "Concat", "Unsqueeze", "Div", "Cast"} & set(per_block), per_block
+    assert per_block.get("Gather") == 1 and per_block.get("Slice") == 6, per_block  # this block's modulation row
+    # 42 compute nodes a block (before: ~80); Identity nodes are the exporter's aliases of equal (zero-initialised) weights
+    assert per_block["MatMul"] == 6 and sum(v for op, v in per_block.items() if op != "Identity") <= 42, per_block
+
+    # the batch is still free: the depth-3 graph runs at N = 1 and N = 3 (modulation rows = N)
+    session = ort.InferenceSession(str(tmp_path / "depth3.onnx"), providers=["CPUExecutionProvider"])
+    for n in (1, 3):
+        feeds = {}
+        for arg in session.get_inputs():
+            shape = [n if not isinstance(d, int) else d for d in arg.shape]
+            feeds[arg.name] = np.full([1] if arg.name == "cfg_scale" else shape, 0.5, np.float32)
+        outputs = session.run(None, feeds)
+        assert outputs[0].shape[0] == n
