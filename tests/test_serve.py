@@ -328,7 +328,11 @@ def test_a_bad_request_fails_alone_as_a_triton_failure(server, local):
         np.testing.assert_allclose(
             outcome.as_numpy("latents")[0], local.perceive(image(seed, r, r), seed=seed, return_latents=True).latents, atol=1e-4
         )
+    deadline = time.monotonic() + 10  # Triton counts a request when it releases it, just after the response
     after = _counters(server, "mmgen_perceive")
+    while sum(after[k] - before[k] for k in after) < 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        after = _counters(server, "mmgen_perceive")
     counted = {k: after[k] - before[k] for k in after}
     assert sum(counted.values()) == 4, counted  # every request is in Triton's metrics...
     # ...but the Python backend of the Triton that nvidia-pytriton 0.7 bundles (2.51) counts a request whose own
@@ -351,7 +355,12 @@ def test_refused_requests_on_their_own_are_triton_failures(server, local):
         before = _counters(server, "mmgen_perceive")
         outcomes = [_raw_infer(client, "mmgen_perceive", bad) for _ in range(3)]
         served = _raw_infer(client, "mmgen_perceive", {"image": image(10, r, r)[None], "seed": np.array([[10]], np.int64)})
+        want = {"nv_inference_request_failure": 3, "nv_inference_request_success": 1}
+        deadline = time.monotonic() + 10  # Triton counts a request when it releases it, just after the response
         after = _counters(server, "mmgen_perceive")
+        while {k: after[k] - before[k] for k in after} != want and time.monotonic() < deadline:
+            time.sleep(0.1)
+            after = _counters(server, "mmgen_perceive")
     finally:
         client.close()
     for outcome in outcomes:
@@ -361,7 +370,7 @@ def test_refused_requests_on_their_own_are_triton_failures(server, local):
         assert "Traceback" not in message and "model.py" not in message and "/tmp" not in message, message
     assert not isinstance(served, Exception), served
     counted = {k: after[k] - before[k] for k in after}
-    assert counted == {"nv_inference_request_failure": 3, "nv_inference_request_success": 1}, counted
+    assert counted == want, counted
     assert refusal_reason(outcomes[0].message()) == "steps must be in 1..250 (or 0 for the default), got 10000"
     with connect(server.grpc_url, timeout=REQUEST_TIMEOUT_S) as model:  # the SDK shows the reason alone
         # (the SDK checks steps itself before sending: this is what a request from an older client meets)
