@@ -62,7 +62,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mmgen_edge.cli import nonnegative_int, positive_float, positive_int, step_list
+from mmgen_edge.cli import backend_name, nonnegative_int, positive_float, positive_int, step_list, thread_count
 
 from . import harness
 from .artifacts import (
@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--steps", type=step_list, default=None, help="sampler steps K of the perceive cases (default 1,2,4)")
     add("--runs", type=positive_int, default=None, help=f"timed runs per case (default {DEFAULT_RUNS})")
     add("--warmup", type=nonnegative_int, default=None, help=f"untimed runs first (default {DEFAULT_WARMUP})")
-    add("--threads", type=positive_int, default=default_threads(), help="intra-op threads of ORT and torch (default: CPUs available)")
+    add("--threads", type=thread_count, default=default_threads(), help="intra-op threads of ORT and torch (default: CPUs available)")
     add("--stream-frames", type=positive_int, default=None,
         help=f"frames of the stream video (default {DEFAULT_STREAM_FRAMES}; --skip stream leaves the case out)")
     add("--skip", type=parse_case_list, default=(), metavar="CASES",
@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--compile", choices=("auto", "on", "off"), default="auto", help="try torch.compile (auto: yes unless --smoke)")
     add("--compile-timeout-s", type=positive_float, default=COMPILE_TIMEOUT_S, help="time limit of the torch.compile trial")
     add("--torch-cuda", action="store_true", help="add the PyTorch CUDA eager step when a GPU is available")
-    add("--backend", default="ort-cpu", help="SDK backend of the bundles (default ort-cpu)")
+    add("--backend", type=backend_name, default="ort-cpu", help="SDK backend of the bundles (default ort-cpu)")
     add("--size", choices=tuple(SIZES),
         help="bench the release architecture of this size with random weights (speed only), built once in --work")
     add("--work", type=Path, default=DEFAULT_WORK, help=f"--size: where its artifacts are built and kept (default {DEFAULT_WORK})")
@@ -212,12 +212,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = settings_from(args)
     out_dir: Path = args.out
-    out_dir.mkdir(parents=True, exist_ok=True)
     given = any(p is not None for p in (args.model_dir, args.vae_dir, args.bundle, args.bundle_int8, args.bundle_tiny))
     if args.size is not None and given:
         parser.error("--size builds its own model and bundles; leave out --model-dir, --vae-dir and --bundle*")
-    if args.size is not None and args.work.exists() and not args.work.is_dir():
-        parser.error(f"--work {args.work} is a file, not a folder")
+    for name, folder in (("--out", out_dir), *((("--work", args.work),) if args.size is not None else ())):
+        for path in (folder, *folder.parents):
+            if path.exists() and not path.is_dir():
+                parser.error(f"{name} {folder}: {path} is a file, not a folder")
+    for report in args.eval_json:
+        if not report.is_file():
+            parser.error(f"--eval-json {report}: no such file")
+    out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mmgen-bench-") as tmp:
         workdir = Path(tmp)
         size_facts = None

@@ -297,6 +297,16 @@ def calibrate_bundle(
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if eval_scenes < 0 or (eval_scenes == 0 and not force):
         raise ValueError("eval_scenes must be >= 1 (0 skips the accuracy gate, which needs force=True)")
+    for option, folder in (("work_dir", work_dir), ("cache_dir", cache_dir)):  # checked before any work
+        if folder is None:
+            continue
+        resolved = Path(folder).resolve()
+        for name, path in (("the FP32 bundle", Path(bundle)), ("--out", Path(out))):  # never inside the input/output
+            if resolved == path.resolve() or path.resolve() in resolved.parents:
+                raise ValueError(f"{option} {folder} is inside {name} {path}: choose a separate folder")
+        for parent in (resolved, *resolved.parents):
+            if parent.exists() and not parent.is_dir():
+                raise ValueError(f"{option} {folder}: {parent} is a file, not a folder")
     thresholds = max_drop or GateThresholds()
     eval_steps = eval_steps or manifest.sampler.num_steps
     with _work_directory(work_dir) as work:

@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from mmgen_edge.cli import nonnegative_int, positive_int, step_count, step_list
+from mmgen_edge.cli import nonnegative_int, positive_int, step_count, step_list, thread_count
 
 #: Exit status when the gate refused the INT8 bundle (2 is the CLI's usage / input error status).
 EXIT_GATE_REFUSED = 3
@@ -62,7 +62,7 @@ def add_parsers(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--vae-decoder", action="store_true", help="also quantize the VAE decoder")
     p.add_argument("--cache-dir", help="keep activation ranges here (keyed by weights, graph and calibration-set hash)")
     p.add_argument("--work-dir", help="keep captured feeds and intermediate graphs here (default: a temporary folder)")
-    p.add_argument("--threads", type=positive_int, help="ONNX Runtime intra-op threads (default: ORT's)")
+    p.add_argument("--threads", type=thread_count, help="ONNX Runtime intra-op threads (default: ORT's)")
     p.add_argument("--compare-exclusions", action="store_true",
                    help="also report the latent error of the denoiser quantized without the float exclusions")  # fmt: skip
     p.add_argument("--speed-runs", type=nonnegative_int, default=DEFAULT_SPEED_RUNS, help="timed runs of one step (0: skip)")

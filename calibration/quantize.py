@@ -247,10 +247,14 @@ def compute_ranges(
 
 
 def cached_ranges(cache_file: Path, compute: Callable[[], TensorsData]) -> tuple[Path, bool]:
-    """(ranges file, hit): ``cache_file`` when it exists, else the ranges are computed and written there."""
+    """(ranges file, hit): ``cache_file`` when it exists and reads as ranges, else the ranges are computed and
+    written there (a truncated or foreign file under the cache's name is a stale cache: it is replaced)."""
     if cache_file.is_file():
-        load_tensors_data(cache_file)  # fail early on a corrupt cache
-        return cache_file, True
+        try:
+            load_tensors_data(cache_file)
+            return cache_file, True
+        except Exception:  # noqa: BLE001 - not ranges we wrote (KeyError, TypeError, JSON errors...): recompute
+            cache_file.unlink()
     save_tensors_data(compute(), cache_file)
     return cache_file, False
 

@@ -44,17 +44,29 @@ def autoencoder_class_name(directory: str | os.PathLike[str]) -> str:
     return name
 
 
-def load_autoencoder(directory: str | os.PathLike[str], expect: str | None = None) -> Autoencoder:
+def load_autoencoder(directory: str | os.PathLike[str], expect: str | None = None, label: str | None = None) -> Autoencoder:
     """Load a diffusers ``AutoencoderKL`` or ``AutoencoderTiny`` directory (fp32, eval mode).
 
     Args:
         directory: the diffusers directory (``config.json`` + weights).
         expect: when given, the class it must be (e.g. the teacher must be an ``AutoencoderKL``).
+        label: what the directory is, for the message naming a NaN/Inf tensor (default ``"VAE <directory>"``).
+
+    Raises:
+        ValueError: not a diffusers autoencoder directory, the wrong class, unreadable weights, or weights that hold
+            NaN/Inf (``NonFiniteWeightsError``, naming the tensors).
     """
+    from .finite import check_finite
+
     name = autoencoder_class_name(directory)
     if expect is not None and name != expect:
         raise ValueError(f"{directory} holds a {name}, expected a {expect}")
-    return AUTOENCODER_CLASSES[name].from_pretrained(directory, low_cpu_mem_usage=False).float().eval()
+    try:
+        vae = AUTOENCODER_CLASSES[name].from_pretrained(directory, low_cpu_mem_usage=False)
+    except Exception as e:  # diffusers / safetensors: missing, empty or truncated weights
+        raise ValueError(f"{directory}: cannot load the {name} weights ({type(e).__name__}: {e})") from None
+    check_finite(vae.state_dict(), label or f"VAE {directory}")
+    return vae.float().eval()
 
 
 def _scale_shift(vae: Autoencoder) -> tuple[float, float]:

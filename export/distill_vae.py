@@ -44,6 +44,7 @@ from diffusers import AutoencoderKL, AutoencoderTiny
 from tqdm.auto import tqdm
 
 from mmgen_edge.runtime.fileio import atomic_directory, atomic_file, weights_sha256, write_text_atomic
+from mmgen_edge.runtime.modalities import RELEASE_MODALITIES
 
 from .autoencoders import decode_latent, decoder_upsampling, encode_latent, encoder_downsampling, load_autoencoder
 
@@ -139,6 +140,9 @@ class DistillSettings:
                 not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0) for w in self.map_weights)
                 or not any(self.map_weights)):  # fmt: skip
             raise ValueError(f"map_weights must be finite numbers >= 0, not all 0, got {self.map_weights!r}")
+        if self.map_weights is not None and len(self.map_weights) != len(RELEASE_MODALITIES):
+            raise ValueError(f"map_weights needs one weight per map ({', '.join(RELEASE_MODALITIES)}), "
+                             f"got {len(self.map_weights)}: {self.map_weights!r}")  # fmt: skip
 
     def learning_rate_at(self, step: int) -> float:
         """Linear warm-up, then cosine decay to 0 at ``steps``."""
@@ -265,8 +269,11 @@ def build_dataset(teacher: AutoencoderKL, teacher_dir: Path, settings: DistillSe
     """The teacher-labelled dataset, from ``work`` when a run with the same teacher and data made it."""
     path = work / f"dataset-{_dataset_key(teacher_dir, settings)}.npz"
     if path.is_file():
-        with np.load(path) as f:
-            return DistillDataset(**{field.name: f[field.name] for field in dataclasses.fields(DistillDataset)})
+        try:
+            with np.load(path) as f:
+                return DistillDataset(**{field.name: f[field.name] for field in dataclasses.fields(DistillDataset)})
+        except Exception:  # noqa: BLE001 - truncated, empty or foreign file: a cache, so label again
+            path.unlink()
     size = int(teacher.config.sample_size) if isinstance(teacher.config.sample_size, int) else 256
     images, kinds = distillation_images(settings.data, settings.images, size)
     dataset = label_with_teacher(teacher, images, kinds, settings.seed, progress)
@@ -382,11 +389,12 @@ def distill_vae(
 
     say = log or (lambda message: None)
     teacher_dir, out, work = Path(teacher_dir), Path(out), Path(work)
-    check_output_directory(out, overwrite, protect=(teacher_dir, work))
-    teacher = load_autoencoder(teacher_dir, expect="AutoencoderKL")
+    inputs = (teacher_dir, work, *(p for p in (init, settings.bundle) if p is not None))
+    check_output_directory(out, overwrite, protect=inputs)
+    teacher = load_autoencoder(teacher_dir, expect="AutoencoderKL", label=f"teacher VAE {teacher_dir}")
     torch.manual_seed(settings.seed)
     if init is not None:
-        student = load_autoencoder(init, expect="AutoencoderTiny")
+        student = load_autoencoder(init, expect="AutoencoderTiny", label=f"--init {init}")
         if int(student.config.latent_channels) != int(teacher.config.latent_channels):
             raise ValueError(f"{init} has {student.config.latent_channels} latent channels, the teacher "
                              f"{teacher.config.latent_channels}")  # fmt: skip
@@ -399,6 +407,11 @@ def distill_vae(
     work.mkdir(parents=True, exist_ok=True)
     say(f"labelling up to {settings.images} images of {settings.data} with the teacher {teacher_dir}")
     dataset = build_dataset(teacher, teacher_dir, settings, work, progress)
+    for field in dataclasses.fields(DistillDataset):
+        values = getattr(dataset, field.name)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            source = f"the teacher {teacher_dir}" + (f" or the bundle {settings.bundle}" if settings.bundle else "")
+            raise ValueError(f"the distillation data ({field.name}) holds NaN or Inf: {source} computes non-finite values")
     size = dataset.images.shape[1]
     train_index, held_index = split(len(dataset.images), settings.seed)
     parts = [student.decoder, *([student.encoder] if settings.train_encoder else [])]
@@ -436,7 +449,7 @@ def distill_vae(
         batch = _batch(dataset, g.choice(train_index, size=min(settings.batch, len(train_index)), replace=False))
         loss = distill_loss(student, batch, size, settings.train_encoder, settings.map_weights)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"distillation loss became {loss.item()} at step {step}; lower --lr")
+            raise ValueError(f"distillation loss became {loss.item()} at step {step}: lower --lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -467,7 +480,7 @@ def distill_vae(
         "parameters": {"decoder": sum(p.numel() for p in student.decoder.parameters()),
                        "encoder": sum(p.numel() for p in student.encoder.parameters())},  # fmt: skip
     }
-    with atomic_directory(out, overwrite=overwrite, protect=(teacher_dir, work)) as tmp:
+    with atomic_directory(out, overwrite=overwrite, protect=inputs) as tmp:
         student.save_pretrained(tmp, safe_serialization=True)
         write_text_atomic(tmp / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report

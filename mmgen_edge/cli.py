@@ -96,6 +96,19 @@ positive_int = bounded_int(1)
 nonnegative_int = bounded_int(0)
 #: TCP ports.
 port = bounded_int(1, 65535)
+#: Thread counts (intra-op threads of ONNX Runtime / torch): at least one, at most this many.
+MAX_THREADS = 1024
+thread_count = bounded_int(1, MAX_THREADS)
+
+
+def backend_name(text: str) -> str:
+    """An argparse ``type=`` for ``--backend``: ``auto``, ``openvino`` or one of the local backend kinds."""
+    from mmgen_edge.runtime.backend import LOCAL_KINDS, OPENVINO_ANY
+
+    names = ("auto", *(k.value for k in LOCAL_KINDS), OPENVINO_ANY)
+    if text not in names:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(names)}; got {text!r}")
+    return text
 
 
 def step_count(text: str) -> int:
@@ -204,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(hint, file=sys.stderr)
         return EXIT_USAGE
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, ImportError, ConnectionError) as e:
+    except (ValueError, OSError, RuntimeError, ImportError) as e:  # OSError: files, folders, connections
         print(f"mmgen-edge {name}: error: {describe_error(e)}", file=sys.stderr)
         return EXIT_USAGE
 

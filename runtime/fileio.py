@@ -68,19 +68,49 @@ def link_or_copy(source: Path, target: Path) -> bool:
 #: Written into every directory that :func:`atomic_directory` produces: ``overwrite`` may replace only such a
 #: directory (or an empty one), never a folder of unrelated files.
 OUTPUT_MARKER = ".mmgen-edge-output"
-_LEGACY_MARKERS = (("manifest.json", '"schema_version"'), ("config.json", '"mmgen-edge-model"'),
-                   ("mmgen_info/config.pbtxt", "mmgen_info"))  # fmt: skip
+def _json_object(path: Path) -> dict:
+    """The JSON object in ``path`` (at most 1 MiB), or {} when it is missing, too large or not an object."""
+    import json
+
+    try:
+        if not path.is_file() or path.stat().st_size >= 1 << 20:
+            return {}
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _legacy_output(directory: Path) -> bool:
+    """A bundle, model directory or model repository written before the marker existed, recognised by structure:
+    a manifest with our schema's top-level fields, a model config in our format, or an ``mmgen_info`` model."""
+    manifest = _json_object(directory / "manifest.json")
+    if isinstance(manifest.get("schema_version"), int) and {"graphs", "files", "model", "provenance"} <= set(manifest):
+        return True
+    config = _json_object(directory / "config.json")
+    if config.get("format") == "mmgen-edge-model" and isinstance(config.get("model"), dict):
+        return True
+    repository = directory / "mmgen_info" / "config.pbtxt"
+    return repository.is_file() and repository.stat().st_size < 1 << 20 and 'name: "mmgen_info"' in repository.read_text(errors="replace")
 
 
 def written_by_us(directory: Path) -> bool:
-    """True when ``directory`` is one that mmgen-edge wrote (the marker, or a bundle / model dir / repository)."""
+    """True when ``directory`` is one that mmgen-edge wrote (the marker, or a bundle / model dir / repository).
+
+    A folder is not ours because some file in it mentions our names: an old output is recognised by its structure
+    (:func:`_legacy_output`), and any file of the folder that such an output never holds makes it not ours.
+    """
     if (directory / OUTPUT_MARKER).is_file():
         return True
-    for name, needle in _LEGACY_MARKERS:
-        path = directory / name
-        if path.is_file() and path.stat().st_size < 1 << 20 and needle in path.read_text(errors="replace"):
-            return True
-    return False
+    return _legacy_output(directory) and all(_legacy_member(p) for p in directory.iterdir())
+
+
+#: What an output written before the marker could hold at its top level (graphs, weights, configs, caches).
+_LEGACY_SUFFIXES = (".onnx", ".data", ".plan", ".engine", ".json", ".safetensors", ".pbtxt")
+
+
+def _legacy_member(path: Path) -> bool:
+    return path.is_dir() or path.name.endswith(_LEGACY_SUFFIXES)
 
 
 def check_output_directory(
@@ -89,6 +119,11 @@ def check_output_directory(
     """Refuse an output path that exists (unless ``overwrite``), that is not a directory, that holds files this
     tool did not write, or that holds (or is) one of the ``protect`` paths (e.g. the source being converted)."""
     target = Path(target)
+    if target.is_symlink():  # a link (even a dangling one) would be replaced by a directory, or followed out
+        raise FileExistsError(f"{target} is a symbolic link: give the directory's real path as the output")
+    for parent in target.parents:
+        if parent.exists() and not parent.is_dir():
+            raise FileExistsError(f"{parent} is a file, so {target} cannot be created: choose a directory path")
     if not target.exists():
         return
     if not target.is_dir():
@@ -124,7 +159,10 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
     for path in target.parent.glob(f".{target.name}.*-*"):
         kind, _, pid = path.name[len(target.name) + 2 :].partition("-")
         if kind in ("tmp", "old") and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
+            if path.is_symlink():  # rmtree refuses links; remove the link, never what it points to
+                path.unlink()
+            else:
+                shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
 

@@ -116,6 +116,9 @@ class DimRange(BaseModel):
     max: int = Field(8, ge=1)
 
 
+#: The largest batch a bundle may declare (``export --max-batch``): Triton's ``max_batch_size`` is an int32 and a
+#: larger engine batch would not fit any device's memory at the release size anyway.
+MAX_BATCH = 1024
 #: Dynamic dimension symbols used in graph shapes: N = samples; B = modulation rows (N, or 2N with guidance);
 #: V = images through the VAE decoder (up to one per modality per sample).
 BATCH_DIM, MODULATION_DIM, DECODE_DIM = "N", "B", "V"

@@ -22,6 +22,10 @@ from .runner import Runner
 from .sampler import SamplerConfig
 
 
+class NonFiniteOutputError(RuntimeError):
+    """A graph produced NaN or Inf (non-finite weights in the bundle, or non-finite inputs)."""
+
+
 @dataclass
 class Timings:
     """Seconds per stage of the last call (encode, steps, decode, postprocess...)."""
@@ -123,6 +127,12 @@ class Pipeline:
             for i in range(0, len(latents), step)
         ]
         images = np.concatenate(parts)  # (V, 3, H, W) in [-1, 1]
+        if not np.isfinite(images).all():  # NaN would become black pixels silently (the uint8 cast)
+            where = "the vae_decoder graph" if np.isfinite(latents).all() else "the denoiser (its latents)"
+            raise NonFiniteOutputError(
+                f"{where} produced NaN or Inf: the bundle's weights or inputs are not finite (re-export it from "
+                "finite weights; export and convert refuse non-finite ones)"
+            )
         return np.clip((images + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
     def sample(

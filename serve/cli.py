@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any
 
-from mmgen_edge.cli import nonnegative_int, port, positive_int, step_count
+from mmgen_edge.cli import backend_name, nonnegative_int, port, positive_int, step_count, thread_count
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -89,11 +89,11 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--http-port", type=port, default=8000)
     p.add_argument("--grpc-port", type=port, default=8001)
     p.add_argument("--metrics-port", type=port, default=8002)
-    p.add_argument("--backend", default="auto", help="auto, tensorrt, ort-tensorrt, ort-cuda, ort-cpu, openvino, openvino-fp32 or openvino-bf16")
+    p.add_argument("--backend", type=backend_name, default="auto", help="auto, tensorrt, ort-tensorrt, ort-cuda, ort-cpu, openvino, openvino-fp32 or openvino-bf16")
     p.add_argument("--instances", type=positive_int, default=1, help="model copies serving batches concurrently (default: 1)")
     p.add_argument("--max-queue-delay-us", type=nonnegative_int, default=2000, help="how long the batcher waits to fill a batch")
     p.add_argument("--max-queue-size", type=positive_int, default=256, help="requests waiting per model; more are refused (default: 256)")
-    p.add_argument("--threads", type=positive_int, help="ONNX Runtime CPU threads per instance")
+    p.add_argument("--threads", type=thread_count, help="ONNX Runtime CPU threads per instance")
     p.add_argument("--steps", type=step_count, help="default sampler steps (default: the bundle's)")
     p.add_argument(
         "--access-token",

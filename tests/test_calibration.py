@@ -301,3 +301,35 @@ def test_sensitive_groups_follow_the_graph(tiny_bundle):
     assert len(groups["head"]) == 4 and all(ops[n] == "MatMul" for n in groups["head"])  # one per modality
     assert {ops[n] for n in groups["norm"]} == {"LayerNormalization", "Softmax"}
     assert len(groups["attention"]) == 2 * 2  # Q K^T and softmax V per block (depth 2)
+
+
+def test_a_corrupt_ranges_cache_is_recomputed_not_fatal(tmp_path):
+    from mmgen_edge.calibration.quantize import cached_ranges
+
+    calls = []
+    good = tmp_path / "good.ranges.json"
+
+    def compute():
+        calls.append(1)
+        from onnxruntime.quantization.calibrate import TensorData, TensorsData, CalibrationMethod
+
+        return TensorsData(CalibrationMethod.MinMax, {"x": TensorData(lowest=np.float32(-1.0), highest=np.float32(1.0))})
+
+    for content in ("{}", "[1, 2]", "{not json"):
+        good.write_text(content)
+        path, hit = cached_ranges(good, compute)
+        assert path == good and hit is False
+    path, hit = cached_ranges(good, compute)  # now a valid cache: a hit, nothing recomputed
+    assert hit is True and len(calls) == 3
+
+
+def test_work_and_cache_folders_inside_the_bundle_or_the_output_are_refused_before_any_work(tiny_bundle, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "int8"
+    for options, message in (({"work_dir": tiny_bundle / "work"}, "work_dir .* is inside the FP32 bundle"),
+                             ({"cache_dir": tiny_bundle}, "cache_dir .* is inside the FP32 bundle"),
+                             ({"work_dir": out}, "work_dir .* is inside --out"),
+                             ({"cache_dir": tmp_path / "afile" / "c"}, "afile is a file")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            calibrate_bundle(tiny_bundle, "demo:2", out, **options)
+    assert not (tiny_bundle / "work").exists() and not out.exists()

@@ -150,3 +150,54 @@ def test_write_video_and_write_image_are_atomic(tmp_path):
     with pytest.raises(ValueError, match=r"could not write .*a\.nope"):
         write_image(tmp_path / "maps" / "a.nope", image)
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["a.png"]
+
+
+def test_overwrite_recognises_old_outputs_by_structure_not_by_a_mention(tmp_path):
+    """A folder is not ours because a file in it mentions our names; an old bundle (before the marker) still is."""
+    import json
+
+    lookalike = tmp_path / "thesis"
+    lookalike.mkdir()
+    (lookalike / "manifest.json").write_text(json.dumps({"schema_version": 3, "app": "someone else"}))
+    (lookalike / "thesis.tex").write_text("keep me")
+    other = tmp_path / "data"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"note": "mmgen-edge-model"}))
+    (other / "data.csv").write_text("1,2")
+    for folder in (lookalike, other):
+        with pytest.raises(FileExistsError, match="did not write"):
+            check_output_directory(folder, overwrite=True)
+    assert (lookalike / "thesis.tex").is_file() and (other / "data.csv").is_file()
+
+    old_bundle = tmp_path / "old-bundle"  # what export wrote before the marker: replaceable
+    old_bundle.mkdir()
+    (old_bundle / "manifest.json").write_text(json.dumps({"schema_version": 1, "graphs": {}, "files": [], "model": {}, "provenance": {}}))
+    (old_bundle / "denoiser_cached.onnx").write_bytes(b"graph")
+    check_output_directory(old_bundle, overwrite=True)
+    (old_bundle / "notes.txt").write_text("a user's file inside it: then it is not replaced")
+    with pytest.raises(FileExistsError, match="did not write"):
+        check_output_directory(old_bundle, overwrite=True)
+
+
+def test_an_output_that_is_a_link_or_lies_under_a_file_is_refused_before_any_work(tmp_path):
+    ours = tmp_path / "ours"
+    with atomic_directory(ours) as tmp:
+        (tmp / "a.txt").write_text("1")
+    link, dangling = tmp_path / "link", tmp_path / "dangling"
+    link.symlink_to(ours, target_is_directory=True)
+    dangling.symlink_to(tmp_path / "nowhere", target_is_directory=True)
+    for target in (link, dangling):
+        with pytest.raises(FileExistsError, match="symbolic link"):
+            with atomic_directory(target, overwrite=True):
+                raise AssertionError("the work must not start")
+    assert link.is_symlink() and (ours / "a.txt").read_text() == "1"
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(FileExistsError, match="afile is a file"):
+        check_output_directory(tmp_path / "afile" / "sub", overwrite=False)
+
+    # a stale temporary that is a link (left by an old run) is removed, never what it points to
+    stale = tmp_path / f".ours.old-{2**22 + 12345}"
+    stale.symlink_to(ours, target_is_directory=True)
+    with atomic_directory(tmp_path / "ours", overwrite=True) as tmp:
+        (tmp / "b.txt").write_text("2")
+    assert not stale.is_symlink() and (ours / "b.txt").is_file()

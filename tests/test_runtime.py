@@ -189,3 +189,32 @@ def test_pipeline_facade_samples_like_the_loop_and_swaps_runners(tiny_bundle, ma
         assert calls == ["denoiser_cached"] * 3
         with pytest.raises(ValueError, match=r"cannot replace runners of \['decoder'\]"):
             pipeline.replace_runners({"decoder": inner})
+
+
+@pytest.mark.parametrize("graph, where", [("vae_decoder", "the vae_decoder graph"), ("denoiser_cached", r"the denoiser \(its latents\)")])
+def test_a_bundle_whose_graph_computes_nan_fails_naming_it_instead_of_black_maps(tiny_bundle, tmp_path, graph, where):
+    """A bundle edited after export (NaN in one weight, hashes rewritten) is refused at the first frame."""
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    import mmgen_edge
+    from mmgen_edge.runtime.manifest import file_entry, write_manifest
+    from mmgen_edge.runtime.pipeline import NonFiniteOutputError
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    model = onnx.load(str(bundle / f"{graph}.onnx"))
+    weight = max((t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT), key=lambda t: np.prod(t.dims))
+    values = numpy_helper.to_array(weight).copy()
+    values.reshape(-1)[:] = np.nan
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    onnx.save(model, str(bundle / f"{graph}.onnx"))
+    manifest = read_manifest(bundle, verify="none")
+    files = tuple(file_entry(bundle, f.path) if f.path == f"{graph}.onnx" else f for f in manifest.files)
+    write_manifest(bundle, manifest.model_copy(update={"files": files}))
+    with mmgen_edge.load(bundle, backend="ort-cpu") as nan_model:
+        image = np.full((32, 32, 3), 128, np.uint8)
+        with pytest.raises(NonFiniteOutputError, match=f"{where} produced NaN or Inf"):
+            nan_model.perceive(image, seed=0)

@@ -197,6 +197,43 @@ def test_distill_never_writes_over_its_teacher(tiny_vae_dir, tmp_path):
         distill.distill_vae(tiny_vae_dir, settings(), tiny_vae_dir.parent, tmp_path / "w", overwrite=True)
 
 
+
+def test_distill_never_writes_over_its_init_or_bundle_and_refuses_non_finite_inputs(tiny_vae_dir, student_dir, tiny_bundle, tmp_path):
+    import shutil
+
+    init = tmp_path / "init"
+    shutil.copytree(student_dir, init)
+    with pytest.raises(ValueError, match="holds the input"):
+        distill.distill_vae(tiny_vae_dir, settings(), init, tmp_path / "w", init=init, overwrite=True)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    with pytest.raises(ValueError, match="holds the input"):
+        distill.distill_vae(tiny_vae_dir, settings(bundle=bundle), bundle, tmp_path / "w", overwrite=True)
+    assert (bundle / "manifest.json").is_file() and (init / "config.json").is_file()
+
+    teacher = tmp_path / "nan-teacher"  # a NaN in the teacher's decoder would label every image black
+    vae = AutoencoderKL.from_pretrained(tiny_vae_dir)
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.view(-1)[0] = float("nan")
+    vae.save_pretrained(teacher)
+    with pytest.raises(ValueError, match=r"teacher VAE .*decoder\.conv_out\.weight"):
+        distill.distill_vae(teacher, settings(), tmp_path / "s", tmp_path / "w2")
+    assert not (tmp_path / "s").exists()
+
+    with pytest.raises(ValueError, match="one weight per map"):
+        settings(map_weights=(1.0, 5.0))
+
+
+def test_a_corrupt_dataset_cache_is_rebuilt(tiny_vae_dir, tmp_path):
+    work = tmp_path / "work"
+    first = distill.distill_vae(tiny_vae_dir, settings(steps=2, save_every=2), tmp_path / "a", work)
+    (cache,) = work.glob("dataset-*.npz")
+    cache.write_bytes(cache.read_bytes()[:100])  # truncated, as by a full disk
+    (work / "checkpoint.pt").unlink()
+    again = distill.distill_vae(tiny_vae_dir, settings(steps=2, save_every=2), tmp_path / "b", work)
+    assert again["images"] == first["images"] and cache.stat().st_size > 100
+
+
 # ---------------------------------------------------------------------------------------------- export behind the gate
 def test_an_inaccurate_student_is_refused_and_nothing_is_written(tiny_model_dir, tiny_vae_dir, student_dir, tmp_path):
     out = tmp_path / "bundle"

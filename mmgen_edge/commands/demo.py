@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mmgen_edge.cli import nonnegative_int, positive_int, step_count, step_list
+from mmgen_edge.cli import backend_name, nonnegative_int, positive_int, step_count, step_list
 
 def cmd_eval(args: argparse.Namespace) -> int:
     import mmgen_edge
@@ -60,7 +60,7 @@ def add_parsers(sub: Any) -> None:
     """Add ``eval`` and ``demo`` to an ``argparse`` subparsers object."""
     p = sub.add_parser("eval", help="accuracy on held-out shapes scenes for several step counts (demo model by default)")
     p.add_argument("--bundle", help="bundle to evaluate (default: the demo model's)")
-    p.add_argument("--backend", default="auto")
+    p.add_argument("--backend", type=backend_name, default="auto")
     p.add_argument("--scenes", type=positive_int, default=200, help="held-out scenes (default: 200)")
     p.add_argument("--steps", type=step_list, default="1,2,4,8,25", help="comma-separated step counts")
     p.add_argument("--generation", type=nonnegative_int, default=2, help="generated samples per class for the grid (0: none)")

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mmgen_edge.cli import nonnegative_int, positive_int, step_count
+from mmgen_edge.cli import bounded_int, nonnegative_int, positive_int, step_count
+from mmgen_edge.runtime.manifest import MAX_BATCH
 
 #: Exit status when the gate refused a student VAE (as ``calibrate``'s; 2 is the CLI's usage / input error status).
 EXIT_GATE_REFUSED = 3
@@ -103,7 +104,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--vae", required=True, help="diffusers AutoencoderKL directory (e.g. sd-vae-ft-mse)")
     p.add_argument("--out", required=True, help="bundle directory to write")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
-    p.add_argument("--max-batch", type=positive_int, default=8, help="largest batch the graphs/engines serve (default: 8)")
+    p.add_argument("--max-batch", type=bounded_int(1, MAX_BATCH), default=8,
+                   help=f"largest batch the graphs/engines serve (default: 8, at most {MAX_BATCH})")
     p.add_argument("--sampler", choices=["euler", "heun", "euler_maruyama"], default="euler", help="default sampler")
     p.add_argument("--steps", type=step_count, default=4, help="default number of sampler steps (default: 4)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

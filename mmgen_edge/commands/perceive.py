@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from mmgen_edge.cli import finite_float, nonnegative_int, positive_float, positive_int, step_count
+from mmgen_edge.cli import backend_name, finite_float, nonnegative_int, positive_float, positive_int, step_count
 from mmgen_edge.runtime.modalities import CONDITION_TASKS
 
 def _write_rgb(path: Path, image: np.ndarray) -> None:
@@ -187,7 +187,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--bundle", help="bundle directory (default: the demo model's)")
     p.add_argument("--server", help="use a served model instead of a bundle (grpc://host:port or http://host:port)")
-    p.add_argument("--backend", default="auto", help="auto, tensorrt, ort-tensorrt, ort-cuda, ort-cpu, openvino, openvino-fp32 or openvino-bf16")
+    p.add_argument("--backend", type=backend_name, default="auto", help="auto, tensorrt, ort-tensorrt, ort-cuda, ort-cpu, openvino, openvino-fp32 or openvino-bf16")
     p.add_argument("--tasks", default="depth,normals,segmentation", help="comma-separated subset")
     p.add_argument("--steps", type=step_count, help="sampler steps (default: the bundle's)")
     p.add_argument("--seed", type=nonnegative_int, default=0)
@@ -198,7 +198,7 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("generate", help="class-conditioned or map-conditioned generation (writes PNGs)")
     p.add_argument("--bundle", help="bundle directory (default: the demo model's)")
     p.add_argument("--server", help="use a served model instead of a bundle (grpc://host:port or http://host:port)")
-    p.add_argument("--backend", default="auto")
+    p.add_argument("--backend", type=backend_name, default="auto")
     p.add_argument("--class-label", type=nonnegative_int, help="class label (default: unconditional)")
     p.add_argument("--condition", choices=CONDITION_TASKS, help="kind of --condition-image")
     p.add_argument("--condition-image", help="encoded condition image (grey disparity, RGB normals or painted segments)")
@@ -214,7 +214,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("sources", nargs="+", help="camera index (0), video file or rtsp:// / http:// URL")
     p.add_argument("--bundle")
     p.add_argument("--server", help="use a served model instead of a bundle (grpc://host:port or http://host:port)")
-    p.add_argument("--backend", default="auto")
+    p.add_argument("--backend", type=backend_name, default="auto")
     p.add_argument("--tasks", default="depth,normals,segmentation")
     p.add_argument("--steps", type=step_count)
     p.add_argument("--seed", type=nonnegative_int, default=0)
