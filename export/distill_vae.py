@@ -404,9 +404,15 @@ def distill_vae(
     else:
         student = settings.shape.new(int(teacher.config.latent_channels))
     check_student_shape(settings.shape, teacher, settings.train_encoder)
+    created = not work.exists()
     work.mkdir(parents=True, exist_ok=True)
     say(f"labelling up to {settings.images} images of {settings.data} with the teacher {teacher_dir}")
-    dataset = build_dataset(teacher, teacher_dir, settings, work, progress)
+    try:
+        dataset = build_dataset(teacher, teacher_dir, settings, work, progress)
+    except BaseException:
+        if created and not any(work.iterdir()):  # a bad --data leaves no empty work folder behind
+            work.rmdir()
+        raise
     for field in dataclasses.fields(DistillDataset):
         values = getattr(dataset, field.name)
         if values.dtype.kind == "f" and not np.isfinite(values).all():

@@ -275,6 +275,10 @@ def export_bundle(
             if f"vae_{half}" not in graphs:
                 raise ValueError(f"a student {half} was given but the vae_{half} graph is not exported")
             halves[half] = (Path(directory), load_student(Path(directory), half, vae, cfg.vae_downsample))
+    if students.gate_data is not None and (students.encoder is not None or students.decoder is not None):
+        from mmgen_edge.calibration.sources import iter_calibration_images
+
+        next(iter_calibration_images(students.gate_data, 1), None)  # a missing / empty / unreadable source fails now
 
     examples = example_inputs(model)
     image = torch.rand(2, 3, cfg.resolution, cfg.resolution) * 2 - 1

@@ -246,6 +246,22 @@ def test_an_inaccurate_student_is_refused_and_nothing_is_written(tiny_model_dir,
     assert {f["metric"] for f in report["failures"]} <= set(dataclasses.asdict(GateThresholds()))
 
 
+def test_bad_gate_frames_and_bad_distill_data_fail_before_any_work(tiny_model_dir, tiny_vae_dir, student_dir, tmp_path, monkeypatch):
+    from mmgen_edge.export import onnx_export
+
+    traced = []
+    monkeypatch.setattr(onnx_export, "trace_to_onnx", lambda *a, **k: traced.append(a))
+    (tmp_path / "empty").mkdir()
+    for data, message in ((tmp_path / "empty", "holds no image files"), (tmp_path / "missing", "does not exist")):
+        with pytest.raises((ValueError, FileNotFoundError), match=message):
+            export_bundle(tiny_model_dir, tiny_vae_dir, tmp_path / "b", students=StudentOptions(decoder=student_dir, gate_data=str(data)))
+    assert traced == [] and not (tmp_path / "b").exists()
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        distill.distill_vae(tiny_vae_dir, settings(data=str(tmp_path / "missing")), tmp_path / "s", tmp_path / "s-work")
+    assert not (tmp_path / "s-work").exists() and not (tmp_path / "s").exists()  # no empty work folder left
+
+
 def test_agreement_of_a_bundle_with_itself_is_perfect(tiny_bundle):
     """Agreement mode (frames without ground truth): the full VAE's maps are the truth, so the same bundle passes
     with no worsening at all."""
