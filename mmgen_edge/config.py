@@ -57,6 +57,9 @@ class ModelConfig(BaseModel):
             raise ValueError(f"latent size {self.latent_size} is not a multiple of patch_size {self.patch_size}")
         if len(set(self.modalities)) != len(self.modalities) or not self.modalities:
             raise ValueError(f"modalities must be distinct and non-empty, got {self.modalities}")
+        unknown = [m for m in self.modalities if m not in RELEASE_MODALITIES]
+        if unknown:  # the runtime, SDK and serving read maps by these names
+            raise ValueError(f"unknown modalities {unknown}: each must be one of {', '.join(RELEASE_MODALITIES)}")
         if (self.projector_dim is None) != (self.z_dim is None):
             raise ValueError("projector_dim and z_dim must both be set or both be None")
         return self

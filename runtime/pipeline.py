@@ -130,8 +130,8 @@ class Pipeline:
         if not np.isfinite(images).all():  # NaN would become black pixels silently (the uint8 cast)
             where = "the vae_decoder graph" if np.isfinite(latents).all() else "the denoiser (its latents)"
             raise NonFiniteOutputError(
-                f"{where} produced NaN or Inf: the bundle's weights or inputs are not finite (re-export it from "
-                "finite weights; export and convert refuse non-finite ones)"
+                f"{where} produced NaN or Inf: either the bundle's weights are not finite (re-export it from finite "
+                "weights; export and convert refuse non-finite ones) or the request's inputs overflow"
             )
         return np.clip((images + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 

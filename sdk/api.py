@@ -33,7 +33,26 @@ from mmgen_edge.runtime.sampler import SamplerConfig, check_integer, check_steps
 from . import processors
 from .images import load_image, to_input_size, to_model_size
 from .model_base import Model
+from .protocol import MAX_CFG_SCALE, MAX_SEED  # the server's bounds: a local call and a served one agree
 from .results import GenerationResult, PerceptionResult, SegmentationMap
+
+#: User noise: a standard normal draw; a value beyond this is not noise (and overflows the sampler in float32).
+MAX_NOISE = 1e3
+#: Intra-op threads (``load(threads=)``), as the CLI's ``--threads``.
+MAX_THREADS = 1024
+
+
+def check_seed(seed: object) -> int | None:
+    """``seed`` as an int in 0..MAX_SEED (Python or numpy integer, not a bool), or None for a random draw."""
+    return None if seed is None else check_integer(seed, "seed", 0, MAX_SEED)
+
+
+def check_cfg_scale(cfg_scale: object) -> float:
+    """A guidance scale: a real number (not a bool) in 0..MAX_CFG_SCALE."""
+    if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float, np.floating, np.integer)) \
+            or not np.isfinite(cfg_scale) or not 0 <= cfg_scale <= MAX_CFG_SCALE:  # fmt: skip
+        raise ValueError(f"cfg_scale must be a finite number in 0..{MAX_CFG_SCALE:g}, got {cfg_scale!r}")
+    return float(cfg_scale)
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "samples" / "shapes" / "bundle"
 BUNDLE_HINT = "create it with `mmgen-edge demo` (or `mmgen-edge export samples/shapes/weights/mmgen --vae samples/shapes/weights/vae --out samples/shapes/bundle`)"
@@ -76,6 +95,8 @@ def load(
         if backend not in ("auto", *cpu_backends):
             raise ValueError(f"device='cpu' conflicts with backend={backend!r}")
         backend = "ort-cpu" if backend == "auto" else backend
+    if threads is not None:
+        threads = check_integer(threads, "threads", 1, MAX_THREADS)
     pipeline = Pipeline(path, backend=backend, verify=verify, threads=threads, cuda_graph=cuda_graph)
     if device == "cuda" and pipeline.choice.kind in CPU_KINDS:
         pipeline.close()
@@ -109,7 +130,7 @@ class MMGenModel(Model):
     def _noise(self, n: int, seed: int | None, noise: np.ndarray | None, rng: np.random.Generator | None = None) -> np.ndarray:
         shape = self.latent_shape(n)
         if noise is None:
-            return (rng or np.random.default_rng(seed)).standard_normal(shape, dtype=np.float32)
+            return (rng or np.random.default_rng(check_seed(seed))).standard_normal(shape, dtype=np.float32)
         return noise_array(noise, shape)
 
     def _check_batch(self, n: int) -> None:
@@ -266,6 +287,8 @@ def noise_array(noise: object, shape: tuple[int, int, int, int]) -> np.ndarray:
         raise ValueError(f"noise must have shape {shape[1:]} or {shape}, got {noise.shape}")
     if not np.isfinite(noise).all():
         raise ValueError("noise contains NaN or infinite values")
+    if noise.size and float(np.abs(noise).max()) > MAX_NOISE:
+        raise ValueError(f"noise must be a standard normal draw: |values| at most {MAX_NOISE:g}, got {float(np.abs(noise).max()):g}")
     return np.ascontiguousarray(noise)
 
 
@@ -296,8 +319,8 @@ def generation_request(
 
     if class_label is not None:
         check_integer(class_label, "class_label", 0, num_classes - 1)
-    if not isinstance(cfg_scale, (int, float, np.floating, np.integer)) or not np.isfinite(cfg_scale) or cfg_scale < 0:
-        raise ValueError(f"cfg_scale must be a finite number >= 0, got {cfg_scale!r}")
+    cfg_scale = check_cfg_scale(cfg_scale)
+    seed = check_seed(seed)
     name = image = None
     if condition:
         if len(condition) != 1:

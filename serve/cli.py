@@ -17,8 +17,15 @@ import os
 import sys
 from typing import Any
 
-from mmgen_edge.cli import backend_name, nonnegative_int, port, positive_int, step_count, thread_count
+from mmgen_edge.cli import backend_name, bounded_int, port, step_count, thread_count
 
+
+#: Model copies per model (each holds the bundle's sessions), batcher delay (Triton's field is a uint64; a batch
+#: waits at most 10 s) and queue size: bounds a typo cannot get past.
+MAX_INSTANCES, MAX_QUEUE_DELAY_US, MAX_QUEUE_SIZE = 64, 10_000_000, 1_000_000
+instance_count = bounded_int(1, MAX_INSTANCES)
+queue_delay_us = bounded_int(0, MAX_QUEUE_DELAY_US)
+queue_size = bounded_int(1, MAX_QUEUE_SIZE)
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from mmgen_edge.sdk.api import default_bundle
@@ -90,9 +97,9 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--grpc-port", type=port, default=8001)
     p.add_argument("--metrics-port", type=port, default=8002)
     p.add_argument("--backend", type=backend_name, default="auto", help="auto, tensorrt, ort-tensorrt, ort-cuda, ort-cpu, openvino, openvino-fp32 or openvino-bf16")
-    p.add_argument("--instances", type=positive_int, default=1, help="model copies serving batches concurrently (default: 1)")
-    p.add_argument("--max-queue-delay-us", type=nonnegative_int, default=2000, help="how long the batcher waits to fill a batch")
-    p.add_argument("--max-queue-size", type=positive_int, default=256, help="requests waiting per model; more are refused (default: 256)")
+    p.add_argument("--instances", type=instance_count, default=1, help=f"model copies serving batches concurrently (default: 1, at most {MAX_INSTANCES})")
+    p.add_argument("--max-queue-delay-us", type=queue_delay_us, default=2000, help=f"how long the batcher waits to fill a batch (at most {MAX_QUEUE_DELAY_US} us)")
+    p.add_argument("--max-queue-size", type=queue_size, default=256, help=f"requests waiting per model; more are refused (default: 256, at most {MAX_QUEUE_SIZE})")
     p.add_argument("--threads", type=thread_count, help="ONNX Runtime CPU threads per instance")
     p.add_argument("--steps", type=step_count, help="default sampler steps (default: the bundle's)")
     p.add_argument(
@@ -112,8 +119,8 @@ def add_parsers(subparsers: Any) -> None:
     )
     p.add_argument("bundle")
     p.add_argument("--out", required=True, help="repository directory to write (must not exist or be empty)")
-    p.add_argument("--instances", type=positive_int, default=1, help="instances per model (default: 1)")
-    p.add_argument("--max-queue-delay-us", type=nonnegative_int, default=2000)
+    p.add_argument("--instances", type=instance_count, default=1, help=f"instances per model (default: 1, at most {MAX_INSTANCES})")
+    p.add_argument("--max-queue-delay-us", type=queue_delay_us, default=2000, help=f"at most {MAX_QUEUE_DELAY_US} us")
     p.add_argument("--engines", choices=["auto", "none", "require"], default="auto", help="use the bundle's TensorRT engines")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_triton_repo)

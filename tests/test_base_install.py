@@ -137,6 +137,38 @@ def test_cli_doctor_perceive_generate_stream(runtime_bundle, tmp_path):
     assert json.loads(done.stdout)["frames"] == 4 and (tmp_path / "o.mp4").stat().st_size > 0
 
 
+def test_cli_outputs_never_replace_inputs_and_a_broken_bundle_is_named(runtime_bundle, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    for name in ("x.png", "x_depth.png"):  # the second is the user's own image, not an output
+        cv2.imwrite(str(folder / name), rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
+    before = (folder / "x_depth.png").read_bytes()
+    done = run_cli("perceive", str(folder / "x.png"), str(folder / "x_depth.png"), "--bundle", str(runtime_bundle), "--out", str(folder))
+    assert done.returncode == 2 and "would overwrite the input" in done.stderr, done.stderr
+    assert (folder / "x_depth.png").read_bytes() == before and not (folder / "x_normals.png").exists()
+
+    video = tmp_path / "in.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (32, 24))
+    for i in range(3):
+        writer.write(np.full((24, 32, 3), 60 * i, np.uint8))
+    writer.release()
+    original = video.read_bytes()
+    for out, message in ((video, "would destroy the input"), (tmp_path / "s.png", "give a video file name")):
+        done = run_cli("stream", str(video), "--bundle", str(runtime_bundle), "--out", str(out))
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert video.read_bytes() == original and not (tmp_path / "s.png").exists()
+
+    assert run_cli("doctor", "--bundle", str(tmp_path / "nothing")).returncode == 1  # a named bundle that will not load
+    edited = tmp_path / "edited"
+    shutil.copytree(runtime_bundle, edited)
+    manifest = json.loads((edited / "manifest.json").read_text())
+    manifest["model"]["modalities"] = ["rgb", "depht", "normal", "mask"]
+    (edited / "manifest.json").write_text(json.dumps(manifest))
+    done = run_cli("perceive", str(folder / "x.png"), "--bundle", str(edited), "--out", str(tmp_path / "o"))
+    assert done.returncode == 2 and "unknown modalities ['depht']" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
 def test_cli_names_the_missing_extra(tmp_path, monkeypatch, capsys):
     """A subcommand whose extra is missing names the extra and exits 2, with no traceback."""
     (tmp_path / "needs_a_missing_extra.py").write_text(textwrap.dedent("""

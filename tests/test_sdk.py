@@ -105,6 +105,19 @@ def test_generate_category_and_conditioned(model):
         (lambda m: m.generate(condition={"depth": np.zeros((8, 8)), "normals": np.zeros((8, 8, 3))}), ValueError, "exactly one"),
         (lambda m: m.generate(condition={"lidar": np.zeros((8, 8))}), ValueError, "unknown condition 'lidar'"),
         (lambda m: m.generate(condition={"normals": np.zeros((8, 8))}), ValueError, "condition\\['normals'\\]"),
+        # bounds that keep the sampler finite in float32 (1e39 overflowed to black maps with no error)
+        (lambda m: m.generate(class_label=1, cfg_scale=1e39), ValueError, r"cfg_scale must be a finite number in 0\.\.100"),
+        (lambda m: m.generate(class_label=1, cfg_scale=True), ValueError, "cfg_scale"),
+        (lambda m: m.generate(class_label=1, noise=np.full((16, 4, 4), 3e38, np.float32)), ValueError, "standard normal"),
+        (lambda m: m.perceive(_image(), seed=1.5), ValueError, "seed must be an integer"),
+        (lambda m: m.perceive(_image(), seed=True), ValueError, "seed must be an integer"),
+        (lambda m: m.generate(class_label=1, seed=-1), ValueError, "seed must be in 0"),
+        (lambda m: m.generate(class_label=1, seed=2**70), ValueError, "seed must be in 0"),
+        # condition maps: bounded size, segments and range (an id per pixel took minutes; 1e308 became NaN)
+        (lambda m: m.generate(condition={"segmentation": np.arange(3600).reshape(60, 60)}), ValueError, "3600 segments, more than 256"),
+        (lambda m: m.generate(condition={"depth": np.zeros((4097, 4097), np.float32)}), ValueError, "over the limit"),
+        (lambda m: m.generate(condition={"depth": np.array([[1e308, -1e308], [0.0, 1.0]])}), ValueError, "spans more than"),
+        (lambda m: m.generate(condition={"normals": np.full((8, 8, 3), 1e300)}), ValueError, "beyond float32"),
     ],
 )
 def test_bad_input_names_the_problem(model, call, error, message):
@@ -124,6 +137,9 @@ def test_missing_or_broken_bundle(tiny_bundle, tmp_path):
         mmgen_edge.load(broken)
     with pytest.raises(ValueError, match="device"):
         mmgen_edge.load(tiny_bundle, device="tpu")
+    for threads, message in ((10**6, "threads must be in 1..1024"), (0, "threads must be in"), (1.5, "threads must be an integer"), (True, "threads must be an integer")):
+        with pytest.raises(ValueError, match=message):
+            mmgen_edge.load(tiny_bundle, threads=threads)
     with pytest.raises(RuntimeError, match="no GPU backend"):
         mmgen_edge.load(tiny_bundle, device="cuda")
 

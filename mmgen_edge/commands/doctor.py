@@ -29,10 +29,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         "torch_installed": importlib.util.find_spec("torch") is not None,
     }
     bundle = Path(args.bundle) if args.bundle else default_bundle()
-    try:
-        manifest = read_manifest(bundle, verify="size")
+    problem = None
+    try:  # a named bundle is checked as perceive would (every file's hash); the default one by size only
+        manifest = read_manifest(bundle, verify="full" if args.bundle else "size")
     except (FileNotFoundError, ValueError) as e:
-        report["bundle"] = {"path": str(bundle), "problem": str(e)}
+        problem = str(e)
+        report["bundle"] = {"path": str(bundle), "problem": problem}
     else:
         choice = choose_backend(manifest, env, bundle=bundle)
         report["bundle"] = {
@@ -55,7 +57,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                     print(f"bundle.{k:<14} {v}")
             else:
                 print(f"{key:<21} {value}")
-    return 0
+    return 1 if problem is not None and args.bundle else 0  # a bundle the user named that will not load
 
 
 def add_parsers(sub: Any) -> None:

@@ -77,12 +77,29 @@ def output_stems(paths: list[str]) -> list[str]:
     return stems
 
 
+#: Every map ``_visualise`` can write, ``{stem}_{name}.png``.
+VIEW_NAMES = ("rgb", "depth", "normals", "segmentation")
+
+
+def check_outputs_spare_inputs(inputs: list[str], out: Path, stems: list[str]) -> None:
+    """Refuse a run whose outputs would replace one of its inputs (``x.png`` and ``x_depth.png`` with ``--out``
+    their folder), before anything is written: the input would be lost and then read back as the wrong image."""
+    given = {Path(p).resolve(): p for p in inputs}
+    for stem in stems:
+        for name in VIEW_NAMES:
+            target = (out / f"{stem}_{name}.png").resolve()
+            if target in given:
+                raise ValueError(f"--out {out}: the output {target.name} would overwrite the input {given[target]}; "
+                                 "choose another --out")  # fmt: skip
+
+
 def cmd_perceive(args: argparse.Namespace) -> int:
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     out = Path(args.out)
     summary = []
+    stems = output_stems(args.images)
+    check_outputs_spare_inputs(args.images, out, stems)
     with _open_model(args) as model:
-        stems = output_stems(args.images)
         for path, stem in tqdm(list(zip(args.images, stems)), desc="perceive", unit="image",
                                disable=args.json or not sys.stderr.isatty()):  # fmt: skip
             result = model.perceive(path, tasks=tasks, steps=args.steps, seed=args.seed)
@@ -122,12 +139,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Containers ``write_video`` (OpenCV, ``mp4v``) writes and reads back; WebM needs another codec.
+STREAM_OUT_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".mpg")
+
+
+def check_video_output(out: str, sources: list[str]) -> None:
+    """``stream --out``: a video file name (by extension) that is none of the sources, checked before streaming."""
+    target = Path(out)
+    if target.suffix.lower() not in STREAM_OUT_EXTENSIONS:
+        raise ValueError(f"--out {out}: give a video file name ({', '.join(STREAM_OUT_EXTENSIONS)})")
+    for source in sources:
+        if Path(source).exists() and Path(source).resolve() == target.resolve():
+            raise ValueError(f"--out {out} is the source video {source}: writing it would destroy the input")
+
+
 def cmd_stream(args: argparse.Namespace) -> int:
     """Perceive the sources; with ``--out`` each tile is written as it comes (memory stays flat however long)."""
     from mmgen_edge.sdk.stream import write_video
 
     sources: list[object] = [int(s) if s.isdigit() else s for s in args.sources]
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    if args.out:
+        check_video_output(args.out, [s for s in sources if isinstance(s, str)])
     latencies: list[float] = []
     with _open_model(args) as model:
         stream = model.stream(sources, tasks=tasks, steps=args.steps, seed=args.seed,
