@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -294,7 +294,11 @@ def noise_array(noise: object, shape: tuple[int, int, int, int]) -> np.ndarray:
 
 def check_tasks(tasks: Sequence[str], known: Sequence[str] = PERCEPTION_TASKS) -> tuple[str, ...]:
     """Perception task names: each known, each at most once, at least one. The one policy of the local model, the
-    remote client and the server."""
+    remote client and the server. A string is one task name or a comma-separated list (``"depth,normals"``)."""
+    if isinstance(tasks, str):
+        tasks = tuple(t.strip() for t in tasks.split(","))
+    elif tasks is None or not isinstance(tasks, Iterable):
+        raise ValueError(f"tasks must be task names (a list, or a comma-separated string), got {tasks!r}")
     tasks = tuple(tasks)
     unknown = [t for t in tasks if t not in known]
     if unknown or not tasks:

@@ -261,12 +261,16 @@ def stream_frames(
     limit = model.manifest.max_batch
     if len(items) > limit:
         raise ValueError(f"{len(items)} sources but the model's max_batch is {limit}: a round runs one batch of at most one frame per source")
-    if max_pending < 1:
-        raise ValueError(f"max_pending must be >= 1, got {max_pending}")
+    if realtime is not None and not isinstance(realtime, bool):  # "no" would be truthy
+        raise ValueError(f"realtime must be True, False or None, got {realtime!r}")
+    if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+        raise ValueError(f"max_pending must be an integer >= 1, got {max_pending!r}")
     noise = _stream_noise(model, seed)
     condition = threading.Condition()
     opened = _open_all(items, realtime, max_pending, condition)
-    kwargs: dict[str, Any] = {"tasks": tuple(tasks), "steps": steps}
+    from .api import check_tasks  # here: api's model opens streams through this module
+
+    kwargs: dict[str, Any] = {"tasks": check_tasks(tasks), "steps": steps}
     return Stream(model, opened, noise, kwargs, condition)
 
 

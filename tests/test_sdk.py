@@ -118,11 +118,21 @@ def test_generate_category_and_conditioned(model):
         (lambda m: m.generate(condition={"depth": np.zeros((4097, 4097), np.float32)}), ValueError, "over the limit"),
         (lambda m: m.generate(condition={"depth": np.array([[1e308, -1e308], [0.0, 1.0]])}), ValueError, "spans more than"),
         (lambda m: m.generate(condition={"normals": np.full((8, 8, 3), 1e300)}), ValueError, "beyond float32"),
+        (lambda m: m.perceive(_image(), tasks=None), ValueError, "tasks must be task names"),
+        (lambda m: m.perceive(_image(), tasks="depth,albedo"), ValueError, r"unknown tasks \['albedo'\]"),
+        (lambda m: m.stream([_image()], realtime="no"), ValueError, "realtime must be True, False or None"),
     ],
 )
 def test_bad_input_names_the_problem(model, call, error, message):
     with pytest.raises(error, match=message):
         call(model)
+
+
+def test_a_task_string_is_one_task_or_a_comma_separated_list(model):
+    one = model.perceive(_image(), tasks="depth", seed=0, steps=1)
+    assert one.depth is not None and one.normals is None and one.segmentation is None
+    two = model.perceive(_image(), tasks="depth, normals", seed=0, steps=1)
+    assert two.depth is not None and two.normals is not None and two.segmentation is None
 
 
 def test_missing_or_broken_bundle(tiny_bundle, tmp_path):

@@ -18,6 +18,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     steps = list(args.steps)  # step_list checked every count
     bundle = args.bundle or ensure_demo_bundle()
+    if args.compare and args.no_compare:
+        raise ValueError("give --compare BUNDLE or --no-compare, not both")
     compare_bundle = args.compare or (None if args.bundle or args.no_compare else _demo_tiny_bundle())
     with contextlib.ExitStack() as stack:
         model = stack.enter_context(mmgen_edge.load(bundle, backend=args.backend))
