@@ -319,3 +319,24 @@ def test_step_graph_adds_no_shape_arithmetic_per_block(tiny_model, tmp_path):
             feeds[arg.name] = np.full([1] if arg.name == "cfg_scale" else shape, 0.5, np.float32)
         outputs = session.run(None, feeds)
         assert outputs[0].shape[0] == n
+
+
+def test_sigterm_during_export_leaves_no_temporary(tiny_model_dir, tiny_vae_dir, tmp_path):
+    """``kill`` / ``docker stop`` mid-export: the command exits 143 and its temporary folder is gone."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "bundle"
+    cmd = [sys.executable, "-m", "mmgen_edge.cli", "export", str(tiny_model_dir), "--vae", str(tiny_vae_dir), "--out", str(out)]
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".bundle.tmp-*")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    if process.poll() is not None:
+        pytest.skip("the export finished before it could be interrupted")
+    process.send_signal(signal.SIGTERM)
+    err = process.communicate(timeout=60)[1].decode()
+    assert process.returncode == 143, err
+    assert list(tmp_path.iterdir()) == [], list(tmp_path.iterdir())
