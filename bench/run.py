@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from mmgen_edge.cli import backend_name, nonnegative_int, positive_float, positive_int, step_list, thread_count
+from mmgen_edge.runtime.fileio import file_in_the_way
 
 from . import harness
 from .artifacts import (
@@ -216,9 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.size is not None and given:
         parser.error("--size builds its own model and bundles; leave out --model-dir, --vae-dir and --bundle*")
     for name, folder in (("--out", out_dir), *((("--work", args.work),) if args.size is not None else ())):
-        for path in (folder, *folder.parents):
-            if path.exists() and not path.is_dir():
-                parser.error(f"{name} {folder}: {path} is a file, not a folder")
+        blocked = file_in_the_way(folder)
+        if blocked is not None:
+            parser.error(f"{name} {folder}: {blocked} is a file, not a folder")
     for report in args.eval_json:
         if not report.is_file():
             parser.error(f"--eval-json {report}: no such file")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmgen_edge.runtime.fileio import atomic_directory, check_output_directory
+from mmgen_edge.runtime.fileio import atomic_directory, check_output_directory, file_in_the_way, is_within
 from mmgen_edge.runtime.manifest import Manifest, Precision, read_manifest, write_manifest
 
 from .capture import DEFAULT_STEPS, CaptureSet, capture_calibration_feeds
@@ -300,13 +300,12 @@ def calibrate_bundle(
     for option, folder in (("work_dir", work_dir), ("cache_dir", cache_dir)):  # checked before any work
         if folder is None:
             continue
-        resolved = Path(folder).resolve()
-        for name, path in (("the FP32 bundle", Path(bundle)), ("--out", Path(out))):  # never inside the input/output
-            if resolved == path.resolve() or path.resolve() in resolved.parents:
+        for name, path in (("the FP32 bundle", bundle), ("--out", out)):  # never inside the input/output
+            if is_within(folder, path):
                 raise ValueError(f"{option} {folder} is inside {name} {path}: choose a separate folder")
-        for parent in (resolved, *resolved.parents):
-            if parent.exists() and not parent.is_dir():
-                raise ValueError(f"{option} {folder}: {parent} is a file, not a folder")
+        blocked = file_in_the_way(Path(folder).resolve())
+        if blocked is not None:
+            raise ValueError(f"{option} {folder}: {blocked} is a file, not a folder")
     thresholds = max_drop or GateThresholds()
     eval_steps = eval_steps or manifest.sampler.num_steps
     with _work_directory(work_dir) as work:

@@ -96,9 +96,13 @@ positive_int = bounded_int(1)
 nonnegative_int = bounded_int(0)
 #: TCP ports.
 port = bounded_int(1, 65535)
-#: Thread counts (intra-op threads of ONNX Runtime / torch): at least one, at most this many.
-MAX_THREADS = 1024
-thread_count = bounded_int(1, MAX_THREADS)
+
+
+def thread_count(text: str) -> int:
+    """An argparse ``type=`` for intra-op threads of ONNX Runtime / torch: 1..``runtime.backend.MAX_THREADS``."""
+    from mmgen_edge.runtime.backend import MAX_THREADS  # imported when parsing, so that --help stays light
+
+    return bounded_int(1, MAX_THREADS)(text)
 
 
 def backend_name(text: str) -> str:

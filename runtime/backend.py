@@ -53,6 +53,8 @@ CPU_KINDS = (BackendKind.ORT_CPU, BackendKind.OPENVINO_FP32, BackendKind.OPENVIN
 OPENVINO_PRECISIONS = {BackendKind.OPENVINO_FP32: "fp32", BackendKind.OPENVINO_BF16: "bf16"}
 #: ``backend="openvino"``: OpenVINO, bf16 where the CPU runs it natively, else fp32.
 OPENVINO_ANY = "openvino"
+#: Intra-op threads a runner may be given (``load(threads=)``, every ``--threads``).
+MAX_THREADS = 1024
 
 
 @dataclass(frozen=True)

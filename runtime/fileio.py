@@ -113,6 +113,17 @@ def _legacy_member(path: Path) -> bool:
     return path.is_dir() or path.name.endswith(_LEGACY_SUFFIXES)
 
 
+def file_in_the_way(path: Path) -> Path | None:
+    """The first of ``path`` and its parents that exists and is not a directory (a folder cannot be made there)."""
+    return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+
+
+def is_within(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (both resolved)."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
+
+
 def check_output_directory(
     target: str | os.PathLike[str], overwrite: bool, protect: Iterable[str | os.PathLike[str]] = ()
 ) -> None:
@@ -121,17 +132,15 @@ def check_output_directory(
     target = Path(target)
     if target.is_symlink():  # a link (even a dangling one) would be replaced by a directory, or followed out
         raise FileExistsError(f"{target} is a symbolic link: give the directory's real path as the output")
-    for parent in target.parents:
-        if parent.exists() and not parent.is_dir():
-            raise FileExistsError(f"{parent} is a file, so {target} cannot be created: choose a directory path")
+    blocked = file_in_the_way(target.parent)
+    if blocked is not None:
+        raise FileExistsError(f"{blocked} is a file, so {target} cannot be created: choose a directory path")
     if not target.exists():
         return
     if not target.is_dir():
         raise FileExistsError(f"{target} is a file, not a directory: choose a directory path for the output")
-    resolved = target.resolve()
     for path in protect:
-        inside = Path(path).resolve()
-        if inside == resolved or resolved in inside.parents:
+        if is_within(path, target):
             raise ValueError(f"the output {target} holds the input {path}: writing it would delete the input")
     if not overwrite:
         raise FileExistsError(f"{target} already exists (choose another path or allow overwriting)")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 
-from mmgen_edge.runtime.backend import CPU_KINDS, OPENVINO_ANY
+from mmgen_edge.runtime.backend import CPU_KINDS, MAX_THREADS, OPENVINO_ANY
 from mmgen_edge.runtime.modalities import (
     CONDITION_TASKS,
     DEPTH,
@@ -38,8 +38,6 @@ from .results import GenerationResult, PerceptionResult, SegmentationMap
 
 #: User noise: a standard normal draw; a value beyond this is not noise (and overflows the sampler in float32).
 MAX_NOISE = 1e3
-#: Intra-op threads (``load(threads=)``), as the CLI's ``--threads``.
-MAX_THREADS = 1024
 
 
 def check_seed(seed: object) -> int | None:

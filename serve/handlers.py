@@ -20,13 +20,12 @@ import numpy as np
 
 from mmgen_edge.runtime.modalities import CONDITION_TASKS, perception_tasks
 from mmgen_edge.runtime.sampler import MAX_STEPS
-from mmgen_edge.sdk.api import GenerationRequest, MMGenModel, ModelOutput, check_tasks
+from mmgen_edge.sdk.api import GenerationRequest, MMGenModel, ModelOutput, check_cfg_scale, check_tasks
 
 from mmgen_edge.sdk.protocol import (
     GENERATE_MODEL,
     IMAGE_OUTPUTS,
     INFO_MODEL,
-    MAX_CFG_SCALE,
     MAX_SEED,
     MAX_TEXT_BYTES,
     NO_LABEL,
@@ -194,9 +193,10 @@ class RequestHandler:
             raise RequestError(f"unknown condition {condition!r}; choose {', '.join(CONDITION_TASKS)}")
         if bool(condition) != ("condition_image" in inputs):
             raise RequestError("condition and condition_image go together (give both or neither)")
-        cfg_scale = float(inputs["cfg_scale"][0]) if "cfg_scale" in inputs else 1.0
-        if not (np.isfinite(cfg_scale) and 0 <= cfg_scale <= MAX_CFG_SCALE):
-            raise RequestError(f"cfg_scale must be a finite number in 0..{MAX_CFG_SCALE:g}, got {cfg_scale}")
+        try:
+            cfg_scale = check_cfg_scale(float(inputs["cfg_scale"][0]) if "cfg_scale" in inputs else 1.0)
+        except ValueError as e:
+            raise RequestError(str(e)) from None
         seed = self._seed(inputs)
         noise = inputs.get("noise")
         if noise is not None:
