@@ -10,7 +10,7 @@ What the student learns, in the bundle's latent space (``autoencoders``: the tea
 The student is saved with ``scaling_factor`` 1.0 and ``shift_factor`` 0: its raw latents *are* bundle latents, the
 convention of the public TAESD weights on SD-VAE latents, so both plug into ``mmgen-edge export --decoder`` alike.
 
-Data (``data``): ``demo:N`` renders N shapes scenes (seeds from :data:`DISTILL_SEED`, disjoint from training,
+Data (``data``): ``demo:N`` renders N shapes scenes (seeds from :data:`.distill_data.DISTILL_SEED`, disjoint from training,
 calibration and the held-out evaluation) and uses all four modality images of each, rgb, depth, normal and mask:
 perception maps are not photographs, and they are what the decoder decodes in ``perceive``. A folder or a video
 gives its frames (RGB). Latents: the posterior mean for half of the images and a posterior sample for the other
@@ -27,7 +27,6 @@ the student against the teacher per modality).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -47,16 +46,12 @@ from mmgen_edge.runtime.fileio import atomic_directory, atomic_file, weights_sha
 from mmgen_edge.runtime.modalities import RELEASE_MODALITIES
 
 from .autoencoders import decode_latent, decoder_upsampling, encode_latent, encoder_downsampling, load_autoencoder
+from .distill_data import DistillDataset, build_dataset, images_to_tensor, tensor_to_uint8
 
-#: First seed of the scenes ``demo:N`` renders for distillation (training 0..39 999, held-out 1 000 000+,
-#: calibration 2 000 000+).
-DISTILL_SEED = 3_000_000
 #: What a finished student records about itself, beside its diffusers files.
 REPORT_FILE = "distill.json"
 #: Fraction of the images held out to score the student against the teacher.
 HOLDOUT_FRACTION = 0.05
-#: Images encoded / decoded by the teacher per call while building the dataset.
-TEACHER_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -155,135 +150,6 @@ class DistillSettings:
         return dataclasses.asdict(self)
 
 
-@dataclass
-class DistillDataset:
-    """Teacher-labelled training data, all at the teacher's resolution."""
-
-    images: np.ndarray  # (M, H, W, 3) uint8: what the encoder sees
-    kinds: np.ndarray  # (M,) int: the modality index of each image (0 = rgb for plain frames)
-    latents: np.ndarray  # (M, C, h, w) float32: the decoder's inputs (posterior mean or sample, or predicted)
-    means: np.ndarray  # (M, C, h, w) float32: the encoder's targets (posterior mean)
-    decoded: np.ndarray  # (M, H, W, 3) uint8: the teacher's decode of ``latents``, the decoder's targets
-    encoded: np.ndarray  # (M,) bool: rows whose image is a real image (the encoder trains on those only)
-
-    def concat(self, other: "DistillDataset") -> "DistillDataset":
-        return DistillDataset(*(np.concatenate([getattr(self, f.name), getattr(other, f.name)])
-                                for f in dataclasses.fields(self)))  # fmt: skip
-
-
-def distillation_images(data: str, limit: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(images (M, size, size, 3) uint8, modality index (M,)) from ``demo:N``, a folder or a video."""
-    from mmgen_edge.calibration.sources import DEMO_PREFIX, iter_calibration_images, parse_demo_spec
-    from mmgen_edge.sdk.images import to_model_size
-
-    images, kinds = [], []
-    if str(data).strip().startswith(DEMO_PREFIX):
-        from mmgen_edge.samples.shapes.encoding import modality_stack
-        from mmgen_edge.samples.shapes.scenes import render_scene
-
-        scenes = min(parse_demo_spec(str(data).strip()), max(1, limit // 4))
-        for i in range(scenes):
-            stack = modality_stack(render_scene(DISTILL_SEED + i, size), np.random.default_rng(DISTILL_SEED + i))
-            images += list(stack)
-            kinds += list(range(len(stack)))
-    else:
-        for rgb in iter_calibration_images(data, limit):
-            images.append(to_model_size(rgb, size))
-            kinds.append(0)
-    if len(images) < 2:
-        raise ValueError(f"distillation data {data!r} gave {len(images)} image(s); at least 2 are needed")
-    return np.stack(images), np.asarray(kinds, dtype=np.int64)
-
-
-def _to_tensor(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-@torch.no_grad()
-def label_with_teacher(teacher: AutoencoderKL, images: np.ndarray, kinds: np.ndarray, seed: int,
-                       progress: bool = False) -> DistillDataset:  # fmt: skip
-    """Encode every image with the teacher and decode its latent (mean or, for every other image, a sample)."""
-    g = torch.Generator().manual_seed(seed)
-    scale = float(teacher.config.scaling_factor)
-    size = images.shape[1]
-    latents, means, decoded = [], [], []
-    for i in tqdm(range(0, len(images), TEACHER_BATCH), desc="teacher labels", unit="batch", disable=not progress):
-        dist = teacher.encode(_to_tensor(images[i : i + TEACHER_BATCH])).latent_dist
-        noise = torch.randn(dist.mean.shape, generator=g)
-        sampled = (torch.arange(i, i + len(noise)) % 2 == 1).float().view(-1, 1, 1, 1)
-        z = (dist.mean + sampled * dist.std * noise) * scale
-        latents.append(z.numpy())
-        means.append((dist.mean * scale).numpy())
-        decoded.append(_to_uint8(decode_latent(teacher, z, size)))
-    return DistillDataset(images, kinds, np.concatenate(latents), np.concatenate(means), np.concatenate(decoded),
-                          np.ones(len(images), dtype=bool))  # fmt: skip
-
-
-#: Sampler steps cycled over the frames when the bundle's own predictions are added (every K the runtime serves).
-PREDICTION_STEPS = (1, 2, 4)
-
-
-@torch.no_grad()
-def label_predictions(teacher: AutoencoderKL, bundle: str, frames: np.ndarray, progress: bool = False) -> DistillDataset:
-    """The decoder's real inputs in ``perceive``: the depth / normal / mask latents that ``bundle`` predicts for the
-    RGB ``frames`` (K cycling over :data:`PREDICTION_STEPS`, seed = frame index), with the teacher's decode of each.
-    They are off the teacher's encoder manifold, which is where a student trained on encoded images alone drifts."""
-    import mmgen_edge
-
-    size = frames.shape[1]
-    latents, kinds = [], []
-    with mmgen_edge.load(bundle, backend="ort-cpu", verify="size") as model:
-        c = model.manifest.latent.channels_per_modality
-        modalities = model.manifest.modalities
-        for i in tqdm(range(len(frames)), desc="bundle predictions", unit="frame", disable=not progress):
-            k = PREDICTION_STEPS[i % len(PREDICTION_STEPS)]
-            z = model.perceive(frames[i], steps=k, seed=i, return_latents=True).latents  # (M*C, h, w)
-            for index, name in enumerate(modalities):
-                if name != "rgb":
-                    latents.append(z[index * c : (index + 1) * c])
-                    kinds.append(index)
-    z = np.stack(latents).astype(np.float32)
-    decoded = np.concatenate([_to_uint8(decode_latent(teacher, torch.from_numpy(z[i : i + TEACHER_BATCH]), size))
-                              for i in range(0, len(z), TEACHER_BATCH)])  # fmt: skip
-    return DistillDataset(decoded, np.asarray(kinds, dtype=np.int64), z, z, decoded, np.zeros(len(z), dtype=bool))
-
-
-def _dataset_key(teacher_dir: Path, settings: DistillSettings) -> str:
-    bundle = None
-    if settings.bundle is not None:  # the bundle's files, by their hashes in its manifest
-        from mmgen_edge.runtime.manifest import read_manifest
-
-        files = read_manifest(settings.bundle, verify="none").files
-        bundle = hashlib.sha256("".join(f.sha256 for f in files).encode()).hexdigest()
-    spec = json.dumps({"teacher": weights_sha256(teacher_dir), "data": settings.data, "images": settings.images,
-                       "seed": settings.seed, "bundle": bundle})  # fmt: skip
-    return hashlib.sha256(spec.encode()).hexdigest()[:16]
-
-
-def build_dataset(teacher: AutoencoderKL, teacher_dir: Path, settings: DistillSettings, work: Path,
-                  progress: bool = False) -> DistillDataset:  # fmt: skip
-    """The teacher-labelled dataset, from ``work`` when a run with the same teacher and data made it."""
-    path = work / f"dataset-{_dataset_key(teacher_dir, settings)}.npz"
-    if path.is_file():
-        try:
-            with np.load(path) as f:
-                return DistillDataset(**{field.name: f[field.name] for field in dataclasses.fields(DistillDataset)})
-        except Exception:  # noqa: BLE001 - truncated, empty or foreign file: a cache, so label again
-            path.unlink()
-    size = int(teacher.config.sample_size) if isinstance(teacher.config.sample_size, int) else 256
-    images, kinds = distillation_images(settings.data, settings.images, size)
-    dataset = label_with_teacher(teacher, images, kinds, settings.seed, progress)
-    if settings.bundle is not None:
-        dataset = dataset.concat(label_predictions(teacher, settings.bundle, images[kinds == 0], progress))
-    with atomic_file(path) as tmp:
-        np.savez(tmp, **dataclasses.asdict(dataset))
-    return dataset
-
-
 def split(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(training indices, held-out indices): a fixed random :data:`HOLDOUT_FRACTION` is held out (at least 1)."""
     order = np.random.default_rng(seed).permutation(count)
@@ -311,10 +177,10 @@ def distill_loss(student: AutoencoderTiny, batch: dict[str, torch.Tensor], size:
 
 def _batch(dataset: DistillDataset, index: np.ndarray) -> dict[str, torch.Tensor]:
     return {
-        "images": _to_tensor(dataset.images[index]),
+        "images": images_to_tensor(dataset.images[index]),
         "latents": torch.from_numpy(dataset.latents[index]),
         "means": torch.from_numpy(dataset.means[index]),
-        "decoded": _to_tensor(dataset.decoded[index]),
+        "decoded": images_to_tensor(dataset.decoded[index]),
         "encoded": torch.from_numpy(dataset.encoded[index]),
         "kinds": torch.from_numpy(dataset.kinds[index]),
     }
@@ -330,7 +196,7 @@ def held_out_error(student: AutoencoderTiny, dataset: DistillDataset, index: np.
     for kind in np.unique(dataset.kinds[index]):
         chosen = index[dataset.kinds[index] == kind]
         batch = _batch(dataset, chosen)
-        out = _to_uint8(decode_latent(student, batch["latents"], size)).astype(np.float64)
+        out = tensor_to_uint8(decode_latent(student, batch["latents"], size)).astype(np.float64)
         err = out - dataset.decoded[chosen]
         mse = float(np.mean(err**2))
         real = batch["encoded"]
@@ -413,11 +279,6 @@ def distill_vae(
         if created and not any(work.iterdir()):  # a bad --data leaves no empty work folder behind
             work.rmdir()
         raise
-    for field in dataclasses.fields(DistillDataset):
-        values = getattr(dataset, field.name)
-        if values.dtype.kind == "f" and not np.isfinite(values).all():
-            source = f"the teacher {teacher_dir}" + (f" or the bundle {settings.bundle}" if settings.bundle else "")
-            raise ValueError(f"the distillation data ({field.name}) holds NaN or Inf: {source} computes non-finite values")
     size = dataset.images.shape[1]
     train_index, held_index = split(len(dataset.images), settings.seed)
     parts = [student.decoder, *([student.encoder] if settings.train_encoder else [])]

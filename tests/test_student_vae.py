@@ -21,6 +21,7 @@ from diffusers import AutoencoderKL, AutoencoderTiny  # noqa: E402
 
 from mmgen_edge.calibration.gate import GateThresholds  # noqa: E402
 from mmgen_edge.calibration.vae_gate import StudentGateError  # noqa: E402
+from mmgen_edge.export import distill_data  # noqa: E402
 from mmgen_edge.export import distill_vae as distill  # noqa: E402
 from mmgen_edge.export.autoencoders import decode_latent, decoder_upsampling, encode_latent, load_autoencoder  # noqa: E402
 from mmgen_edge.export.distill_vae import DistillSettings, StudentShape  # noqa: E402
@@ -110,8 +111,8 @@ def test_the_bundles_own_predictions_join_the_decoders_data(tiny_vae_dir, tiny_b
     assert len(kinds) == 8 + 2 * 3  # two scenes' four maps, then the bundle's depth/normal/mask for their two RGB frames
     assert encoded[:8].all() and not encoded[8:].any() and list(kinds[8:]) == [1, 2, 3, 1, 2, 3]
     assert np.isfinite(latents).all() and report["settings"]["bundle"] == str(tiny_bundle)
-    plain = distill._dataset_key(tiny_vae_dir, dataclasses.replace(s, bundle=None))
-    assert plain != distill._dataset_key(tiny_vae_dir, s)  # the cache knows which bundle labelled it
+    plain = distill_data.dataset_key(tiny_vae_dir, dataclasses.replace(s, bundle=None))
+    assert plain != distill_data.dataset_key(tiny_vae_dir, s)  # the cache knows which bundle labelled it
 
 
 def test_map_weights_scale_each_modalitys_share_of_the_loss():
@@ -130,7 +131,7 @@ def test_map_weights_scale_each_modalitys_share_of_the_loss():
 
 
 def test_demo_data_trains_on_all_four_perception_maps():
-    images, kinds = distill.distillation_images("demo:3", 12, 32)
+    images, kinds = distill_data.distillation_images("demo:3", 12, 32)
     assert images.shape == (12, 32, 32, 3) and images.dtype == np.uint8
     assert list(kinds) == [0, 1, 2, 3] * 3
 
