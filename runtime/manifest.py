@@ -162,7 +162,7 @@ class Manifest(BaseModel):
     sampler: SamplerConfig
     precision: Precision
     dims: dict[str, DimRange]  # every dynamic dimension symbol used in the graphs' shapes
-    opset: int
+    opset: int = Field(ge=1)
     graphs: dict[str, GraphEntry]
     files: tuple[FileEntry, ...]
     engines: tuple[EngineEntry, ...] = ()
@@ -297,20 +297,21 @@ def read_manifest(bundle: str | os.PathLike[str], verify: Literal["full", "size"
     if not path.is_file():
         hint = " (an interrupted export leaves no manifest)" if bundle.is_dir() else ""
         raise FileNotFoundError(f"{bundle} is not an mmgen-edge bundle: {MANIFEST_FILE} is missing{hint}")
+    text = path.read_text()
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(text)
     except ValueError as e:
         raise BundleError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
         raise BundleError(f"{path} is not an mmgen-edge bundle manifest (format is not {FORMAT_NAME!r})")
     version = raw.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:
         advice = "upgrade mmgen-edge" if isinstance(version, int) and version > SCHEMA_VERSION else "re-export the bundle"
         raise BundleError(
             f"{path} has schema_version {version!r}; this mmgen-edge ({__version__}) reads {SCHEMA_VERSION}: {advice}"
         )
-    try:
-        manifest = Manifest.model_validate(raw)
+    try:  # strict: a bool, a float or a string where the schema has an integer is an edit, not a value
+        manifest = Manifest.model_validate_json(text, strict=True)
     except ValidationError as e:
         raise BundleError(f"{path} is not a valid manifest: {e}") from None
     if verify != "none":

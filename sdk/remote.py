@@ -124,7 +124,7 @@ class RemoteModel(Model):
         except BaseException:
             self.close()
             raise
-        self.manifest: Manifest = Manifest.model_validate_json(manifest_text)
+        self.manifest: Manifest = Manifest.model_validate_json(manifest_text, strict=True)
         self.specs: dict[str, ModelSpec] = model_specs(self.manifest)
         self.steps = steps
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -198,6 +199,32 @@ def test_schema_version_mismatch_is_explained(tiny_bundle, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises(BundleError, match="not an mmgen-edge bundle"):
         read_manifest(copy)
+
+
+@pytest.mark.parametrize(
+    "where, value, named",
+    [
+        (("schema_version",), True, "schema_version"),
+        (("opset",), -1, "opset"),
+        (("opset",), 20.0, "opset"),
+        (("sampler", "num_steps"), "4", "sampler.num_steps"),
+        (("model", "resolution"), 32.5, "model.resolution"),
+        (("dims", "N", "max"), True, "dims.N.max"),
+    ],
+)
+def test_an_edited_manifest_value_of_the_wrong_type_is_refused_by_name(tiny_bundle, tmp_path, where, value, named):
+    """Lax coercion would read true as 1 and "4" as 4: an edited manifest is refused, naming the field."""
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_bundle, copy)
+    raw = json.loads((copy / "manifest.json").read_text())
+    read_manifest(copy, verify="none")  # the unedited copy reads
+    node = raw
+    for key in where[:-1]:
+        node = node[key]
+    node[where[-1]] = value
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match=re.escape(named) if named != "schema_version" else "schema_version True"):
+        read_manifest(copy, verify="none")
 
 
 def test_interrupted_export_never_leaves_a_bundle_that_loads(tiny_model_dir, tiny_vae_dir, tmp_path, monkeypatch):
