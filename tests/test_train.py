@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 from extras import require_export
 
 pytestmark = require_export()  # torch/onnx/diffusers: skipped on a base install
@@ -21,6 +22,9 @@ def test_tiny_recipe_runs_every_stage_resumes_and_exports(tmp_path):
     assert {p.name for p in work.iterdir()} >= {"dataset.npz", "vae_crops", "vae", "latents.npz", "checkpoint.pt"}
     latents = np.load(work / "latents.npz")["latents"]
     assert latents.shape == (TINY_RECIPE.num_scenes, 16, 8, 8)
+    objects = np.load(work / "dataset.npz")["objects"]  # object coverage per latent pixel, for the weighted loss
+    assert objects.shape == (TINY_RECIPE.num_scenes, 8, 8) and 0 <= objects.min() and objects.max() <= 1
+    assert objects.max() > 0  # every scene shows objects
     assert 0.5 < latents.std() < 2.0  # the scaling factor normalises the latents
     meta = read_model_dir_config(weights / "mmgen")
     assert meta.provenance.train_steps == TINY_RECIPE.steps and meta.model.num_classes == 12
@@ -47,3 +51,32 @@ def test_training_batch_follows_the_release_recipe():
         k = int(task[i]) - 1
         assert weight[i, 4 * k : 4 * k + 4].sum() == 0 and weight[i].sum() == 12
     assert (y == 12).float().mean() < 0.3  # class dropout (0.1) replaces some labels with the null label
+
+
+def test_object_coverage_is_the_object_share_of_each_latent_block():
+    from mmgen_edge.samples.shapes.train import object_coverage
+
+    instances = np.zeros((16, 16), np.int32)
+    instances[0:8, 0:8] = 2  # block (0, 0) all object
+    instances[8:12, 8:16] = 1  # block (1, 1) half object
+    np.testing.assert_allclose(object_coverage(instances), [[1.0, 0.0], [0.0, 0.5]])
+    with pytest.raises(ValueError, match="do not tile"):
+        object_coverage(np.zeros((12, 16), np.int32))
+
+
+def test_the_object_weight_multiplies_the_loss_on_object_pixels_only():
+    recipe = dataclasses.replace(TINY_RECIPE, batch=64, object_loss_weight=4.0)
+    latents, labels = torch.randn(10, 16, 4, 4), torch.arange(10)
+    objects = torch.zeros(10, 4, 4)
+    objects[:, 0, 0], objects[:, 1, 1] = 1.0, 0.25
+    plain = training_batch(latents, labels, dataclasses.replace(recipe, object_loss_weight=0.0),
+                           torch.Generator().manual_seed(0), 12, objects)  # fmt: skip
+    weighted = training_batch(latents, labels, recipe, torch.Generator().manual_seed(0), 12, objects)
+    for a, b in zip(plain[:5], weighted[:5]):  # same draws: only the weight changes
+        torch.testing.assert_close(a, b)
+    mask, weight = plain[5], weighted[5]
+    assert mask.shape == (64, 16, 1, 1) and weight.shape == (64, 16, 4, 4)
+    torch.testing.assert_close(weight[:, :, 0, 0], 5.0 * mask[:, :, 0, 0])  # 1 + 4 * 1
+    torch.testing.assert_close(weight[:, :, 1, 1], 2.0 * mask[:, :, 0, 0])  # 1 + 4 * 0.25
+    torch.testing.assert_close(weight[:, :, 2, 3], mask[:, :, 0, 0])  # no object: the release's weight
+    assert torch.all(weight[mask.expand_as(weight) == 0] == 0)  # the held slot still has no loss
