@@ -148,6 +148,16 @@ def finite_float(text: str) -> float:
     return value
 
 
+def guidance_scale(text: str) -> float:
+    """An argparse ``type=`` for a classifier-free guidance scale: a finite number in 0..``MAX_CFG_SCALE``."""
+    from mmgen_edge.runtime.sampler import MAX_CFG_SCALE  # imported when parsing, so that --help stays light
+
+    value = finite_float(text)
+    if not 0.0 <= value <= MAX_CFG_SCALE:
+        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_CFG_SCALE:g}, got {text!r}")
+    return value
+
+
 def step_list(text: str) -> tuple[int, ...]:
     """An argparse ``type=`` for comma-separated sampler step counts (``"1,2,4"``), each as :func:`step_count`."""
     parts = [part.strip() for part in text.split(",") if part.strip()]

@@ -30,6 +30,8 @@ RELEASE_SDE_T_LAST = 0.04
 #: The most sampler steps a request may ask for (the release's SDE default is 250; the few-step regime is 1-8).
 #: Bounds the time one request may hold a model (and a server instance).
 MAX_STEPS = 250
+#: The largest classifier-free guidance scale a request or a bundle may give (1 = no guidance).
+MAX_CFG_SCALE = 100.0
 
 
 def check_integer(value: object, name: str, low: int, high: int | None = None) -> int:
@@ -64,6 +66,11 @@ class SamplerConfig(BaseModel):
     sde_t_last: float = Field(RELEASE_SDE_T_LAST, gt=0.0, lt=1.0, description="Euler-Maruyama: last noisy timestep.")
     guidance_low: float = Field(0.0, ge=0.0, le=1.0, description="Classifier-free guidance only for t in [low, high].")
     guidance_high: float = Field(1.0, ge=0.0, le=1.0)
+    cfg_scale: float = Field(
+        1.0, ge=0.0, le=MAX_CFG_SCALE,
+        description="Default classifier-free guidance scale of generation (1 = none; the guidance acts on the class "
+                    "label, so it changes class-conditioned samples); a request's own cfg_scale overrides it.",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _check(self) -> "SamplerConfig":

@@ -28,12 +28,12 @@ from mmgen_edge.runtime.modalities import (
     task_modality,
 )
 from mmgen_edge.runtime.pipeline import Pipeline, Timings
-from mmgen_edge.runtime.sampler import SamplerConfig, check_integer, check_steps
+from mmgen_edge.runtime.sampler import MAX_CFG_SCALE, SamplerConfig, check_integer, check_steps
 
 from . import processors
 from .images import load_image, to_input_size, to_model_size
 from .model_base import Model
-from .protocol import MAX_CFG_SCALE, MAX_SEED  # the server's bounds: a local call and a served one agree
+from .protocol import MAX_SEED  # the server's bounds: a local call and a served one agree
 from .results import GenerationResult, PerceptionResult, SegmentationMap
 
 #: User noise: a standard normal draw; a value beyond this is not noise (and overflows the sampler in float32).
@@ -188,7 +188,7 @@ class MMGenModel(Model):
         self,
         class_label: int | None = None,
         condition: Mapping[str, object] | None = None,
-        cfg_scale: float = 1.0,
+        cfg_scale: float | None = None,
         steps: int | None = None,
         seed: int | None = None,
         noise: np.ndarray | None = None,
@@ -196,7 +196,9 @@ class MMGenModel(Model):
     ) -> GenerationResult:
         """As :meth:`Model.generate <mmgen_edge.sdk.model_base.Model.generate>`."""
         start = time.perf_counter()
-        request = generation_request(self.resolution, self.num_classes, class_label, condition, cfg_scale, steps, seed, noise)
+        request = generation_request(
+            self.resolution, self.num_classes, class_label, condition, self.guidance(cfg_scale), steps, seed, noise
+        )
         preprocess = time.perf_counter() - start
         raw = self.generate_model_images([request])
         raw.timings["preprocess"] = preprocess

@@ -97,7 +97,7 @@ class Model(abc.ABC):
         self,
         class_label: int | None = None,
         condition: Mapping[str, object] | None = None,
-        cfg_scale: float = 1.0,
+        cfg_scale: float | None = None,
         steps: int | None = None,
         seed: int | None = None,
         noise: np.ndarray | None = None,
@@ -110,7 +110,8 @@ class Model(abc.ABC):
             condition: one map: {"depth": disparity (H, W) float in [0, 1] (1 = nearest) or an encoded image},
                 {"normals": unit normals (H, W, 3) float or an encoded image}, or {"segmentation": labels (H, W)
                 int or a colour-painted image}.
-            cfg_scale: classifier-free guidance scale (1 = none).
+            cfg_scale: classifier-free guidance scale on the class label, 0..100 (1 = none; None: the bundle's
+                default, ``manifest.sampler.cfg_scale``).
             steps: sampler steps (default: this handle's ``steps``).
             seed: seed of the starting (and SDE step) noise (None: random).
             noise: explicit starting noise (M*C, h, w); overrides ``seed`` for the start.
@@ -119,6 +120,11 @@ class Model(abc.ABC):
         Returns:
             A :class:`GenerationResult` (maps at the model resolution).
         """
+
+    def guidance(self, cfg_scale: float | None) -> float | object:
+        """The guidance scale a ``generate`` call runs with: ``cfg_scale`` as given (checked later), or the bundle's
+        default (``manifest.sampler.cfg_scale``) when None."""
+        return self.manifest.sampler.cfg_scale if cfg_scale is None else cfg_scale
 
     def stream(self, sources: object, **options: object) -> Stream:
         """Perceive live sources: a camera index, a video file, an RTSP/HTTP URL, an iterator of frames, or a list

@@ -41,6 +41,7 @@ import numpy as np
 
 from mmgen_edge.runtime.manifest import Manifest
 from mmgen_edge.runtime.modalities import RELEASE_MODALITIES, perception_modalities
+from mmgen_edge.runtime.sampler import MAX_CFG_SCALE  # noqa: F401  (the wire's bound; re-exported)
 
 INFO_MODEL = "mmgen_info"
 PERCEIVE_MODEL = "mmgen_perceive"
@@ -53,8 +54,6 @@ NO_STEPS, RANDOM_SEED, NO_LABEL = 0, -1, -1
 
 #: The longest BYTES input (tasks, condition, query) in bytes: "depth,normals,segmentation" is 26.
 MAX_TEXT_BYTES = 64
-#: The largest classifier-free guidance scale a server accepts.
-MAX_CFG_SCALE = 100.0
 #: The largest seed (seeds are INT64; -1 asks for a random one).
 MAX_SEED = 2**63 - 1
 

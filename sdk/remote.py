@@ -303,7 +303,7 @@ class RemoteModel(Model):
         self,
         class_label: int | None = None,
         condition: Mapping[str, object] | None = None,
-        cfg_scale: float = 1.0,
+        cfg_scale: float | None = None,
         steps: int | None = None,
         seed: int | None = None,
         noise: np.ndarray | None = None,
@@ -311,7 +311,7 @@ class RemoteModel(Model):
     ) -> GenerationResult:
         """As :meth:`Model.generate <mmgen_edge.sdk.model_base.Model.generate>`."""
         request: GenerationRequest = generation_request(
-            self.resolution, self.num_classes, class_label, condition, cfg_scale, steps, seed, noise
+            self.resolution, self.num_classes, class_label, condition, self.guidance(cfg_scale), steps, seed, noise
         )
         if noise is not None:
             noise = noise_array(noise, self.latent_shape(1))[0]

@@ -9,7 +9,7 @@ import pytest
 from extras import skip_without_export
 
 from mmgen_edge import cli
-from mmgen_edge.cli import bounded_int, finite_float, main, positive_float, step_count, step_list
+from mmgen_edge.cli import bounded_int, finite_float, guidance_scale, main, positive_float, step_count, step_list
 from mmgen_edge.runtime.sampler import MAX_STEPS
 
 #: (argv before the bad option, option, bad value, what the message says)
@@ -26,6 +26,9 @@ BAD_OPTIONS = [
     (["generate"], "--seed", "-1", "must be an integer >= 0, got -1"),
     (["generate"], "--class-label", "-2", "must be an integer >= 0, got -2"),
     (["generate"], "--cfg-scale", "nan", "must be a finite number, got 'nan'"),
+    (["generate"], "--cfg-scale", "101", "must be in 0..100, got '101'"),
+    (["export", "m", "--vae", "v", "--out", "o"], "--cfg-scale", "-1", "must be in 0..100, got '-1'"),
+    (["eval"], "--cfg-scale", "inf", "must be a finite number, got 'inf'"),
     (["generate"], "--steps", "0", "steps must be in 1.."),
     (["stream", "clip.mp4"], "--fps", "0", "must be a finite number > 0, got '0'"),
     (["stream", "clip.mp4"], "--fps", "inf", "must be a finite number > 0, got 'inf'"),
@@ -102,7 +105,9 @@ def test_the_option_types_accept_the_bounds_and_refuse_beyond():
             convert(text)
     assert step_count(str(MAX_STEPS)) == MAX_STEPS and step_list(" 1, 2,4 ") == (1, 2, 4)
     assert positive_float("0.5") == 0.5 and finite_float("-2") == -2.0
-    for convert, text in ((positive_float, "0"), (positive_float, "nan"), (finite_float, "-inf"), (finite_float, "x")):
+    assert guidance_scale("0") == 0.0 and guidance_scale("100") == 100.0
+    for convert, text in ((positive_float, "0"), (positive_float, "nan"), (finite_float, "-inf"), (finite_float, "x"),
+                          (guidance_scale, "100.5"), (guidance_scale, "-0.1"), (guidance_scale, "nan")):
         with pytest.raises(argparse.ArgumentTypeError):
             convert(text)
 
@@ -112,8 +117,10 @@ def test_good_values_still_parse():
     assert (args.fps, args.max_frames, args.seed) == (12.5, 3, 0)
     args = cli.build_parser("eval").parse_args(["eval"])
     assert args.steps == (1, 2, 4, 8, 25) and args.scenes == 200 and args.generation == 2
+    assert args.cfg_scale is None  # the bundle's default guidance
     args = cli.build_parser("export").parse_args(["export", "m", "--vae", "v", "--out", "o"])
-    assert (args.max_batch, args.steps) == (8, 4)
+    assert (args.max_batch, args.steps, args.cfg_scale) == (8, 4, 1.0)
+    assert cli.build_parser("generate").parse_args(["generate"]).cfg_scale is None
 
 
 def test_the_soak_benchmark_checks_its_numeric_options(capsys):

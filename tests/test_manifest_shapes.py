@@ -3,13 +3,11 @@ inputs and outputs must agree with the live session's metadata (at activation), 
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
+from bundle_edits import edited_bundle
 
 from mmgen_edge.runtime.backend import Environment
 from mmgen_edge.runtime.manifest import SHAPED_TENSORS, BundleError, GraphEntry, TensorSpec, read_manifest
@@ -18,23 +16,6 @@ from mmgen_edge.runtime.pipeline import Pipeline
 from mmgen_edge.runtime.runner import io_mismatch
 
 CPU_ONLY = Environment(ort_providers=("CPUExecutionProvider",))
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)  # a multi-GB bundle from MMGEN_EDGE_TEST_BUNDLE is not copied
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def _edited(bundle: Path, out: Path, edit: Any) -> Path:
-    """A copy of ``bundle`` whose manifest.json (not hash-listed) went through ``edit(raw_dict)``."""
-    shutil.copytree(bundle, out, copy_function=_link_or_copy)
-    (out / "manifest.json").unlink()  # never write through a hard link into the original
-    raw = json.loads((bundle / "manifest.json").read_text())
-    edit(raw)
-    (out / "manifest.json").write_text(json.dumps(raw))
-    return out
 
 
 def _double_resolution(raw: dict, latent: bool = True, graphs: bool = True) -> None:
@@ -54,7 +35,7 @@ def _double_resolution(raw: dict, latent: bool = True, graphs: bool = True) -> N
 def test_an_edited_resolution_is_refused_at_read(runtime_bundle, tmp_path, verify):
     before = read_manifest(runtime_bundle, verify="none")
     res, h, down = before.model.resolution, before.latent.height, before.latent.downsample
-    bundle = _edited(runtime_bundle, tmp_path / "b", lambda raw: _double_resolution(raw, latent=False, graphs=False))
+    bundle = edited_bundle(runtime_bundle, tmp_path / "b", lambda raw: _double_resolution(raw, latent=False, graphs=False))
     with pytest.raises(BundleError) as info:
         read_manifest(bundle, verify=verify)
     assert f"latent.height {h} does not match model.resolution {2 * res} / latent.downsample {down} = {2 * res // down}" in str(info.value)
@@ -64,7 +45,7 @@ def test_an_edited_latent_size_must_agree_with_the_graph_shapes(runtime_bundle, 
     manifest = read_manifest(runtime_bundle, verify="none")
     spec = next(s for s in manifest.graphs["denoiser_cached"].inputs if s.name == "x_t")
     c, h, w = spec.shape[1:]
-    bundle = _edited(runtime_bundle, tmp_path / "b", lambda raw: _double_resolution(raw, graphs=False))
+    bundle = edited_bundle(runtime_bundle, tmp_path / "b", lambda raw: _double_resolution(raw, graphs=False))
     with pytest.raises(BundleError) as info:
         read_manifest(bundle, verify="none")
     assert (
@@ -77,7 +58,7 @@ def test_a_consistently_edited_manifest_is_refused_when_the_graphs_activate(runt
     manifest = read_manifest(runtime_bundle, verify="none")
     spec = next(s for s in manifest.graphs["denoiser_cached"].inputs if s.name == "x_t")
     n, c, h, w = spec.shape
-    bundle = _edited(runtime_bundle, tmp_path / "b", _double_resolution)
+    bundle = edited_bundle(runtime_bundle, tmp_path / "b", _double_resolution)
     read_manifest(bundle, verify="full")  # self-consistent, files untouched
     with pytest.raises(BundleError) as info:
         Pipeline(bundle, backend="ort-cpu", environment=CPU_ONLY)
@@ -94,7 +75,7 @@ def test_an_edited_dtype_or_fixed_dim_is_refused_when_the_runner_activates(runti
         next(s for s in cond["inputs"] if s["name"] == "y")["dtype"] = "int32"
         next(s for s in cond["outputs"] if s["name"] == "block_modulation")["shape"][1] += 1
 
-    bundle = _edited(runtime_bundle, tmp_path / "b", edit)
+    bundle = edited_bundle(runtime_bundle, tmp_path / "b", edit)
     manifest = read_manifest(bundle, verify="none")
     runner = OnnxRuntimeRunner(bundle, "conditioning", manifest.graphs["conditioning"], manifest.dims)
     with pytest.raises(BundleError) as info:

@@ -210,6 +210,11 @@ def test_schema_version_mismatch_is_explained(tiny_bundle, tmp_path):
         (("sampler", "num_steps"), "4", "sampler.num_steps"),
         (("model", "resolution"), 32.5, "model.resolution"),
         (("dims", "N", "max"), True, "dims.N.max"),
+        (("sampler", "cfg_scale"), 101.0, "sampler.cfg_scale"),
+        (("sampler", "cfg_scale"), -0.5, "sampler.cfg_scale"),
+        (("sampler", "cfg_scale"), float("nan"), "sampler.cfg_scale"),
+        (("sampler", "cfg_scale"), "3", "sampler.cfg_scale"),
+        (("sampler", "cfg_scale"), True, "sampler.cfg_scale"),
     ],
 )
 def test_an_edited_manifest_value_of_the_wrong_type_is_refused_by_name(tiny_bundle, tmp_path, where, value, named):

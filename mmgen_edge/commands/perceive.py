@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from mmgen_edge.cli import backend_name, finite_float, nonnegative_int, positive_float, positive_int, step_count
+from mmgen_edge.cli import backend_name, guidance_scale, nonnegative_int, positive_float, positive_int, step_count
 from mmgen_edge.runtime.modalities import CONDITION_TASKS
 
 def _write_rgb(path: Path, image: np.ndarray) -> None:
@@ -235,7 +235,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--class-label", type=nonnegative_int, help="class label (default: unconditional)")
     p.add_argument("--condition", choices=CONDITION_TASKS, help="kind of --condition-image")
     p.add_argument("--condition-image", help="encoded condition image (grey disparity, RGB normals or painted segments)")
-    p.add_argument("--cfg-scale", type=finite_float, default=1.0)
+    p.add_argument("--cfg-scale", type=guidance_scale,
+                   help="classifier-free guidance on the class label, 0..100 (1 = none; default: the bundle's)")
     p.add_argument("--steps", type=step_count)
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--num", type=positive_int, default=1, help="samples to generate (seeds seed..seed+num-1)")

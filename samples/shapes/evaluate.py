@@ -226,14 +226,19 @@ def vae_ceiling(model: Any, scenes: Sequence[Scene], progress: bool = False) -> 
     return summary
 
 
-def evaluate_generation(model: Any, out_dir: Path, per_class: int = 4, steps: int = 4, cfg_scale: float = 1.0) -> dict[str, Any]:
+def evaluate_generation(
+    model: Any, out_dir: Path, per_class: int = 4, steps: int = 4, cfg_scale: float | None = None
+) -> dict[str, Any]:
     """A per-class sample grid (rows = classes; rgb | depth | normals | segments per sample), consistency and fidelity.
+
+    ``cfg_scale`` None samples with the bundle's default guidance (``manifest.sampler.cfg_scale``), as users do.
 
     Returns:
         ``consistency_*`` (means over all samples), ``fidelity`` (the fraction of all samples whose segmentation
-        shows their class's number of objects, ``counting.count_objects``) and ``fidelity_per_class``
-        ({class name: fraction of its ``per_class`` samples}).
+        shows their class's number of objects, ``counting.count_objects``), ``fidelity_per_class`` ({class name:
+        fraction of its ``per_class`` samples}), ``cfg_scale`` and ``steps`` (what the samples used).
     """
+    cfg_scale = model.guidance(cfg_scale)
     rows, items, fidelity = [], [], {}
     for label in range(model.num_classes):
         tiles, hits = [], 0
@@ -251,7 +256,7 @@ def evaluate_generation(model: Any, out_dir: Path, per_class: int = 4, steps: in
         rows.append(np.concatenate(tiles, axis=1))
     grid = np.concatenate(rows, axis=0)
     write_image(out_dir / "generation_grid.png", grid)
-    summary: dict[str, Any] = mean_metrics(items)
+    summary: dict[str, Any] = {**mean_metrics(items), "cfg_scale": float(cfg_scale), "steps": steps}
     if fidelity:
         summary.update(fidelity=float(np.mean(list(fidelity.values()))), fidelity_per_class=fidelity)
     return summary
@@ -267,6 +272,7 @@ def run_evaluation(
     ceiling_scenes: int = DEFAULT_CEILING_SCENES,
     compare: Any | None = None,
     speed_frames: int = COMPARE_SPEED_FRAMES,
+    generation_cfg_scale: float | None = None,
 ) -> dict[str, Any]:
     """The full report (written to ``out_dir/report.json`` and ``report.md``).
 
@@ -281,6 +287,7 @@ def run_evaluation(
             VAE for the ceiling (it costs about one K = 1 perception pass per scene); 0 skips it.
         compare: a second loaded model (e.g. the same model with a distilled decoder) scored on the same scenes and
             timed stage by stage against ``model``, interleaved (``compare_stage_times``, ``speed_frames`` each).
+        generation_cfg_scale: guidance of the class samples (None: the bundle's default).
 
     Returns:
         The report: ``perception`` {K: metrics}, ``baselines`` {"trivial": metrics}, ``vae_ceiling`` (unless
@@ -311,7 +318,8 @@ def run_evaluation(
     if ceiling_count > 0:
         report["vae_ceiling"] = vae_ceiling(model, scenes[:ceiling_count], progress=progress)
     if generation_per_class > 0:
-        report["generation"] = evaluate_generation(model, out, generation_per_class, steps=max(4, min(steps)))
+        report["generation"] = evaluate_generation(model, out, generation_per_class, steps=max(4, min(steps)),
+                                                   cfg_scale=generation_cfg_scale)
         report["generation"]["classes"] = list(CATEGORY_NAMES[: model.num_classes])
     write_text_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
     write_text_atomic(out / "report.md", markdown(report))
@@ -368,8 +376,9 @@ def markdown(report: dict[str, Any]) -> str:
                   f"of scenes counted right (exact masks: {c['object_count_accuracy_exact']:.1%})."]  # fmt: skip
     if "generation" in report:
         g = report["generation"]
-        lines += ["", f"Generation consistency (depth from generated RGB vs generated depth): δ1 {g['consistency_delta1']:.3f}, "
-                  f"AbsRel {g['consistency_abs_rel']:.3f}. Grid: generation_grid.png (rows = classes)."]  # fmt: skip
+        lines += ["", f"Generation (K = {g['steps']}, guidance {g['cfg_scale']:g}) consistency (depth from generated RGB "
+                  f"vs generated depth): δ1 {g['consistency_delta1']:.3f}, AbsRel {g['consistency_abs_rel']:.3f}. Grid: "
+                  "generation_grid.png (rows = classes)."]  # fmt: skip
         if "fidelity" in g:
             per_class = ", ".join(f"{name} {value:.2f}" for name, value in g["fidelity_per_class"].items())
             lines += ["", f"Generation fidelity (samples whose segmentation shows the class's number of objects): "
