@@ -11,6 +11,7 @@ from extras import require_export
 pytestmark = require_export()  # torch/onnx/diffusers: skipped on a base install
 
 import torch
+from diffusers import AutoencoderKL
 
 from mmgen_edge.export.model_dir import load_model, read_model_dir_config
 from mmgen_edge.samples.shapes.train import TINY_RECIPE, run, training_batch
@@ -80,3 +81,24 @@ def test_the_object_weight_multiplies_the_loss_on_object_pixels_only():
     torch.testing.assert_close(weight[:, :, 1, 1], 2.0 * mask[:, :, 0, 0])  # 1 + 4 * 0.25
     torch.testing.assert_close(weight[:, :, 2, 3], mask[:, :, 0, 0])  # no object: the release's weight
     assert torch.all(weight[mask.expand_as(weight) == 0] == 0)  # the held slot still has no loss
+
+
+def test_exporting_weights_keeps_an_identical_vae_and_never_deletes_a_foreign_folder(tmp_path):
+    """``--export`` over the shipped weights keeps their VAE when it is the one trained with; a folder that is not
+    mmgen-edge's (a downloaded VAE, anything else) is refused, not deleted."""
+    import shutil
+
+    from mmgen_edge.samples.shapes.train import export_weights
+
+    work, out = tmp_path / "work", tmp_path / "weights"
+    run(work, TINY_RECIPE, export=out)
+    vae = AutoencoderKL.from_pretrained(out / "vae")
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "vae").iterdir()}
+    export_weights(work, out, vae)  # the same VAE: kept as it is
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "vae").iterdir()} == before
+    shutil.rmtree(out / "vae")
+    (out / "vae").mkdir()
+    (out / "vae" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="did not write"):
+        export_weights(work, out, vae)
+    assert (out / "vae" / "notes.txt").read_text() == "mine"

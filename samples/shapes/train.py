@@ -349,16 +349,42 @@ def log_progress(work: Path, step: int, loss: float, seconds: float) -> None:
         f.write(json.dumps({"step": step, "loss": round(loss, 5), "run_seconds": round(seconds, 1)}) + "\n")
 
 
-def export_weights(work: Path, out: Path, vae: AutoencoderKL) -> None:
-    """Write the shipped files: ``out/mmgen`` (model directory, fp16) and ``out/vae`` (diffusers, fp32)."""
-    convert_checkpoint(work / "checkpoint.pt", out / "mmgen", dtype="fp16", sha256="auto", overwrite=True)
-    tmp = out / ".vae.tmp"
-    vae.save_pretrained(tmp)
-    if (out / "vae").exists():
-        import shutil
+def _same_autoencoder(a: Path, b: Path) -> bool:
+    """Whether two diffusers directories hold the same weights and the same settings (``_``-keys aside)."""
+    import json
 
-        shutil.rmtree(out / "vae")
-    os.replace(tmp, out / "vae")
+    from mmgen_edge.runtime.fileio import weights_sha256
+
+    def settings(d: Path) -> dict:
+        return {k: v for k, v in json.loads((d / "config.json").read_text()).items() if not k.startswith("_")}
+
+    try:
+        return settings(a) == settings(b) and weights_sha256(a) == weights_sha256(b)
+    except (OSError, ValueError):
+        return False
+
+
+def export_weights(work: Path, out: Path, vae: AutoencoderKL) -> None:
+    """Write the shipped files: ``out/mmgen`` (model directory, fp16) and ``out/vae`` (diffusers, fp32).
+
+    Each is written atomically and replaces only what mmgen-edge wrote (``convert``'s and ``atomic_directory``'s
+    rule: a folder of other files, e.g. a downloaded VAE, is refused, never deleted); an ``out/vae`` that already
+    holds this VAE is kept as it is (phase 2 and 3 train with the shipped VAE).
+    """
+    import shutil
+    import tempfile
+
+    from mmgen_edge.runtime.fileio import atomic_directory
+
+    convert_checkpoint(work / "checkpoint.pt", out / "mmgen", dtype="fp16", sha256="auto", overwrite=True)
+    target = out / "vae"
+    with tempfile.TemporaryDirectory(prefix=".vae-staged-", dir=out) as staged:
+        vae.save_pretrained(staged)
+        if target.is_dir() and not target.is_symlink() and _same_autoencoder(target, Path(staged)):
+            return
+        with atomic_directory(target, overwrite=True) as tmp:
+            for item in Path(staged).iterdir():
+                shutil.move(str(item), tmp / item.name)
 
 
 def run(
@@ -386,11 +412,20 @@ def run(
     return checkpoint
 
 
+def _device(text: str) -> str:
+    """An argparse ``type=`` for ``--device``: cpu, cuda or cuda:N."""
+    if text == "cpu" or text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}")
+
+
 def main() -> None:
+    from mmgen_edge.cli import bounded_int, positive_float, positive_int, thread_count
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("out/shapes-train"), help="cache / resume directory")
-    parser.add_argument("--minutes", type=float, help="stop MMGen training after this many minutes (resumable)")
-    parser.add_argument("--steps", type=int, help="MMGen steps (default: the recipe's)")
+    parser.add_argument("--minutes", type=positive_float, help="stop MMGen training after this many minutes (resumable)")
+    parser.add_argument("--steps", type=positive_int, help="MMGen steps (default: the recipe's)")
     parser.add_argument("--export", type=Path, help="write the shipped weights here (e.g. samples/shapes/weights)")
     parser.add_argument("--tiny", action="store_true", help="a seconds-long smoke run of every stage")
     parser.add_argument("--resume", action="store_true",
@@ -401,15 +436,16 @@ def main() -> None:
                              "--init and --vae)")
     parser.add_argument("--init", type=Path, help="start a new MMGen run from this model directory's weights")
     parser.add_argument("--vae", type=Path, help="use this trained VAE directory instead of training one")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: every core)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (same draws, same recipe; resumable across devices)")
-    parser.add_argument("--workers", type=int, default=1, help="processes rendering the scenes (same images)")
+    parser.add_argument("--threads", type=thread_count, help="torch CPU threads (default: every core)")
+    parser.add_argument("--device", type=_device, default="cpu",
+                        help="cpu, cuda or cuda:N (same draws, same recipe; resumable across devices)")
+    parser.add_argument("--workers", type=bounded_int(1, 256), default=1, help="processes rendering the scenes (same images)")
     args = parser.parse_args()
     if args.resume and not (args.work / "checkpoint.pt").is_file():
         parser.error(f"--resume: {args.work / 'checkpoint.pt'} does not exist (nothing to resume; drop --resume to start)")
     recipes = {"base": RecipeConfig(), "finetune": FINETUNE_RECIPE, "long": LONG_RECIPE, "objects": OBJECTS_RECIPE}
     recipe = TINY_RECIPE if args.tiny else recipes[args.recipe]
-    if args.steps:
+    if args.steps is not None:
         from dataclasses import replace
 
         recipe = replace(recipe, steps=args.steps)
