@@ -1,8 +1,8 @@
 """``mmgen-edge serve`` and ``mmgen-edge triton-repo``.
 
     mmgen-edge serve [BUNDLE] [--host 127.0.0.1] [--http-port 8000] [--grpc-port 8001] [--metrics-port 8002]
-        [--backend auto] [--instances 1] [--max-queue-delay-us 2000] [--max-queue-size 256] [--threads N] [--steps K]
-        [--access-token TOKEN]
+        [--backend auto] [--instances 1] [--front-instances N] [--max-queue-delay-us 2000] [--max-queue-size 256]
+        [--threads N] [--steps K] [--access-token TOKEN]
     mmgen-edge triton-repo BUNDLE --out REPO [--instances 1] [--max-queue-delay-us 2000] [--engines auto|none|require]
 
 ``mmgen_edge/cli.py`` wires them in with ``add_parsers(subparsers)``.
@@ -24,6 +24,10 @@ from mmgen_edge.cli import backend_name, bounded_int, port, step_count, thread_c
 #: waits at most 10 s) and queue size: bounds a typo cannot get past.
 MAX_INSTANCES, MAX_QUEUE_DELAY_US, MAX_QUEUE_SIZE = 64, 10_000_000, 1_000_000
 instance_count = bounded_int(1, MAX_INSTANCES)
+#: Front instances per model: each is a Python stub process that tritonserver unloads one by one at stop (~2 s each),
+#: and Triton gives up stopping after 30 s.
+MAX_FRONT_INSTANCES = 16
+front_count = bounded_int(1, MAX_FRONT_INSTANCES)
 queue_delay_us = bounded_int(0, MAX_QUEUE_DELAY_US)
 queue_size = bounded_int(1, MAX_QUEUE_SIZE)
 
@@ -34,7 +38,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     options = ServerOptions(
         host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
-        backend=args.backend, instances=args.instances, max_queue_delay_us=args.max_queue_delay_us,
+        backend=args.backend, instances=args.instances, front_instances=args.front_instances,
+        max_queue_delay_us=args.max_queue_delay_us,
         max_queue_size=args.max_queue_size, threads=args.threads, steps=args.steps,
         access_token=args.access_token or os.environ.get(ACCESS_TOKEN_ENV) or None,
     )  # fmt: skip
@@ -46,7 +51,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         backend = server.handlers[0].model.backend
         urls = server.bind_urls()
         banner = (
-            f"mmgen-edge serve: {bundle} ({backend}, {options.instances} instance(s)) ready at {urls['grpc']} (gRPC) "
+            f"mmgen-edge serve: {bundle} ({backend}, {options.instances} instance(s), {server.front_instances} requests "
+            f"at once per model) ready at {urls['grpc']} (gRPC) "
             f"and {urls['http']} (HTTP), metrics at {urls['metrics']}; Ctrl-C or SIGTERM stops"
         )
         lines = [banner]
@@ -98,6 +104,14 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--metrics-port", type=port, default=8002)
     p.add_argument("--backend", type=backend_name, default="auto", help="auto, tensorrt, ort-tensorrt, ort-cuda, ort-cpu, openvino, openvino-fp32 or openvino-bf16")
     p.add_argument("--instances", type=instance_count, default=1, help=f"model copies serving batches concurrently (default: 1, at most {MAX_INSTANCES})")
+    p.add_argument(
+        "--front-instances",
+        type=front_count,
+        help="requests each of mmgen_perceive / mmgen_generate takes in at once, each checked alone and then merged "
+        "into engine batches, so an engine batch holds at most this many (Triton instances: a ~24 MB Python process "
+        "each; default: the bundle's max batch x --instances, at most 4; at most "  # 4: server.DEFAULT_FRONT_INSTANCES
+        f"{MAX_FRONT_INSTANCES})",
+    )
     p.add_argument("--max-queue-delay-us", type=queue_delay_us, default=2000, help=f"how long the batcher waits to fill a batch (at most {MAX_QUEUE_DELAY_US} us)")
     p.add_argument("--max-queue-size", type=queue_size, default=256, help=f"requests waiting per model; more are refused (default: 256, at most {MAX_QUEUE_SIZE})")
     p.add_argument("--threads", type=thread_count, help="ONNX Runtime CPU threads per instance")

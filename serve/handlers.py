@@ -1,12 +1,14 @@
-"""Serving one batch of requests: the part every server shares (PyTriton, Triton's Python backend). Torch-free.
+"""Serving requests: the part every server shares (PyTriton, Triton's Python backend). Torch-free.
 
 A request is a mapping of input name -> numpy array with the batch axis (size 1) in front, as Triton delivers it;
-a response is a mapping of output name -> array, also with the batch axis. Each request is checked on its own,
-against the bounds of :mod:`mmgen_edge.sdk.protocol`, before any engine batch is assembled: a bad one gets an
-``{"error": message}`` response naming the problem while the others are served, and the server turns that
-response into a Triton error for that request alone (:mod:`.pytriton_errors` for ``serve``, the BLS model for a
-Triton repository). Requests that can share an engine batch (same tasks and steps; for generation also guidance
-and condition kind) run as one batch.
+a response is a mapping of output name -> array, also with the batch axis. :meth:`RequestHandler.check` reads one
+request on its own against the bounds of :mod:`mmgen_edge.sdk.protocol` (a ``RequestError`` names the problem);
+:meth:`RequestHandler.run` runs checked requests, those that can share an engine batch (same tasks and steps; for
+generation also guidance and condition kind) as one batch. ``mmgen-edge serve`` checks each request in its own
+Triton execute and batches the accepted ones itself (:mod:`.server`, :mod:`.batcher`), so a refusal fails its
+execute: a Triton failure. :meth:`RequestHandler.serve` does both for a batch Triton assembled (the BLS entry
+models of a Triton repository): a refused request gets an ``{"error": message}`` response, which the model turns
+into a Triton error for that request alone, while the others are served.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -60,21 +63,6 @@ def response_error(response: Mapping[str, np.ndarray]) -> str | None:
     value = np.asarray(response["error"]).reshape(-1)[0]
     message = value.decode(errors="replace") if isinstance(value, (bytes, np.bytes_)) else str(value)
     return message or None
-
-
-def batch_refusal(responses: Sequence[object]) -> str | None:
-    """The one reason for which every request of a batch was refused, else None.
-
-    ``responses`` are Triton Python-backend responses (``has_error()``, ``error().message()``). Triton's Python
-    backend counts a request as failed only when its whole ``execute`` fails, so an execute whose every request was
-    refused alike raises this reason instead of returning the error responses: then each request is a failure in
-    ``nv_inference_request_failure``, with that message. (A refused request batched with served ones keeps its own
-    error response and is counted as a success: Triton has no per-request failure for this backend.)
-    """
-    if not responses or not all(r.has_error() for r in responses):  # type: ignore[attr-defined]
-        return None
-    messages = {r.error().message() for r in responses}  # type: ignore[attr-defined]
-    return messages.pop() if len(messages) == 1 else None
 
 
 def request_text(array: np.ndarray, name: str) -> str:
@@ -212,8 +200,66 @@ class RequestHandler:
         )
 
     # ------------------------------------------------------------------------------------------------- serving
-    def info(self, requests: Sequence[Request]) -> list[Response]:
-        return [self._info(request) for request in requests]
+    def check(self, model: str, request: Request) -> object:
+        """One ``perceive`` or ``generate`` request read and checked on its own, ready for :meth:`run`.
+
+        Raises:
+            RequestError: the request is refused; the message names the problem (a request that could not be read
+                at all is refused too, and logged).
+        """
+        parse = {PERCEIVE_MODEL: self.parse_perceive, GENERATE_MODEL: self.parse_generate}[model]
+        try:
+            return parse(request)
+        except RequestError:
+            raise
+        except Exception as e:  # a request we failed to read fails alone, never its batch
+            LOG.exception("could not read a request")
+            raise RequestError(f"could not read the request ({type(e).__name__}: {e})") from None
+
+    def run(self, model: str, items: Sequence[object]) -> list[Response]:
+        """One response per checked request (from :meth:`check`), in order. Requests that can share an engine batch
+        (same tasks and steps; for generation also guidance and condition kind) run as one, at most the manifest's
+        ``max_batch`` at a time. A failing engine batch gives each of its requests an error response."""
+        group_key, engine = self._engines[model]
+        responses: list[Response | None] = [None] * len(items)
+        groups: dict[object, list[int]] = {}
+        for i, item in enumerate(items):
+            groups.setdefault(group_key(item), []).append(i)
+        limit = self.model.manifest.max_batch
+        for members in groups.values():
+            for start in range(0, len(members), limit):
+                chunk = members[start : start + limit]
+                self.batch_sizes[len(chunk)] += 1
+                try:
+                    out = engine([items[i] for i in chunk])
+                except ValueError as e:  # a request the model refuses (checked in the SDK); the server is fine
+                    for i in chunk:
+                        responses[i] = error_response(str(e))
+                    continue
+                except Exception as e:  # logged here; its clients get a one-line error, not a traceback
+                    LOG.exception("an engine batch of %d failed", len(chunk))
+                    for i in chunk:
+                        responses[i] = error_response(f"the server failed to run this batch ({type(e).__name__}: {e})")
+                    continue
+                for j, i in enumerate(chunk):
+                    responses[i] = self._response(out, j)
+        return responses  # type: ignore[return-value]  # every index was filled above
+
+    def serve(self, model: str, requests: Sequence[Request]) -> list[Response]:
+        """One response per request of ``model`` (info, perceive or generate), in order: each request is checked on
+        its own (a refused one gets :func:`error_response`), the others :meth:`run` together."""
+        if model == INFO_MODEL:
+            return [self._info(request) for request in requests]
+        responses: list[Response | None] = [None] * len(requests)
+        accepted: list[tuple[int, object]] = []
+        for i, request in enumerate(requests):
+            try:
+                accepted.append((i, self.check(model, request)))
+            except RequestError as e:
+                responses[i] = error_response(str(e))
+        for (i, _), response in zip(accepted, self.run(model, [item for _, item in accepted])):
+            responses[i] = response
+        return responses  # type: ignore[return-value]  # every index was filled above
 
     def _info(self, request: Request) -> Response:
         try:
@@ -223,61 +269,18 @@ class RequestHandler:
             return error_response(f"{INFO_MODEL}: {e}")
         return {"manifest": text(self.manifest_json), "error": text("")}
 
-    def perceive(self, requests: Sequence[Request]) -> list[Response]:
-        def run(items: list[PerceiveItem]) -> ModelOutput:
-            images = np.stack([item.image for item in items])
-            noise = np.concatenate([item.noise for item in items])
-            return self.model.perceive_model_images(images, items[0].tasks, items[0].steps, noise)
+    def _perceive(self, items: list[PerceiveItem]) -> ModelOutput:
+        images = np.stack([item.image for item in items])
+        noise = np.concatenate([item.noise for item in items])
+        return self.model.perceive_model_images(images, items[0].tasks, items[0].steps, noise)
 
-        return self._serve(requests, self.parse_perceive, lambda item: (item.tasks, item.steps), run)
-
-    def generate(self, requests: Sequence[Request]) -> list[Response]:
-        return self._serve(
-            requests,
-            self.parse_generate,
-            lambda r: (r.steps, r.cfg_scale, r.condition),
-            self.model.generate_model_images,
-        )
-
-    def _serve(
-        self,
-        requests: Sequence[Request],
-        parse: Callable[[Request], object],
-        group_key: Callable[[object], object],
-        run: Callable[[list], ModelOutput],  # type: ignore[type-arg]
-    ) -> list[Response]:
-        responses: list[Response | None] = [None] * len(requests)
-        groups: dict[object, list[tuple[int, object]]] = {}
-        for i, request in enumerate(requests):
-            try:
-                item = parse(request)
-            except RequestError as e:
-                responses[i] = error_response(str(e))
-                continue
-            except Exception as e:  # a request we failed to read fails alone, never its batch
-                LOG.exception("could not read a request")
-                responses[i] = error_response(f"could not read the request ({type(e).__name__}: {e})")
-                continue
-            groups.setdefault(group_key(item), []).append((i, item))
-        limit = self.model.manifest.max_batch
-        for members in groups.values():
-            for start in range(0, len(members), limit):
-                chunk = members[start : start + limit]
-                self.batch_sizes[len(chunk)] += 1
-                try:
-                    out = run([item for _, item in chunk])
-                except ValueError as e:  # a request the model refuses (checked in the SDK); the server is fine
-                    for i, _ in chunk:
-                        responses[i] = error_response(str(e))
-                    continue
-                except Exception as e:  # logged here; its clients get a one-line error, not a traceback
-                    LOG.exception("an engine batch of %d failed", len(chunk))
-                    for i, _ in chunk:
-                        responses[i] = error_response(f"the server failed to run this batch ({type(e).__name__}: {e})")
-                    continue
-                for j, (i, _) in enumerate(chunk):
-                    responses[i] = self._response(out, j)
-        return responses  # type: ignore[return-value]  # every index was filled above
+    @property
+    def _engines(self) -> dict[str, tuple[Callable[[Any], object], Callable[[list[Any]], ModelOutput]]]:
+        """Per model: what requests must share to run as one engine batch, and the engine call for such a batch."""
+        return {
+            PERCEIVE_MODEL: (lambda item: (item.tasks, item.steps), self._perceive),
+            GENERATE_MODEL: (lambda r: (r.steps, r.cfg_scale, r.condition), self.model.generate_model_images),
+        }
 
     def _response(self, out: ModelOutput, j: int) -> Response:
         response: Response = {IMAGE_OUTPUTS[m]: image[None] for m, image in out.images[j].items()}

@@ -1,4 +1,4 @@
-"""Per-request errors for models bound with PyTriton: a refused request fails alone, as a Triton error.
+"""Per-request errors for models bound with PyTriton: a refused request fails as a Triton error of its own.
 
 PyTriton (0.7, ``pytriton/proxy/model.py``) deploys one Python-backend model per bound callable, which turns the
 callable's result into either one ``InferenceResponse`` per request or one exception for the whole batch: it has
@@ -11,32 +11,41 @@ our models the files are PyTriton's own, unchanged, plus one: PyTriton's ``model
 ``pytriton_model.py`` and a small ``model.py`` (:data:`WRAPPER`) imports it and wraps its response builder. A
 response that carries only a non-empty ``error`` output (what :func:`~mmgen_edge.serve.handlers.error_response`
 returns) becomes ``InferenceResponse(error=TritonError(message))`` for that request; every other response is
-built by PyTriton as before. The rest of the batch is served.
+built by PyTriton as before.
 
 Triton's Python backend counts a request as failed only when the whole ``execute`` fails (``PbMetricReporter``:
 one success flag per execute, in every release so far). So the wrapper's ``TritonPythonModel.execute`` raises when
-every request of its batch was refused for the same reason (:func:`~mmgen_edge.serve.handlers.batch_refusal`):
-then each one is a failure in ``nv_inference_request_failure``, with that message. A refused request batched with served ones (or with requests
-refused for other reasons) keeps its own error but is counted as a success: the one case Triton cannot tell apart.
+every request of its execute was refused for the same reason (:func:`batch_refusal`): then each one is a failure in
+``nv_inference_request_failure``, with that message. ``serve`` binds its client-facing models with
+``max_batch_size`` 1 (:mod:`.server`), so an execute holds one request and every refusal is such a failure; the
+requests it accepts are batched afterwards, in the server (:mod:`.batcher`).
+
+Each instance of a bound model is a Python stub process that imports this wrapper, so the wrapper imports nothing
+of mmgen-edge but this module (no numpy, no SDK): a stub stays near PyTriton's own size (README, journey 6).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 ERROR_OUTPUT = "error"
 PYTRITON_MODEL_FILE = "pytriton_model.py"
+#: How long an instance after a model's first waits for the first one's settings (PyTriton 0.7 waits 1 s, which is
+#: too little when several front instances start at once on a busy machine: the model then fails to load).
+HANDSHAKE_TIMEOUT_S = 60.0
 
 #: The proxy model Triton loads for our models: PyTriton's, with per-request errors.
 WRAPPER = f'''"""mmgen-edge: PyTriton's proxy model ({PYTRITON_MODEL_FILE}, unchanged) with per-request errors.
 
 Written by mmgen_edge.serve.pytriton_errors: a response holding only a non-empty "{ERROR_OUTPUT}" output becomes a
-Triton error for its request alone.
+Triton error for its request alone, an execute whose requests were all refused alike fails, and instances wait
+{HANDSHAKE_TIMEOUT_S:.0f} s (not 1 s) for the first instance's settings.
 """
 
 import triton_python_backend_utils as pb_utils  # type: ignore
 
-from mmgen_edge.serve.handlers import batch_refusal
+from mmgen_edge.serve.pytriton_errors import batch_refusal
 
 from . import pytriton_model as _pytriton
 
@@ -58,10 +67,17 @@ def _response_or_error(response, requested_output_names, model_outputs):
 
 _pytriton._wrap_response = _response_or_error
 
+# Every instance but a model's first reads PyTriton's settings from the first over a socket, within 1 s in PyTriton
+# 0.7: several instances starting at once on a busy machine miss that and the model fails to load.
+if not callable(getattr(_pytriton, "get_config_from_handshake_server", None)):
+    raise ImportError("mmgen-edge: this PyTriton's proxy model has no get_config_from_handshake_server; install nvidia-pytriton 0.7")
+_get_config = _pytriton.get_config_from_handshake_server
+_pytriton.get_config_from_handshake_server = lambda socket_path: _get_config(socket_path, timeout_s={HANDSHAKE_TIMEOUT_S})
 
-# A batch whose every request was refused for one reason fails as a whole execute: Triton's Python backend
-# reports a request as failed only then, so this is how a refused request reaches nv_inference_request_failure
-# (alone in its batch, or batched with others refused alike). The class is compiled under a plain file name
+
+# An execute whose every request was refused for one reason fails as a whole: Triton's Python backend reports a
+# request as failed only then, so this is how a refused request (alone in its execute: max_batch_size 1) reaches
+# nv_inference_request_failure. The class is compiled under a plain file name
 # because the stub appends the raising frames ("At: <file>(<line>): <function>") to the message clients see,
 # and this file lies in a temporary folder of the server's.
 _FAILING_MODEL = """
@@ -75,6 +91,20 @@ class TritonPythonModel(_pytriton.TritonPythonModel):
 """
 exec(compile(_FAILING_MODEL, "mmgen-edge", "exec"), globals())
 '''
+
+
+def batch_refusal(responses: Sequence[Any]) -> str | None:
+    """The one reason for which every request of an execute was refused, else None.
+
+    ``responses`` are Triton Python-backend responses (``has_error()``, ``error().message()``). Triton's Python
+    backend counts a request as failed only when its whole ``execute`` fails, so an execute whose every request was
+    refused alike raises this reason instead of returning the error responses: then each request is a failure in
+    ``nv_inference_request_failure``, with that message. With one request per execute that is every refusal.
+    """
+    if not responses or not all(r.has_error() for r in responses):
+        return None
+    messages = {r.error().message() for r in responses}
+    return messages.pop() if len(messages) == 1 else None
 
 
 def install_per_request_errors(triton: Any, model_name: str) -> None:

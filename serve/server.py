@@ -1,20 +1,31 @@
 """``mmgen-edge serve``: a bundle behind NVIDIA Triton Inference Server, through PyTriton (no model repository).
 
 PyTriton starts a ``tritonserver`` process and binds Python callables as models: here the three models of
-:mod:`mmgen_edge.sdk.protocol` (``mmgen_info``, ``mmgen_perceive``, ``mmgen_generate``), each with Triton's
-dynamic batcher, so concurrent clients' requests are merged into one engine batch. The callables run in this
-process on the bundle's best local backend (TensorRT engines, ONNX Runtime CUDA or CPU), one loaded model per
-instance. It works on a CPU-only machine.
+:mod:`mmgen_edge.sdk.protocol` (``mmgen_info``, ``mmgen_perceive``, ``mmgen_generate``). The callables run in this
+process on the bundle's best local backend (TensorRT engines, ONNX Runtime CUDA or CPU), in ``instances`` loaded
+copies of the model. It works on a CPU-only machine.
+
+Validation before batching: the client-facing models have ``max_batch_size`` 1 (``FRONT_MAX_BATCH_SIZE``), so each
+Triton ``execute`` holds one request, and ``front_instances`` Triton instances each (a Python stub process apiece),
+so that many requests per model are in flight at once. A front instance checks its request alone
+(:meth:`.handlers.RequestHandler.check`): a refused one fails its own execute, which Triton counts in
+``nv_inference_request_failure`` (:mod:`.pytriton_errors`). An accepted one goes to the model's
+:class:`~.batcher.Batcher`, which merges the requests of all front instances into engine batches (up to the
+manifest's ``max_batch``, waiting at most ``max_queue_delay_us``; one worker per loaded model) and hands each
+front its own response. Triton's queue policy (``max_queue_size``, per-request timeouts) stays on the front models.
+``mmgen_info`` (one instance, ``max_batch_size`` 1 too) answers from the manifest and needs no batcher.
 
     with Server("samples/shapes/bundle") as server:       # 127.0.0.1, ports 8000 (HTTP), 8001 (gRPC), 8002
         model = mmgen_edge.sdk.remote.connect(server.grpc_url)
 
-``serve()`` runs until SIGINT/SIGTERM, then stops Triton (in-flight requests finish) and returns.
+``serve()`` runs until SIGINT/SIGTERM, then stops Triton (in-flight requests finish), closes the batchers and
+returns.
 
 Hardening (README journey 6):
 
-* every request is checked on its own before its engine batch is assembled (:mod:`.handlers`), and a refused one
-  fails alone as a Triton error (:mod:`.pytriton_errors`), so Triton's failure metrics and perf_analyzer see it;
+* every request is checked on its own before it can join an engine batch (:mod:`.handlers`), and a refused one
+  fails alone as a Triton failure with its reason (:mod:`.pytriton_errors`), so Triton's failure metrics and
+  perf_analyzer see it while the requests sent with it are served;
 * each model's queue is bounded (``max_queue_size``; more requests are refused by Triton at once) and a client may
   give a request a deadline (Triton's per-request ``timeout``, which the queue policy lets override): Triton
   rejects a request still queued at its deadline, and drops one whose gRPC client cancelled or went away before
@@ -30,6 +41,7 @@ Hardening (README journey 6):
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -45,9 +57,10 @@ from types import FrameType
 from typing import Any
 
 from mmgen_edge.sdk.api import MMGenModel, load
-from mmgen_edge.sdk.protocol import GENERATE_MODEL, INFO_MODEL, PERCEIVE_MODEL, ModelSpec, model_specs
+from mmgen_edge.sdk.protocol import GENERATE_MODEL, INFO_MODEL, PERCEIVE_MODEL, model_specs
 
-from .handlers import RequestHandler
+from .batcher import Batcher, BatcherClosed
+from .handlers import Request, RequestError, RequestHandler, Response, error_response
 from .pytriton_errors import install_per_request_errors
 from .watchdog import Watchdog, children, start_watchdog
 
@@ -56,6 +69,11 @@ LOOPBACK = "127.0.0.1"
 ACCESS_TOKEN_ENV = "MMGEN_EDGE_ACCESS_TOKEN"
 #: Triton endpoints that need the access token (PyTriton's defaults less "statistics", which perf_analyzer reads).
 PROTECTED_ENDPOINTS = ("shared-memory", "model-repository", "trace", "logging")
+#: Triton's max_batch_size for the client-facing models: one request per execute, so a refused one fails alone.
+FRONT_MAX_BATCH_SIZE = 1
+#: The most front instances per model by default. Each is a Python stub process of ~24 MB (PSS) and adds ~1.5-2 s to
+#: stopping (tritonserver unloads a model's instances one by one); more only when asked for (README journey 6).
+DEFAULT_FRONT_INSTANCES = 4
 
 
 @dataclass(frozen=True)
@@ -66,6 +84,7 @@ class ServerOptions:
     metrics_port: int = 8002
     backend: str = "auto"
     instances: int = 1  # loaded copies of the model (concurrent batches); each holds its own sessions/engines
+    front_instances: int | None = None  # requests in flight per model (Triton instances); None: front_instance_count
     max_queue_delay_us: int = 2000  # how long the batcher waits to fill a batch
     threads: int | None = None  # ONNX Runtime CPU threads per instance
     steps: int | None = None  # default sampler steps (the manifest's when None)
@@ -83,12 +102,23 @@ class ServerOptions:
             raise ValueError(f"the HTTP, gRPC and metrics ports must differ, got {ports}")
         if self.instances < 1:
             raise ValueError(f"instances must be >= 1, got {self.instances}")
+        if self.front_instances is not None and self.front_instances < 1:
+            raise ValueError(f"front_instances must be >= 1, got {self.front_instances}")
         if self.max_queue_delay_us < 0:
             raise ValueError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
         if self.max_queue_size < 1:
             raise ValueError(f"max_queue_size must be >= 1, got {self.max_queue_size}")
         if self.access_token is not None and (len(self.access_token) < 16 or not self.access_token.isprintable() or " " in self.access_token):
             raise ValueError("the access token must be at least 16 printable characters without spaces")
+
+
+def front_instance_count(options: ServerOptions, max_batch: int) -> int:
+    """How many front instances each of ``mmgen_perceive`` / ``mmgen_generate`` gets: ``options.front_instances``,
+    else enough to fill every model copy's engine batch (``max_batch`` × ``instances``), at most
+    :data:`DEFAULT_FRONT_INSTANCES` (each is a Python stub process: README journey 6 gives its memory)."""
+    if options.front_instances is not None:
+        return options.front_instances
+    return max(1, min(max_batch * options.instances, DEFAULT_FRONT_INSTANCES))
 
 
 def is_loopback(host: str) -> bool:
@@ -176,6 +206,8 @@ class Server:
         self._watchdog: Watchdog | None = None
         self._models: list[MMGenModel] = []
         self.handlers: list[RequestHandler] = []  # one per instance
+        self.batchers: dict[str, Batcher[object, Response]] = {}  # perceive, generate: one worker per handler
+        self.front_instances = 0  # Triton instances of mmgen_perceive and of mmgen_generate, once started
         self.access_token: str | None = None  # the token in use for the admin endpoints, once started
 
     def bind_urls(self) -> dict[str, str]:
@@ -232,26 +264,32 @@ class Server:
         self.access_token = security.access_token
         self._triton = triton_module.Triton(config=config, security_config=security)
         queue = QueuePolicy(allow_timeout_override=True, max_queue_size=o.max_queue_size)
+        batch = self._models[0].manifest.max_batch
+        self.front_instances = fronts = front_instance_count(o, batch)
         try:
+            for name in (PERCEIVE_MODEL, GENERATE_MODEL):  # one worker per loaded model, fed by every front instance
+                runners = [functools.partial(h.run, name) for h in handlers]
+                self.batchers[name] = Batcher(name, runners, max_batch=batch, max_delay_s=o.max_queue_delay_us / 1e6)
             # bind every model before starting tritonserver (run()): a model bound to a running Triton loads at once,
             # before install_per_request_errors could give it its proxy model
-            bindings: list[tuple[ModelSpec, Callable[[RequestHandler], Callable[..., Any]], bool]] = [
-                (specs[INFO_MODEL], lambda h: h.info, False),
-                (specs[PERCEIVE_MODEL], lambda h: h.perceive, True),
-                (specs[GENERATE_MODEL], lambda h: h.generate, True),
-            ]
-            for spec, method, batched in bindings:
-                delay = o.max_queue_delay_us if batched else 0
-                batcher = DynamicBatcher(max_queue_delay_microseconds=delay, default_queue_policy=queue)
+            infer_funcs: dict[str, list[Callable[[list[Any]], list[Response]]]] = {
+                INFO_MODEL: [_info_func(handlers[0])],
+                **{name: [_front_func(name, handlers[0], self.batchers[name]) for _ in range(fronts)] for name in self.batchers},
+            }
+            for name, funcs in infer_funcs.items():
+                spec = specs[name]
                 self._triton.bind(
-                    model_name=spec.name,
-                    infer_func=[_infer_func(method(h)) for h in handlers] if batched else _infer_func(method(handlers[0])),
+                    model_name=name,
+                    infer_func=funcs,
                     inputs=_tensors(spec.inputs),
                     outputs=_tensors(spec.outputs, optional=False),
-                    config=ModelConfig(max_batch_size=spec.max_batch_size, batcher=batcher),
+                    config=ModelConfig(
+                        max_batch_size=FRONT_MAX_BATCH_SIZE,
+                        batcher=DynamicBatcher(max_queue_delay_microseconds=0, default_queue_policy=queue),
+                    ),
                     strict=True,
                 )
-                install_per_request_errors(self._triton, spec.name)
+                install_per_request_errors(self._triton, name)
             self._watchdog = start_watchdog()
             self._triton.run()  # starts tritonserver, loads the models
             self._guard_children()
@@ -270,7 +308,11 @@ class Server:
         """Stop Triton (waits for in-flight requests) and release the models. Safe to call twice."""
         triton, self._triton = self._triton, None
         if triton is not None:
-            triton.stop()
+            triton.stop()  # in-flight requests finish first: their batches run while the batchers are still open
+        batchers, self.batchers = self.batchers, {}
+        for batcher in batchers.values():
+            batcher.close()
+        if triton is not None:
             for i, handler in enumerate(self.handlers):
                 sizes = json.dumps({str(k): v for k, v in sorted(handler.batch_sizes.items())})
                 LOG.info("instance %d ran engine batches of size: %s", i, sizes)
@@ -288,11 +330,35 @@ class Server:
                 raise RuntimeError("the Triton server process stopped unexpectedly (see its log above)")
 
 
-def _infer_func(handle: Callable[[list[Any]], list[dict[str, Any]]]) -> Callable[[list[Any]], list[dict[str, Any]]]:
-    """A PyTriton callable (a list of requests in, one response dict per request out) over a handler method."""
+def _info_func(handler: RequestHandler) -> Callable[[list[Any]], list[Response]]:
+    """The PyTriton callable of ``mmgen_info`` (a list of requests in, one response dict per request out)."""
 
-    def infer(requests: list[Any]) -> list[dict[str, Any]]:
-        return handle([dict(r.data) for r in requests])
+    def infer(requests: list[Any]) -> list[Response]:
+        return handler.serve(INFO_MODEL, [dict(r.data) for r in requests])
+
+    return infer
+
+
+def _front_func(model: str, handler: RequestHandler, batcher: Batcher[object, Response]) -> Callable[[list[Any]], list[Response]]:
+    """The PyTriton callable of one front instance of ``model``: Triton hands it one request at a time
+    (``FRONT_MAX_BATCH_SIZE``); it checks the request (``handler.check``, no model involved) and waits for its
+    result from ``batcher``, which runs it in an engine batch with the requests of the other front instances."""
+
+    def one(request: Request) -> Response:
+        try:
+            item = handler.check(model, request)
+        except RequestError as e:
+            return error_response(str(e))
+        try:
+            return batcher.run(item)
+        except BatcherClosed as e:
+            return error_response(str(e))
+        except Exception as e:  # noqa: BLE001 - the batcher's own failure: this request's error, not a traceback
+            LOG.exception("%s: a request failed in the batcher", model)
+            return error_response(f"the server failed to run this batch ({type(e).__name__}: {e})")
+
+    def infer(requests: list[Any]) -> list[Response]:
+        return [one(dict(r.data)) for r in requests]
 
     return infer
 

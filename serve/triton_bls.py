@@ -28,7 +28,8 @@ from mmgen_edge.runtime.runner import Runner
 from mmgen_edge.sdk.api import MMGenModel
 from mmgen_edge.sdk.protocol import GENERATE_MODEL, INFO_MODEL, MODELS as ENTRY_MODELS, PERCEIVE_MODEL, model_specs
 
-from .handlers import RequestHandler, batch_refusal, response_error
+from .handlers import RequestHandler, response_error
+from .pytriton_errors import batch_refusal
 from .triton_repo import MANIFEST_PARAMETER, batch_symbol, component_model_name, from_triton, to_triton
 
 PB_UTILS = "triton_python_backend_utils"
@@ -116,11 +117,6 @@ class TritonPythonModel:
         self.model = MMGenModel(Pipeline.from_runners(manifest, runners, choice))
         self.handler = RequestHandler(self.model)
         self.spec = model_specs(manifest)[self.model_name]
-        self.serve = {
-            INFO_MODEL: self.handler.info,
-            PERCEIVE_MODEL: self.handler.perceive,
-            GENERATE_MODEL: self.handler.generate,
-        }[self.model_name]
 
     def execute(self, requests: list[Any]) -> list[Any]:
         """One response per request, in order. A refused request gets a Triton error of its own while the others
@@ -129,7 +125,7 @@ class TritonPythonModel:
         counts its requests in Triton's ``nv_inference_request_failure``."""
         batch = [self._inputs(request) for request in requests]
         try:
-            responses = self.serve(batch)
+            responses = self.handler.serve(self.model_name, batch)
         except Exception as e:  # noqa: BLE001 - reported to every client of the batch instead of killing the stub
             raise self.pb.TritonModelException(f"{self.model_name}: {type(e).__name__}: {e}") from None
         out = [self._response(response) for response in responses]

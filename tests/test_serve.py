@@ -72,7 +72,7 @@ def test_concurrent_clients_get_the_local_results_and_are_batched(server, local)
         assert remote.backend == "remote" and remote.steps == local.steps
     served = sum(n * k for n, k in handler.batch_sizes.items()) - before
     assert served == CLIENT_THREADS * REQUESTS_PER_THREAD
-    assert max(handler.batch_sizes) > 1, f"the dynamic batcher never merged requests: {dict(handler.batch_sizes)}"
+    assert max(handler.batch_sizes) > 1, f"the batcher never merged requests: {dict(handler.batch_sizes)}"
 
 
 def test_http_batched_perceive_and_noise_match_local(server, local):
@@ -116,11 +116,11 @@ def test_malformed_requests_get_clear_errors_and_the_server_keeps_serving(server
             model._infer("mmgen_generate", {"class_label": np.array([[10_000]], np.int64)})
         with pytest.raises(RemoteError, match="condition_image"):
             model._infer("mmgen_generate", {"condition": np.array([[b"depth"]], dtype=np.bytes_)})
-        with pytest.raises(RemoteError, match="one sample per request"):
+        with pytest.raises(RemoteError, match="batch-size must be <= 1"):  # refused by Triton (max_batch_size 1)
             model._infer("mmgen_perceive", {"image": np.zeros((2, r, r, 3), np.uint8)})
         with pytest.raises(ValueError, match="class_label"):  # checked client-side before sending
             model.generate(class_label=-3)
-        # a bad request batched with good ones fails alone
+        # a bad request sent with good ones fails alone
         good = {"image": image(7, r, r)[None], "seed": np.array([[7]], np.int64)}
         with ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(model._infer, "mmgen_perceive", req) for req in (good, bad_task, good, good)]
@@ -186,6 +186,23 @@ def test_server_options_are_checked(tiny_bundle):
         Server(tiny_bundle, http_port=9000, grpc_port=9000)
     with pytest.raises(ValueError, match="instances"):
         Server(tiny_bundle, instances=0)
+    with pytest.raises(ValueError, match="front_instances must be >= 1, got 0"):
+        Server(tiny_bundle, front_instances=0)
+
+
+def test_front_instances_default_fills_every_model_copy_within_a_cap(capsys):
+    from mmgen_edge.cli import main
+    from mmgen_edge.serve.server import DEFAULT_FRONT_INSTANCES, ServerOptions, front_instance_count
+
+    assert front_instance_count(ServerOptions(), max_batch=3) == 3  # the bundle's engine batch, no more
+    assert front_instance_count(ServerOptions(instances=2), max_batch=1) == 2  # a batch for each model copy
+    assert front_instance_count(ServerOptions(), max_batch=8) == DEFAULT_FRONT_INSTANCES < 8  # each is a process
+    assert front_instance_count(ServerOptions(front_instances=12), max_batch=4) == 12
+    for bad in ("0", "17", "two"):
+        with pytest.raises(SystemExit) as exited:
+            main(["serve", "--front-instances", bad])
+        assert exited.value.code == 2
+        assert "argument --front-instances: must be an integer in 1..16" in capsys.readouterr().err
 
 
 
@@ -302,9 +319,26 @@ def test_every_request_field_is_bounded_and_refused_quickly(server, local):
     np.testing.assert_allclose(served.depth, here.depth, atol=2e-2)
 
 
-def test_a_bad_request_fails_alone_as_a_triton_failure(server, local):
-    """A non-UTF-8 request batched with good ones: an InferenceServerException (status and message) for it alone,
-    results for the others."""
+def _counted(server, model: str, before: dict[str, float], want: dict[str, float]) -> dict[str, float]:
+    """The change in Triton's request counters since ``before``, once it equals ``want`` (or after 10 s, as it is)."""
+    deadline = time.monotonic() + 10  # Triton counts a request when it releases it, just after the response
+    while True:
+        after = _counters(server, model)
+        counted = {k: after[k] - before[k] for k in after}
+        if counted == want or time.monotonic() > deadline:
+            return counted
+        time.sleep(0.1)
+
+
+def _engine_batches(server) -> dict[int, int]:
+    return {size: count for handler in server.handlers for size, count in handler.batch_sizes.items()}
+
+
+def test_a_bad_request_sent_with_good_ones_is_a_triton_failure_and_they_are_batched(server, local):
+    """A non-UTF-8 request sent at the same time as good ones: an InferenceServerException (status and message)
+    counted in nv_inference_request_failure for it, results counted as successes for the others, which still run
+    as one engine batch (they would all have met in Triton's dynamic batcher before, where the refusal counted as a
+    success)."""
     import tritonclient.grpc as grpcclient
 
     r = local.resolution
@@ -312,12 +346,10 @@ def test_a_bad_request_fails_alone_as_a_triton_failure(server, local):
     bad = {"image": image(9, r, r)[None], "tasks": _bytes(b"\xc3\x28")}
     clients = [_raw_client(server) for _ in range(4)]
     try:
-        before = _counters(server, "mmgen_perceive")
-        stats_before = clients[0].get_inference_statistics("mmgen_perceive", as_json=True)
+        before, batches_before = _counters(server, "mmgen_perceive"), _engine_batches(server)
         with ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(_raw_infer, c, "mmgen_perceive", q) for c, q in zip(clients, (good[0], bad, good[1], good[2]))]
             outcomes = [f.result(timeout=REQUEST_TIMEOUT_S) for f in futures]
-        stats_after = clients[0].get_inference_statistics("mmgen_perceive", as_json=True)
     finally:
         for c in clients:
             c.close()
@@ -328,21 +360,41 @@ def test_a_bad_request_fails_alone_as_a_triton_failure(server, local):
         np.testing.assert_allclose(
             outcome.as_numpy("latents")[0], local.perceive(image(seed, r, r), seed=seed, return_latents=True).latents, atol=1e-4
         )
-    deadline = time.monotonic() + 10  # Triton counts a request when it releases it, just after the response
-    after = _counters(server, "mmgen_perceive")
-    while sum(after[k] - before[k] for k in after) < 4 and time.monotonic() < deadline:
-        time.sleep(0.1)
-        after = _counters(server, "mmgen_perceive")
-    counted = {k: after[k] - before[k] for k in after}
-    assert sum(counted.values()) == 4, counted  # every request is in Triton's metrics...
-    # ...but the Python backend of the Triton that nvidia-pytriton 0.7 bundles (2.51) counts a request whose own
-    # response is an error as a success; only a whole failed execute counts as failures (README, journey 6).
-    assert counted["nv_inference_request_failure"] in (0, 1), counted
+    want = {"nv_inference_request_failure": 1, "nv_inference_request_success": 3}
+    assert _counted(server, "mmgen_perceive", before, want) == want
+    batches = {n: k - batches_before.get(n, 0) for n, k in _engine_batches(server).items()}
+    assert sum(n * k for n, k in batches.items()) == 3, batches  # the refused request reached no engine batch
+    assert max(n for n, k in batches.items() if k) > 1, f"the good requests were never batched together: {batches}"
 
-    def executions(stats) -> int:
-        return int(stats["model_stats"][0].get("execution_count", 0))
 
-    assert executions(stats_after) - executions(stats_before) < 4, "the four requests were never batched together"
+def test_a_failing_engine_batch_fails_each_of_its_requests(server, local, monkeypatch):
+    """An engine batch that raises: each of its requests is a Triton failure with the reason, nothing hangs, and
+    the server serves again once the engine does."""
+    r = local.resolution
+
+    def broken(items):
+        raise RuntimeError(f"the engine broke on a batch of {len(items)}")
+
+    for handler in server.handlers:
+        monkeypatch.setattr(handler, "_perceive", broken)
+    requests = [{"image": image(40 + i, r, r)[None], "seed": np.array([[40 + i]], np.int64)} for i in range(3)]
+    clients = [_raw_client(server) for _ in requests]
+    try:
+        before = _counters(server, "mmgen_perceive")
+        with ThreadPoolExecutor(len(requests)) as pool:
+            futures = [pool.submit(_raw_infer, c, "mmgen_perceive", q) for c, q in zip(clients, requests)]
+            outcomes = [f.result(timeout=REQUEST_TIMEOUT_S) for f in futures]
+    finally:
+        for c in clients:
+            c.close()
+    for outcome in outcomes:
+        assert isinstance(outcome, Exception), outcome
+        assert "the server failed to run this batch (RuntimeError: the engine broke on a batch of" in outcome.message()
+    want = {"nv_inference_request_failure": 3, "nv_inference_request_success": 0}
+    assert _counted(server, "mmgen_perceive", before, want) == want
+    monkeypatch.undo()
+    with connect(server.grpc_url, timeout=REQUEST_TIMEOUT_S) as model:
+        assert_same_perception(model.perceive(image(8), seed=8), local.perceive(image(8), seed=8))
 
 
 def test_refused_requests_on_their_own_are_triton_failures(server, local):
@@ -356,11 +408,7 @@ def test_refused_requests_on_their_own_are_triton_failures(server, local):
         outcomes = [_raw_infer(client, "mmgen_perceive", bad) for _ in range(3)]
         served = _raw_infer(client, "mmgen_perceive", {"image": image(10, r, r)[None], "seed": np.array([[10]], np.int64)})
         want = {"nv_inference_request_failure": 3, "nv_inference_request_success": 1}
-        deadline = time.monotonic() + 10  # Triton counts a request when it releases it, just after the response
-        after = _counters(server, "mmgen_perceive")
-        while {k: after[k] - before[k] for k in after} != want and time.monotonic() < deadline:
-            time.sleep(0.1)
-            after = _counters(server, "mmgen_perceive")
+        counted = _counted(server, "mmgen_perceive", before, want)
     finally:
         client.close()
     for outcome in outcomes:
@@ -369,7 +417,6 @@ def test_refused_requests_on_their_own_are_triton_failures(server, local):
         assert "steps must be in 1..250" in message, message
         assert "Traceback" not in message and "model.py" not in message and "/tmp" not in message, message
     assert not isinstance(served, Exception), served
-    counted = {k: after[k] - before[k] for k in after}
     assert counted == want, counted
     assert refusal_reason(outcomes[0].message()) == "steps must be in 1..250 (or 0 for the default), got 10000"
     with connect(server.grpc_url, timeout=REQUEST_TIMEOUT_S) as model:  # the SDK shows the reason alone
@@ -398,6 +445,9 @@ def test_statistics_are_open_and_admin_endpoints_need_the_token(server):
     client.close()
     policy = config["dynamic_batching"]["default_queue_policy"]
     assert int(policy["max_queue_size"]) == server.options.max_queue_size and policy["allow_timeout_override"]
+    # one request per execute (a refusal fails its own execute); front instances let requests meet in the batcher
+    assert int(config["max_batch_size"]) == 1
+    assert int(config["instance_group"][0]["count"]) == server.batchers["mmgen_perceive"].max_batch == 4
 
 
 @pytest.mark.skipif(shutil.which("perf_analyzer") is None, reason="perf_analyzer is not on PATH (Triton's SDK container or pip install perf-analyzer)")
