@@ -344,6 +344,13 @@ def test_object_counter_rules() -> None:
     merged = merge_close_colours(labels, colours)
     assert set(np.unique(merged[labels == 4])) == {0}  # the drift joins the background
     assert count_objects(labels, colours, min_core_fraction=0.02) == 1  # cores: 8x8 px of a 10x10 piece < 82 <= 10x10
+    ring = np.zeros((64, 64), np.int32)
+    ring[20:44, 20:44] = 1
+    ring[23:41, 23:41] = 0  # a 3-px halo ring around nothing: its core (a 1-px ring, ~80 px) is 32 % of it
+    ring[0:64, 0:3] = 1  # a 3-px strip along the image border: outside counts as outside, core 62 px, 32 %
+    ring[50:60, 48:58] = 2  # a compact object: core 64 of 100 px
+    assert count_objects(ring, colours[:3]) == 1
+    assert count_objects(ring, colours[:3], min_core_share=0.0) == 3  # without the share rule both counted
     swapped = np.where(labels == 0, 1, np.where(labels == 1, 0, labels))  # background label need not be 0
     assert count_objects(swapped, colours[[1, 0, 2, 3, 4]]) == 3
     assert count_matches_category(2, CATEGORY_NAMES.index("two_boxes"))
@@ -355,3 +362,5 @@ def test_object_counter_rules() -> None:
         count_objects(labels, colours[:2])
     with pytest.raises(ValueError, match="min_core_fraction"):
         count_objects(labels, colours, min_core_fraction=1.0)
+    with pytest.raises(ValueError, match="min_core_share"):
+        count_objects(labels, colours, min_core_share=-0.1)
