@@ -23,7 +23,10 @@ from .fileio import sha256_file, write_text_atomic
 from .sampler import SamplerConfig
 
 MANIFEST_FILE = "manifest.json"
-SCHEMA_VERSION = 1
+#: The schema this version writes. 2 added ``sampler.cfg_scale`` (the default guidance); a schema-1 manifest reads
+#: as schema 2 with guidance 1 (no guidance, what every bundle did then).
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 FORMAT_NAME = "mmgen-edge-bundle"
 
 
@@ -297,25 +300,38 @@ def read_manifest(bundle: str | os.PathLike[str], verify: Literal["full", "size"
     if not path.is_file():
         hint = " (an interrupted export leaves no manifest)" if bundle.is_dir() else ""
         raise FileNotFoundError(f"{bundle} is not an mmgen-edge bundle: {MANIFEST_FILE} is missing{hint}")
-    text = path.read_text()
+    manifest = parse_manifest(path.read_text(), str(path))
+    if verify != "none":
+        verify_files(bundle, manifest, hashes=verify == "full")
+    return manifest
+
+
+def parse_manifest(text: str, source: str) -> Manifest:
+    """A manifest from its JSON text (a bundle's file, or what a server sends), strictly: the format, a readable
+    schema version (an older one is read as this one, its new fields at their defaults), types as the schema's.
+
+    Raises:
+        BundleError: naming ``source`` and what is wrong.
+    """
     try:
         raw = json.loads(text)
     except ValueError as e:
-        raise BundleError(f"{path} is not valid JSON: {e}") from None
+        raise BundleError(f"{source} is not valid JSON: {e}") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
-        raise BundleError(f"{path} is not an mmgen-edge bundle manifest (format is not {FORMAT_NAME!r})")
+        raise BundleError(f"{source} is not an mmgen-edge bundle manifest (format is not {FORMAT_NAME!r})")
     version = raw.get("schema_version")
-    if type(version) is not int or version != SCHEMA_VERSION:
+    if type(version) is not int or version not in READABLE_SCHEMA_VERSIONS:
         advice = "upgrade mmgen-edge" if isinstance(version, int) and version > SCHEMA_VERSION else "re-export the bundle"
+        readable = " and ".join(str(v) for v in READABLE_SCHEMA_VERSIONS)
         raise BundleError(
-            f"{path} has schema_version {version!r}; this mmgen-edge ({__version__}) reads {SCHEMA_VERSION}: {advice}"
+            f"{source} has schema_version {version!r}; this mmgen-edge ({__version__}) reads {readable}: {advice}"
         )
     try:  # strict: a bool, a float or a string where the schema has an integer is an edit, not a value
         manifest = Manifest.model_validate_json(text, strict=True)
     except ValidationError as e:
-        raise BundleError(f"{path} is not a valid manifest: {e}") from None
-    if verify != "none":
-        verify_files(bundle, manifest, hashes=verify == "full")
+        raise BundleError(f"{source} is not a valid manifest: {e}") from None
+    if manifest.schema_version != SCHEMA_VERSION:
+        manifest = manifest.model_copy(update={"schema_version": SCHEMA_VERSION})
     return manifest
 
 

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from mmgen_edge.runtime.manifest import Manifest
+from mmgen_edge.runtime.manifest import Manifest, parse_manifest
 from mmgen_edge.runtime.sampler import check_integer, check_steps
 from mmgen_edge.sdk.protocol import (
     GENERATE_MODEL,
@@ -124,7 +124,7 @@ class RemoteModel(Model):
         except BaseException:
             self.close()
             raise
-        self.manifest: Manifest = Manifest.model_validate_json(manifest_text, strict=True)
+        self.manifest: Manifest = parse_manifest(manifest_text, f"the manifest served at {url}")
         self.specs: dict[str, ModelSpec] = model_specs(self.manifest)
         self.steps = steps
 
