@@ -3,7 +3,8 @@
     mmgen-edge serve [BUNDLE] [--host 127.0.0.1] [--http-port 8000] [--grpc-port 8001] [--metrics-port 8002]
         [--backend auto] [--instances 1] [--front-instances N] [--max-queue-delay-us 2000] [--max-queue-size 256]
         [--threads N] [--steps K] [--access-token TOKEN]
-    mmgen-edge triton-repo BUNDLE --out REPO [--instances 1] [--max-queue-delay-us 2000] [--engines auto|none|require]
+    mmgen-edge triton-repo BUNDLE --out REPO [--instances 1] [--front-instances N] [--max-queue-delay-us 2000]
+        [--engines auto|none|require]
 
 ``mmgen_edge/cli.py`` wires them in with ``add_parsers(subparsers)``.
 """
@@ -18,6 +19,8 @@ import sys
 from typing import Any
 
 from mmgen_edge.cli import backend_name, bounded_int, port, step_count, thread_count
+
+from .batcher import DEFAULT_FRONT_INSTANCES
 
 
 #: Model copies per model (each holds the bundle's sessions), batcher delay (Triton's field is a uint64; a batch
@@ -74,8 +77,9 @@ def cmd_triton_repo(args: argparse.Namespace) -> int:
     from .triton_repo import write_model_repository
 
     out = write_model_repository(
-        args.bundle, args.out, max_queue_delay_us=args.max_queue_delay_us, instances=args.instances, engines=args.engines
-    )
+        args.bundle, args.out, max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
+        front_instances=args.front_instances, engines=args.engines,
+    )  # fmt: skip
     models = sorted(p.name for p in out.iterdir() if p.is_dir())
     if args.json:
         print(json.dumps({"repository": str(out), "models": models}, indent=2))
@@ -109,7 +113,7 @@ def add_parsers(subparsers: Any) -> None:
         type=front_count,
         help="requests each of mmgen_perceive / mmgen_generate takes in at once, each checked alone and then merged "
         "into engine batches, so an engine batch holds at most this many (Triton instances: a ~24 MB Python process "
-        "each; default: the bundle's max batch x --instances, at most 4; at most "  # 4: server.DEFAULT_FRONT_INSTANCES
+        f"each; default: the bundle's max batch x --instances, at most {DEFAULT_FRONT_INSTANCES}; at most "
         f"{MAX_FRONT_INSTANCES})",
     )
     p.add_argument("--max-queue-delay-us", type=queue_delay_us, default=2000, help=f"how long the batcher waits to fill a batch (at most {MAX_QUEUE_DELAY_US} us)")
@@ -134,6 +138,13 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("bundle")
     p.add_argument("--out", required=True, help="repository directory to write (must not exist or be empty)")
     p.add_argument("--instances", type=instance_count, default=1, help=f"instances per model (default: 1, at most {MAX_INSTANCES})")
+    p.add_argument(
+        "--front-instances",
+        type=front_count,
+        help="instances of mmgen_perceive / mmgen_generate, which check each request alone and pass it on to the "
+        f"batched models (default: the bundle's max batch x --instances, at most {DEFAULT_FRONT_INSTANCES}; at most "
+        f"{MAX_FRONT_INSTANCES})",
+    )
     p.add_argument("--max-queue-delay-us", type=queue_delay_us, default=2000, help=f"at most {MAX_QUEUE_DELAY_US} us")
     p.add_argument("--engines", choices=["auto", "none", "require"], default="auto", help="use the bundle's TensorRT engines")
     p.add_argument("--json", action="store_true")

@@ -59,7 +59,7 @@ from typing import Any
 from mmgen_edge.sdk.api import MMGenModel, load
 from mmgen_edge.sdk.protocol import GENERATE_MODEL, INFO_MODEL, PERCEIVE_MODEL, model_specs
 
-from .batcher import Batcher, BatcherClosed
+from .batcher import Batcher, BatcherClosed, default_front_instances
 from .handlers import Request, RequestError, RequestHandler, Response, error_response
 from .pytriton_errors import install_per_request_errors
 from .watchdog import Watchdog, children, start_watchdog
@@ -71,9 +71,6 @@ ACCESS_TOKEN_ENV = "MMGEN_EDGE_ACCESS_TOKEN"
 PROTECTED_ENDPOINTS = ("shared-memory", "model-repository", "trace", "logging")
 #: Triton's max_batch_size for the client-facing models: one request per execute, so a refused one fails alone.
 FRONT_MAX_BATCH_SIZE = 1
-#: The most front instances per model by default. Each is a Python stub process of ~24 MB (PSS) and adds ~1.5-2 s to
-#: stopping (tritonserver unloads a model's instances one by one); more only when asked for (README journey 6).
-DEFAULT_FRONT_INSTANCES = 4
 
 
 @dataclass(frozen=True)
@@ -114,11 +111,11 @@ class ServerOptions:
 
 def front_instance_count(options: ServerOptions, max_batch: int) -> int:
     """How many front instances each of ``mmgen_perceive`` / ``mmgen_generate`` gets: ``options.front_instances``,
-    else enough to fill every model copy's engine batch (``max_batch`` × ``instances``), at most
-    :data:`DEFAULT_FRONT_INSTANCES` (each is a Python stub process: README journey 6 gives its memory)."""
+    else enough to fill every model copy's engine batch, within a cap (:func:`.batcher.default_front_instances`;
+    each is a Python stub process: README journey 6 gives its memory)."""
     if options.front_instances is not None:
         return options.front_instances
-    return max(1, min(max_batch * options.instances, DEFAULT_FRONT_INSTANCES))
+    return default_front_instances(max_batch, options.instances)
 
 
 def is_loopback(host: str) -> bool:

@@ -10,9 +10,14 @@ The repository holds two kinds of models:
   version the engines were built with (the generated README lists both); write with ``engines="none"`` for a
   repository that runs anywhere.
 * three Python-backend *entry* models (``mmgen_info``, ``mmgen_perceive``, ``mmgen_generate``, the wire contract of
-  :mod:`mmgen_edge.sdk.protocol`), whose ``model.py`` imports :mod:`mmgen_edge.serve.triton_bls`: they run the
-  denoising loop and call the component models through BLS. Triton's Python environment therefore needs
-  ``mmgen-edge`` installed (``pip install mmgen-edge``, the version that wrote the repository).
+  :mod:`mmgen_edge.sdk.protocol`), whose ``model.py`` imports :mod:`mmgen_edge.serve.triton_bls`. ``mmgen_perceive``
+  and ``mmgen_generate`` are *fronts*: ``max_batch_size`` 1 (one request per execute), ``front_instances``
+  instances, each checking its request alone (a refused one fails its execute: a Triton failure, counted in
+  ``nv_inference_request_failure``) and passing an accepted one on through BLS to the *batched* model
+  ``mmgen_perceive_batched`` / ``mmgen_generate_batched``, where Triton's dynamic batcher merges the fronts' requests
+  into engine batches; the batched models run the denoising loop and call the component models through BLS.
+  Triton's Python environment therefore needs ``mmgen-edge`` installed (``pip install mmgen-edge``, the version
+  that wrote the repository).
 
 Graphs whose every tensor has the same dynamic first axis (the VAE graphs, conditioning) batch on Triton's dynamic
 batcher up to the manifest's range of that axis; ``denoiser_cached`` mixes two batch symbols and a (1,) guidance
@@ -26,7 +31,7 @@ import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +43,13 @@ from mmgen_edge.runtime.manifest import MANIFEST_FILE, EngineEntry, GraphEntry, 
 
 from mmgen_edge.sdk.protocol import INFO_MODEL, ModelSpec, WireTensor, model_specs
 
+from .batcher import default_front_instances
+
 VERSION = "1"  # the one model version written
 ENGINE_MODES = ("auto", "require", "none")
 MANIFEST_PARAMETER = "manifest"  # entry models' config parameter: the manifest file, relative to the version folder
+BATCHED_PARAMETER = "batched_model"  # a front's config parameter: the batched model it passes accepted requests to
+FRONT_MAX_BATCH_SIZE = 1  # the fronts' max_batch_size: one request per execute, so a refusal fails alone
 
 #: Manifest dtypes and wire (protocol) Triton dtypes -> model-config data types.
 CONFIG_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
@@ -56,6 +65,11 @@ WIRE_CONFIG_DTYPES = {
 def component_model_name(graph: str) -> str:
     """The Triton model serving one bundle graph, e.g. ``mmgen_vae_encoder``."""
     return f"mmgen_{graph}"
+
+
+def batched_model_name(front: str) -> str:
+    """The batched entry model behind a front, e.g. ``mmgen_perceive_batched`` (not meant for clients)."""
+    return f"{front}_batched"
 
 
 # ---------------------------------------------------------------------------------------------- graph -> config
@@ -214,13 +228,16 @@ def write_model_repository(
     *,
     max_queue_delay_us: int = 2000,
     instances: int = 1,
+    front_instances: int | None = None,
     engines: str = "auto",
 ) -> Path:
     """Write a Triton model repository serving ``bundle`` to ``out`` (which must not exist, or be empty).
 
     Args:
         max_queue_delay_us: how long Triton's dynamic batcher waits to fill a batch.
-        instances: model instances per component and entry model (``instance_group`` count).
+        instances: model instances per component, batched entry model and ``mmgen_info`` (``instance_group``).
+        front_instances: instances of ``mmgen_perceive`` / ``mmgen_generate`` (requests in flight per model);
+            None: enough to fill the batched models' batches, within a cap (:func:`.batcher.default_front_instances`).
         engines: "auto" serves a graph's TensorRT engines where the bundle has them (ONNX Runtime otherwise),
             "require" fails unless every runtime graph has engines, "none" ignores engines.
 
@@ -230,6 +247,8 @@ def write_model_repository(
         raise ValueError(f"engines must be one of {list(ENGINE_MODES)}, got {engines!r}")
     if instances < 1 or max_queue_delay_us < 0:
         raise ValueError(f"instances must be >= 1 and max_queue_delay_us >= 0 (got {instances}, {max_queue_delay_us})")
+    if front_instances is not None and front_instances < 1:
+        raise ValueError(f"front_instances must be >= 1, got {front_instances}")
     bundle, out = Path(bundle), Path(out)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise FileExistsError(f"{out} already exists and is not an empty folder; choose a new path for the repository")
@@ -247,8 +266,14 @@ def write_model_repository(
     with atomic_directory(out, overwrite=out.exists()) as tmp:
         for graph in RUNTIME_GRAPHS:
             write_component_model(tmp, bundle, manifest, graph, plans[graph], max_queue_delay_us, instances)
+        fronts = front_instances or default_front_instances(manifest.max_batch, instances)
         for spec in model_specs(manifest).values():
-            write_entry_model(tmp, bundle, spec, max_queue_delay_us, instances)
+            if spec.name == INFO_MODEL:
+                write_entry_model(tmp, bundle, spec, instances=instances)
+                continue
+            write_entry_model(tmp, bundle, spec, instances=fronts, batched=batched_model_name(spec.name))
+            batched = replace(spec, name=batched_model_name(spec.name))
+            write_entry_model(tmp, bundle, batched, instances=instances, queue_delay_us=max_queue_delay_us)
         (tmp / "README.md").write_text(repository_readme(bundle, manifest, plans))
     return out
 
@@ -294,22 +319,40 @@ def write_component_model(
     (repo / name / "config.pbtxt").write_text(text)
 
 
-def write_entry_model(repo: Path, bundle: Path, spec: ModelSpec, queue_delay_us: int, instances: int) -> None:
-    """A Python-backend entry model: config, a one-line ``model.py`` importing the package, the manifest."""
+def write_entry_model(
+    repo: Path,
+    bundle: Path,
+    spec: ModelSpec,
+    *,
+    instances: int,
+    queue_delay_us: int | None = None,
+    batched: str | None = None,
+) -> None:
+    """A Python-backend entry model: config, a one-line ``model.py`` importing the package, the manifest.
+
+    Args:
+        spec: the wire contract; ``spec.name`` is the model's name.
+        instances: its ``instance_group`` count.
+        queue_delay_us: Triton's dynamic batcher for batches up to ``spec.max_batch_size`` (None: no dynamic batcher).
+        batched: a front (``max_batch_size`` 1, one request per execute) passing accepted requests to this model.
+    """
     version = repo / spec.name / VERSION
     version.mkdir(parents=True)
     _copy(bundle / MANIFEST_FILE, version / MANIFEST_FILE)
     (version / "model.py").write_text(entry_model_source(spec.name))
+    parameters = {MANIFEST_PARAMETER: MANIFEST_FILE}
+    if batched is not None:
+        parameters[BATCHED_PARAMETER] = batched
     text = config_text(
         spec.name,
         backend="python",
         inputs=wire_tensors(spec.inputs),
         outputs=wire_tensors(spec.outputs),
-        max_batch_size=spec.max_batch_size,
-        queue_delay_us=None if spec.name == INFO_MODEL else queue_delay_us,
+        max_batch_size=FRONT_MAX_BATCH_SIZE if batched else spec.max_batch_size,
+        queue_delay_us=0 if batched else queue_delay_us,  # a front's requests wait in Triton's queue, one at a time
         instances=instances,
         instance_kind="KIND_CPU",  # the loop's own work is numpy; the component models hold the GPU
-        parameters={MANIFEST_PARAMETER: MANIFEST_FILE},
+        parameters=parameters,
     )
     (repo / spec.name / "config.pbtxt").write_text(text)
 
@@ -334,10 +377,13 @@ def repository_readme(bundle: Path, manifest: Manifest, plans: Mapping[str, Mapp
         "",
         "Requirements:",
         "",
-        "- The entry models (`mmgen_info`, `mmgen_perceive`, `mmgen_generate`) use Triton's Python backend and import",
+        "- The entry models (`mmgen_info`, `mmgen_perceive`, `mmgen_generate`, and `mmgen_perceive_batched`,",
+        "  `mmgen_generate_batched`: the batched models behind the two fronts) use Triton's Python backend and import",
         f"  `mmgen_edge.serve.triton_bls`: install mmgen-edge {__version__} into Triton's Python environment",
         "  (`pip install mmgen-edge`, or a conda-pack environment set with the EXECUTION_ENV_PATH parameter).",
-        "- Clients: `mmgen_edge.sdk.remote` (the same wire contract as `mmgen-edge serve`).",
+        "- Clients: `mmgen_edge.sdk.remote` (the same wire contract as `mmgen-edge serve`), or any Triton client, call",
+        "  `mmgen_perceive` / `mmgen_generate`: these check each request alone, so a refused one is a Triton failure;",
+        "  the `_batched` models behind them are not meant for clients.",
         "",
         "Component models (called by the entry models through BLS; not meant for clients):",
         "",

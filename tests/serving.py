@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 
+from mmgen_edge.sdk.protocol import TRITON_DTYPES
 from mmgen_edge.serve.server import free_ports  # noqa: F401  (re-exported for the tests)
 
 
@@ -56,3 +58,51 @@ def kill_session_and_read(process, log) -> str:
     output = log.read()
     log.close()
     return output
+
+
+def text_input(value: bytes) -> np.ndarray:
+    """One request's BYTES input as tritonclient sends it (batch axis included)."""
+    return np.array([[value]], dtype=np.object_)
+
+
+def raw_infer(client, model: str, request: dict[str, np.ndarray], timeout_s: float):
+    """One request through a tritonclient gRPC client as is (no SDK checks): the result, or the
+    InferenceServerException (status and message)."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    tensors = []
+    for name, array in request.items():
+        kind = TRITON_DTYPES[np.bytes_ if array.dtype.kind in "SO" else array.dtype.type]
+        tensor = grpcclient.InferInput(name, list(array.shape), kind)
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    try:
+        return client.infer(model, tensors, client_timeout=timeout_s)
+    except InferenceServerException as e:
+        return e
+
+
+def request_counters(metrics_port: int, model: str) -> dict[str, float]:
+    """Triton's request counters for ``model`` from the metrics endpoint (Prometheus text; summed over reasons)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    out = {"nv_inference_request_success": 0.0, "nv_inference_request_failure": 0.0}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0]
+        if name in out and f'model="{model}"' in line:
+            out[name] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def counted_since(metrics_port: int, model: str, before: dict[str, float], want: dict[str, float]) -> dict[str, float]:
+    """The change in ``model``'s request counters since ``before``, once it equals ``want`` (or after 10 s, as it
+    is): Triton counts a request when it releases it, just after the response."""
+    deadline = time.monotonic() + 10
+    while True:
+        after = request_counters(metrics_port, model)
+        counted = {k: after[k] - before[k] for k in after}
+        if counted == want or time.monotonic() > deadline:
+            return counted
+        time.sleep(0.1)

@@ -25,10 +25,20 @@ if os.environ.get("MMGEN_EDGE_REQUIRE_SERVE") != "1":
     pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed")
 
 import mmgen_edge  # noqa: E402
-from mmgen_edge.sdk.protocol import TRITON_DTYPES, refusal_reason  # noqa: E402
+from mmgen_edge.sdk.protocol import refusal_reason  # noqa: E402
 from mmgen_edge.sdk.remote import RemoteError, RemoteModel, connect  # noqa: E402
 from mmgen_edge.serve.server import Server  # noqa: E402
-from serving import assert_same_perception, free_ports, image, kill_session_and_read, session_processes  # noqa: E402
+from serving import (  # noqa: E402
+    assert_same_perception,
+    counted_since,
+    free_ports,
+    image,
+    kill_session_and_read,
+    raw_infer,
+    request_counters,
+    session_processes,
+    text_input as _bytes,
+)
 
 pytestmark = pytest.mark.slow
 REQUEST_TIMEOUT_S = 60.0
@@ -192,7 +202,8 @@ def test_server_options_are_checked(tiny_bundle):
 
 def test_front_instances_default_fills_every_model_copy_within_a_cap(capsys):
     from mmgen_edge.cli import main
-    from mmgen_edge.serve.server import DEFAULT_FRONT_INSTANCES, ServerOptions, front_instance_count
+    from mmgen_edge.serve.batcher import DEFAULT_FRONT_INSTANCES
+    from mmgen_edge.serve.server import ServerOptions, front_instance_count
 
     assert front_instance_count(ServerOptions(), max_batch=3) == 3  # the bundle's engine batch, no more
     assert front_instance_count(ServerOptions(instances=2), max_batch=1) == 2  # a batch for each model copy
@@ -244,37 +255,15 @@ def _raw_client(server):
 
 
 def _raw_infer(client, model: str, request: dict[str, np.ndarray]):
-    """One request through tritonclient as is (no SDK checks): the result, or the InferenceServerException."""
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import InferenceServerException
-
-    tensors = []
-    for name, array in request.items():
-        kind = TRITON_DTYPES[np.bytes_ if array.dtype.kind in "SO" else array.dtype.type]
-        tensor = grpcclient.InferInput(name, list(array.shape), kind)
-        tensor.set_data_from_numpy(array)
-        tensors.append(tensor)
-    try:
-        return client.infer(model, tensors, client_timeout=REQUEST_TIMEOUT_S)
-    except InferenceServerException as e:
-        return e
-
-
-def _bytes(value: bytes) -> np.ndarray:
-    return np.array([[value]], dtype=np.object_)
+    return raw_infer(client, model, request, REQUEST_TIMEOUT_S)
 
 
 def _counters(server, model: str) -> dict[str, float]:
-    """Triton's request counters for ``model`` from the metrics endpoint (Prometheus text; summed over reasons)."""
-    import urllib.request
+    return request_counters(server.options.metrics_port, model)
 
-    text = urllib.request.urlopen(f"http://127.0.0.1:{server.options.metrics_port}/metrics", timeout=10).read().decode()
-    out = {"nv_inference_request_success": 0.0, "nv_inference_request_failure": 0.0}
-    for line in text.splitlines():
-        name = line.split("{", 1)[0]
-        if name in out and f'model="{model}"' in line:
-            out[name] += float(line.rsplit(" ", 1)[1])
-    return out
+
+def _counted(server, model: str, before: dict[str, float], want: dict[str, float]) -> dict[str, float]:
+    return counted_since(server.options.metrics_port, model, before, want)
 
 
 def test_every_request_field_is_bounded_and_refused_quickly(server, local):
@@ -317,17 +306,6 @@ def test_every_request_field_is_bounded_and_refused_quickly(server, local):
     here = local.perceive(image(8), seed=8, tasks=("depth",))
     assert served.images.keys() == here.images.keys() == {"depth"}
     np.testing.assert_allclose(served.depth, here.depth, atol=2e-2)
-
-
-def _counted(server, model: str, before: dict[str, float], want: dict[str, float]) -> dict[str, float]:
-    """The change in Triton's request counters since ``before``, once it equals ``want`` (or after 10 s, as it is)."""
-    deadline = time.monotonic() + 10  # Triton counts a request when it releases it, just after the response
-    while True:
-        after = _counters(server, model)
-        counted = {k: after[k] - before[k] for k in after}
-        if counted == want or time.monotonic() > deadline:
-            return counted
-        time.sleep(0.1)
 
 
 def _engine_batches(server) -> dict[int, int]:

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from google.protobuf import json_format
 pytest.importorskip("tritonclient", reason="parsing config.pbtxt needs tritonclient (the client or serve extra)")
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 
@@ -28,9 +27,10 @@ from mmgen_edge.serve import triton_repo
 from mmgen_edge.sdk.protocol import IMAGE_OUTPUTS, model_specs, read_text, text
 from mmgen_edge.serve.triton_bls import BlsRunner, TritonPythonModel
 from mmgen_edge.serve.triton_repo import component_model_name, write_model_repository
-from triton_fakes import TYPE_TO_NUMPY, FakeTriton, fake_pb_utils, parse_config, type_name  # noqa: E402
+from triton_fakes import TYPE_TO_NUMPY, FakeTriton, fake_pb_utils, initialize_args, parse_config, type_name  # noqa: E402
 
-ENTRY_MODELS = ("mmgen_info", "mmgen_perceive", "mmgen_generate")
+FRONTS = ("mmgen_perceive", "mmgen_generate")
+ENTRY_MODELS = ("mmgen_info", *FRONTS, "mmgen_perceive_batched", "mmgen_generate_batched")
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +89,19 @@ def test_layout_and_component_configs(repo, manifest, tiny_bundle):
 def test_entry_model_configs_follow_the_protocol(repo, manifest, tiny_bundle):
     specs = model_specs(manifest)
     for name in ENTRY_MODELS:
-        spec, model_dir = specs[name], repo / name
+        spec, model_dir = specs[name.removesuffix("_batched")], repo / name
         config = parse_config(model_dir)
         assert config.name == name and config.backend == "python"
-        assert config.max_batch_size == spec.max_batch_size == manifest.max_batch
-        assert config.HasField("dynamic_batching") == (name != "mmgen_info")
+        instances = [(i.count, i.kind) for i in config.instance_group]
+        if name in FRONTS:  # one request per execute, as many in flight as fill a batched model's batches (capped)
+            assert config.max_batch_size == 1 and config.dynamic_batching.max_queue_delay_microseconds == 0
+            assert config.parameters["batched_model"].string_value == f"{name}_batched"
+            assert instances == [(4, model_config_pb2.ModelInstanceGroup.KIND_CPU)]  # max batch 4 x 2 instances, capped
+        else:
+            assert config.max_batch_size == spec.max_batch_size == manifest.max_batch
+            assert config.HasField("dynamic_batching") == (name != "mmgen_info")
+            assert "batched_model" not in config.parameters
+            assert instances == [(2, model_config_pb2.ModelInstanceGroup.KIND_CPU)]
         for tensors, wires in ((config.input, spec.inputs), (config.output, spec.outputs)):
             assert [t.name for t in tensors] == [w.name for w in wires]
             for tensor, wire in zip(tensors, wires):
@@ -107,6 +115,21 @@ def test_entry_model_configs_follow_the_protocol(repo, manifest, tiny_bundle):
         source = (model_dir / "1" / "model.py").read_text()
         assert "from mmgen_edge.serve.triton_bls import TritonPythonModel" in source
         compile(source, "model.py", "exec")
+
+
+def test_front_instances_are_chosen_and_bounded(tiny_bundle, tmp_path, capsys):
+    from mmgen_edge.cli import main
+
+    written = write_model_repository(tiny_bundle, tmp_path / "three", front_instances=3)
+    for name in FRONTS:
+        assert [i.count for i in parse_config(written / name).instance_group] == [3]
+        assert [i.count for i in parse_config(written / f"{name}_batched").instance_group] == [1]
+    with pytest.raises(ValueError, match="front_instances must be >= 1, got 0"):
+        write_model_repository(tiny_bundle, tmp_path / "none", front_instances=0)
+    with pytest.raises(SystemExit) as exited:
+        main(["triton-repo", str(tiny_bundle), "--out", str(tmp_path / "cli"), "--front-instances", "17"])
+    assert exited.value.code == 2 and "must be an integer in 1..16, got 17" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists() and not (tmp_path / "cli").exists()
 
 
 def test_refuses_a_non_empty_out_and_accepts_an_empty_one(tiny_bundle, tmp_path):
@@ -245,12 +268,8 @@ def triton(repo, monkeypatch):
 
 def entry_model(repo: Path, name: str) -> TritonPythonModel:
     """Initialize an entry model as Triton does (the config goes in as JSON, the paths are the model's folder)."""
-    config = json_format.MessageToJson(parse_config(repo / name), preserving_proto_field_name=True)
     model = TritonPythonModel()
-    model.initialize(
-        {"model_name": name, "model_repository": str(repo / name), "model_version": "1", "model_config": config,
-         "model_instance_kind": "CPU", "model_instance_name": f"{name}_0", "model_instance_device_id": "0"}
-    )  # fmt: skip
+    model.initialize(initialize_args(repo, name))
     return model
 
 
@@ -284,7 +303,7 @@ def assert_same(served: dict[str, np.ndarray], images: dict[str, np.ndarray], la
 
 
 def test_bls_perceive_equals_the_local_sdk(triton, repo, local, manifest):
-    model = entry_model(repo, "mmgen_perceive")
+    model = entry_model(repo, "mmgen_perceive_batched")  # a batch as Triton's dynamic batcher assembles it
     r = manifest.model.resolution
     images = _images(3, r)
     noise = np.random.default_rng(1).standard_normal((2, *local.pipeline.latent_shape(1)[1:]), dtype=np.float32)
@@ -322,7 +341,7 @@ def test_bls_perceive_equals_the_local_sdk(triton, repo, local, manifest):
 
 
 def test_bls_generate_equals_the_local_sdk(triton, repo, local, manifest):
-    model = entry_model(repo, "mmgen_generate")
+    model = entry_model(repo, "mmgen_generate_batched")
     condition = _images(1, manifest.model.resolution, seed=3)[0]
     steps = np.array([2], np.int32)
     guided = dict(steps=steps, cfg_scale=np.array([2.0], np.float32))
@@ -357,16 +376,41 @@ def test_bls_info_and_component_failures(triton, repo, manifest, tmp_path):
     shutil.copytree(repo, broken)
     shutil.rmtree(broken / "mmgen_vae_encoder")
     triton.repo = broken
-    model = entry_model(broken, "mmgen_perceive")
+    model = entry_model(broken, "mmgen_perceive_batched")
     image = _images(1, manifest.model.resolution)[0]
     pb = sys.modules["triton_python_backend_utils"]
     with pytest.raises(pb.TritonModelException, match="mmgen_vae_encoder"):  # the whole execute fails: a failure each
         model.execute([request(image=image), request(image=image, tasks="depth")])
+    front = entry_model(broken, "mmgen_perceive")  # the batched model's failure fails the front's execute too
+    with pytest.raises(pb.TritonModelException, match=r"^mmgen_perceive: the server failed to run this batch \(RuntimeError: .*'mmgen_vae_encoder'"):
+        front.execute([request(image=image)])
 
     runner = BlsRunner("vae_decoder", manifest.graphs["vae_decoder"], manifest.dims, sys.modules["triton_python_backend_utils"])
     runner.model_name = "mmgen_vae_decoderx"  # a name the repository does not have fails, naming it
     with runner, pytest.raises(RuntimeError, match="'mmgen_vae_decoderx' failed: .*not found"):
         runner.infer({"latent": np.zeros((1, *manifest.graphs["vae_decoder"].inputs[0].shape[1:]), np.float32)})
+
+
+def test_a_front_checks_its_request_alone_and_passes_it_on_to_the_batched_model(triton, repo, local, manifest):
+    front = entry_model(repo, "mmgen_perceive")
+    pb = sys.modules["triton_python_backend_utils"]
+    image = _images(1, manifest.model.resolution, seed=7)[0]
+    with pytest.raises(pb.TritonModelException, match=r"^mmgen_perceive: unknown tasks \['bogus'\]"):
+        front.execute([request(image=image, tasks="bogus")])  # refused: the execute fails, a Triton failure
+    assert "mmgen_perceive_batched" not in triton.calls  # and nothing was passed on
+    (response,) = front.execute([request(image=image, tasks="depth", seed=np.array([7], np.int64))])
+    assert triton.calls["mmgen_perceive_batched"] == 1
+    noise = np.random.default_rng(7).standard_normal(local.pipeline.latent_shape(1), dtype=np.float32)
+    here = local.perceive_model_images(image[None], ("depth",), None, noise)
+    assert_same(outputs(response), here.images[0], here.latents[0])
+
+    generate = entry_model(repo, "mmgen_generate")
+    with pytest.raises(pb.TritonModelException, match=r"^mmgen_generate: cfg_scale must be a finite number"):
+        generate.execute([request(cfg_scale=np.array([np.nan], np.float32))])
+    (response,) = generate.execute([request(class_label=np.array([2]), seed=np.array([4]), steps=np.array([2], np.int32))])
+    here = local.generate_model_images([GenerationRequest(class_label=2, seed=4, steps=2)])
+    assert_same(outputs(response), here.images[0], here.latents[0])
+    assert triton.calls["mmgen_generate_batched"] == 1
 
 
 def test_entry_model_needs_triton_and_a_known_name(repo, monkeypatch):

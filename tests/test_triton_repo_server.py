@@ -6,7 +6,8 @@ replaced by a Python-backend stand-in: its written config.pbtxt with ``backend: 
 ``backend: "python"`` (names, data types, dims, reshape, batch limit and dynamic batcher stay as written) and a
 ``model.py`` running the written ``1/model.onnx`` with ONNX Runtime on CPU. The entry models (``mmgen_info``,
 ``mmgen_perceive``, ``mmgen_generate``: Python BLS importing :mod:`mmgen_edge.serve.triton_bls`) are served exactly
-as written, so their configs, the BLS calls to the component models and the wire contract all go through Triton.
+as written, so their configs, the BLS calls (front to batched model, batched model to component models) and the
+wire contract all go through Triton.
 
 Needs the ``serve`` extra. Without it these tests skip, unless MMGEN_EDGE_REQUIRE_SERVE=1 (set by CI), where a
 missing extra is a failure.
@@ -38,13 +39,24 @@ import mmgen_edge  # noqa: E402
 from mmgen_edge.runtime.backend import RUNTIME_GRAPHS  # noqa: E402
 from mmgen_edge.sdk.remote import RemoteError, connect  # noqa: E402
 from mmgen_edge.serve.triton_repo import component_model_name, write_model_repository  # noqa: E402
-from serving import assert_same_perception, free_ports, image, session_processes  # noqa: E402
+from serving import (  # noqa: E402
+    assert_same_perception,
+    counted_since,
+    free_ports,
+    image,
+    raw_infer,
+    request_counters,
+    session_processes,
+    text_input,
+)
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="tritonserver and the process checks need Linux"),
 ]
-ENTRY_MODELS = ("mmgen_info", "mmgen_perceive", "mmgen_generate")
+ENTRY_MODELS = ("mmgen_info", "mmgen_perceive", "mmgen_generate", "mmgen_perceive_batched", "mmgen_generate_batched")
+#: The repository as the tests write it: a batching window long enough that concurrent requests surely meet.
+REPO_OPTIONS = {"max_queue_delay_us": 100_000}
 READY_TIMEOUT_S = 90.0
 REQUEST_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
@@ -238,7 +250,7 @@ class TritonProcess:
 
 @pytest.fixture(scope="module")
 def repo(tiny_bundle, tmp_path_factory):
-    repo = write_model_repository(tiny_bundle, tmp_path_factory.mktemp("triton-server") / "repo")
+    repo = write_model_repository(tiny_bundle, tmp_path_factory.mktemp("triton-server") / "repo", **REPO_OPTIONS)
     stand_in_component_models(repo)
     return repo
 
@@ -268,7 +280,7 @@ def remote(server):
 
 # ------------------------------------------------------------------------------------------------- the tests
 def test_entry_models_are_served_as_written_and_components_by_stand_ins(server, repo, tiny_bundle, tmp_path):
-    written = write_model_repository(tiny_bundle, tmp_path / "written")
+    written = write_model_repository(tiny_bundle, tmp_path / "written", **REPO_OPTIONS)
     for name in ENTRY_MODELS:  # the entry models are exactly what the writer wrote
         for path in sorted(p for p in (written / name).rglob("*") if p.is_file()):
             assert (repo / name / path.relative_to(written / name)).read_bytes() == path.read_bytes(), path
@@ -350,6 +362,44 @@ def test_refused_requests_on_their_own_are_triton_failures(server, remote, local
     while failures() - before < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert failures() - before == 2
+
+
+def test_a_refused_request_sent_with_good_ones_is_a_failure_and_they_are_batched(server, local):
+    """A non-UTF-8 request sent at the same time as good ones: a Triton failure (status and message) counted in
+    nv_inference_request_failure of mmgen_perceive; the good ones are successes with the local results, and met in
+    one batch of mmgen_perceive_batched."""
+    r = local.resolution
+    good = [{"image": image(30 + i, r, r)[None], "seed": np.array([[30 + i]], np.int64)} for i in range(3)]
+    bad = {"image": image(9, r, r)[None], "tasks": text_input(b"\xc3\x28")}
+    clients = [grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}") for _ in range(4)]
+
+    def batched_stats() -> dict:
+        return clients[0].get_inference_statistics("mmgen_perceive_batched", as_json=True)["model_stats"][0]
+
+    try:
+        before, stats_before = request_counters(server.metrics_port, "mmgen_perceive"), batched_stats()
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(raw_infer, c, "mmgen_perceive", q, REQUEST_TIMEOUT_S) for c, q in zip(clients, (good[0], bad, good[1], good[2]))]  # fmt: skip
+            outcomes = [f.result(timeout=REQUEST_TIMEOUT_S * 2) for f in futures]
+        stats_after = batched_stats()
+    finally:
+        for c in clients:
+            c.close()
+    assert isinstance(outcomes[1], Exception) and "mmgen_perceive: input 'tasks' is not UTF-8" in outcomes[1].message()
+    for seed, outcome in zip((30, 31, 32), (outcomes[0], outcomes[2], outcomes[3])):
+        assert isinstance(outcome, grpcclient.InferResult), outcome
+        want = local.perceive(image(seed, r, r), seed=seed, return_latents=True)
+        np.testing.assert_allclose(outcome.as_numpy("latents")[0], want.latents, atol=1e-4)
+    want = {"nv_inference_request_failure": 1, "nv_inference_request_success": 3}
+    assert counted_since(server.metrics_port, "mmgen_perceive", before, want) == want
+
+    def count(stats: dict, key: str) -> int:
+        return int(stats.get(key, 0))
+
+    requests = count(stats_after, "inference_count") - count(stats_before, "inference_count")
+    executions = count(stats_after, "execution_count") - count(stats_before, "execution_count")
+    assert requests == 3, "the refused request reached the batched model"
+    assert executions < requests, "the good requests never met in one batch of mmgen_perceive_batched"
 
 
 def test_shutdown_leaves_no_process(server):

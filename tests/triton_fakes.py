@@ -1,19 +1,22 @@
 """A stand-in for Triton serving a written model repository, for the BLS entry models' tests without Triton.
 
 :class:`FakeTriton` checks a BLS request against the component model's config.pbtxt (name, inputs, data types,
-dims, batch limit, reshape) and runs that model's ``1/model.onnx`` with ONNX Runtime on CPU; :func:`fake_pb_utils`
-is the ``triton_python_backend_utils`` module the entry models import, backed by it.
+dims, batch limit, reshape) and runs that model's ``1/model.onnx`` with ONNX Runtime on CPU; a BLS request to a
+Python-backend entry model (a front passing a request on to its batched model) runs that entry model in-process,
+one request per execute; :func:`fake_pb_utils` is the ``triton_python_backend_utils`` module the entry models
+import, backed by it.
 """
 
 from __future__ import annotations
 
+import sys
 import types
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 TYPE_TO_NUMPY = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_INT64": np.int64, "TYPE_INT32": np.int32, "TYPE_UINT8": np.uint8}  # fmt: skip
@@ -28,6 +31,13 @@ def type_name(config_type: int) -> str:
     return model_config_pb2.DataType.Name(config_type)
 
 
+def initialize_args(repo: Path, name: str) -> dict[str, str]:
+    """What Triton passes to a Python model's ``initialize`` (the config as JSON, the paths are the model's folder)."""
+    config = json_format.MessageToJson(parse_config(repo / name), preserving_proto_field_name=True)
+    return {"model_name": name, "model_repository": str(repo / name), "model_version": "1", "model_config": config,
+            "model_instance_kind": "CPU", "model_instance_name": f"{name}_0", "model_instance_device_id": "0"}  # fmt: skip
+
+
 class FakeTriton:
     """Acts as Triton serving the component models of a written repository (ONNX Runtime on CPU)."""
 
@@ -36,14 +46,17 @@ class FakeTriton:
         self.sessions: dict[str, ort.InferenceSession] = {}
         self.calls: Counter[str] = Counter()
         self.batches: dict[str, list[int]] = {}
+        self.python_models: dict[str, object] = {}  # entry models called through BLS, initialized on first use
 
     def infer(self, model_name: str, requested: list[str], inputs: list) -> dict[str, np.ndarray]:
         model_dir = self.repo / model_name
         if not (model_dir / "config.pbtxt").is_file():
             raise LookupError(f"Request for unknown model: '{model_name}' is not found")
         config = parse_config(model_dir)
+        if config.backend == "python":
+            return self._python(model_name, requested, inputs)
         if config.backend != "onnxruntime":
-            raise LookupError(f"{model_name}: only ONNX Runtime models run here")
+            raise LookupError(f"{model_name}: only ONNX Runtime and mmgen-edge entry models run here")
         batched = config.max_batch_size > 0
         given = {t.name(): t.as_numpy() for t in inputs}
         if sorted(given) != sorted(i.name for i in config.input):
@@ -69,6 +82,24 @@ class FakeTriton:
         if batched:
             self.batches.setdefault(model_name, []).append(next(iter(given.values())).shape[0])
         return results
+
+    def _python(self, model_name: str, requested: list[str], inputs: list) -> dict[str, np.ndarray]:
+        """An entry model run in-process on one request; its error (a failed execute too) comes back as ValueError."""
+        from mmgen_edge.serve.triton_bls import TritonPythonModel
+
+        pb = sys.modules["triton_python_backend_utils"]
+        if model_name not in self.python_models:
+            model = TritonPythonModel()
+            model.initialize(initialize_args(self.repo, model_name))
+            self.python_models[model_name] = model
+        try:
+            (response,) = self.python_models[model_name].execute([pb.InferenceRequest(inputs=inputs)])
+        except pb.TritonModelException as e:
+            raise ValueError(str(e)) from None
+        if response.has_error():
+            raise ValueError(response.error().message())
+        self.calls[model_name] += 1
+        return {t.name(): t.as_numpy() for t in response.output_tensors() if t.name() in requested}
 
     @staticmethod
     def _check(model_name: str, spec, array: np.ndarray, max_batch_size: int) -> None:
