@@ -151,3 +151,35 @@ def test_bad_settings_are_refused():
     for delay in (-1.0, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="max_delay_s must be a finite number >= 0"):
             Batcher("t", [lambda items: items], max_batch=1, max_delay_s=delay)
+
+
+def test_the_batch_of_a_model_copy_runs_as_the_engine_batches_its_requests_can_share(tiny_bundle):
+    """What ``serve`` does with accepted requests: one batcher batch through ``RequestHandler.run`` on the tiny model
+    runs requests with the same tasks and steps as one engine batch, and each request gets its own result."""
+    import numpy as np
+
+    import mmgen_edge
+    from mmgen_edge.sdk.protocol import IMAGE_OUTPUTS, PERCEIVE_MODEL, text
+    from mmgen_edge.serve.handlers import RequestHandler
+
+    with mmgen_edge.load(tiny_bundle, backend="ort-cpu", threads=1) as model:
+        handler = RequestHandler(model)
+        r = model.resolution
+        images = np.random.default_rng(0).integers(0, 256, (4, r, r, 3), dtype=np.uint8)
+        tasks = ["depth", "depth,normals", "depth", "depth,normals"]
+        requests = [
+            {"image": images[i][None], "tasks": text(tasks[i]), "seed": np.array([[i]], np.int64), "steps": np.array([[2]], np.int32)}
+            for i in range(4)
+        ]  # fmt: skip
+        items = [handler.check(PERCEIVE_MODEL, request) for request in requests]
+        with Batcher("perceive", [lambda batch: handler.run(PERCEIVE_MODEL, batch)], max_batch=4, max_delay_s=FOREVER_S) as batcher:
+            futures = [batcher.submit(item) for item in items]
+            responses = [f.result(timeout=HANG_S) for f in futures]
+        assert dict(handler.batch_sizes) == {2: 2}  # one batcher batch of 4, two engine batches of 2 (by tasks)
+        for i, response in enumerate(responses):
+            noise = np.random.default_rng(i).standard_normal(model.latent_shape(1), dtype=np.float32)
+            alone = model.perceive_model_images(images[i][None], tasks[i].split(","), 2, noise)
+            np.testing.assert_allclose(response["latents"], alone.latents, atol=1e-4)
+            assert {k for k in response if k.startswith("image_")} == {IMAGE_OUTPUTS[m] for m in alone.images[0]}
+            for modality, want in alone.images[0].items():
+                assert np.abs(response[IMAGE_OUTPUTS[modality]][0].astype(int) - want).max() <= 1, modality
