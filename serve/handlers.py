@@ -182,7 +182,9 @@ class RequestHandler:
         if bool(condition) != ("condition_image" in inputs):
             raise RequestError("condition and condition_image go together (give both or neither)")
         try:
-            cfg_scale = check_cfg_scale(float(inputs["cfg_scale"][0]) if "cfg_scale" in inputs else 1.0)
+            # no cfg_scale: the bundle's default guidance, as a local generate(cfg_scale=None)
+            given = float(inputs["cfg_scale"][0]) if "cfg_scale" in inputs else None
+            cfg_scale = check_cfg_scale(self.model.guidance(given))
         except ValueError as e:
             raise RequestError(str(e)) from None
         seed = self._seed(inputs)

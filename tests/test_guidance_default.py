@@ -78,3 +78,17 @@ def test_a_schema_1_bundle_reads_as_schema_2_without_guidance(runtime_bundle, tm
 
     manifest = read_manifest(edited_bundle(runtime_bundle, tmp_path / "v1", as_schema_1), verify="size")
     assert SCHEMA_VERSION == 2 and manifest.schema_version == 2 and manifest.sampler.cfg_scale == 1.0
+
+
+def test_a_served_request_without_a_scale_gets_the_bundles_default(runtime_bundle, tmp_path):
+    """perf_analyzer and raw tritonclient requests may leave cfg_scale out: the server then samples as a local
+    ``generate(cfg_scale=None)`` does (the SDK's client always sends the scale it resolved)."""
+    from mmgen_edge.serve.handlers import RequestHandler
+
+    bundle = _with_default_guidance(runtime_bundle, tmp_path / "b", 2.5)
+    with mmgen_edge.load(bundle, backend="ort-cpu", verify="none") as model:
+        handler = RequestHandler(model)
+        label = np.array([[1]], np.int64)
+        assert handler.parse_generate({"class_label": label}).cfg_scale == 2.5
+        given = handler.parse_generate({"class_label": label, "cfg_scale": np.array([[1.0]], np.float32)})
+        assert given.cfg_scale == 1.0
