@@ -1,6 +1,6 @@
 """Load on a served bundle: requests/s and latency percentiles at several numbers of concurrent camera streams.
 
-    python -m mmgen_edge.bench.serve_load [--bundle DIR] [--streams 1,4,8] [--requests 24] [--instances 1]
+    python -m mmgen_edge.bench.serve_load [--bundle DIR] [--streams 1,4,8] [--requests 24] [--instances 1] [--front-instances N]
         [--tasks depth,normals,segmentation] [--max-queue-delay-us 2000] [--threads N] [--out out/bench]
 
 Starts ``mmgen-edge serve`` for the bundle in a child process (so server and clients are separate processes, as
@@ -27,6 +27,7 @@ import numpy as np
 
 from mmgen_edge.cli import nonnegative_int, positive_int
 from mmgen_edge.runtime.fileio import write_text_atomic
+from mmgen_edge.serve.cli import front_count
 
 FRAME_SHAPE = (480, 640, 3)
 JSON_FILE = "serve_load.json"
@@ -93,6 +94,8 @@ def start_server(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen[
     cmd = [sys.executable, "-m", "mmgen_edge.cli", "serve", "--http-port", str(http), "--grpc-port", str(grpc),
            "--metrics-port", str(metrics), "--instances", str(args.instances),
            "--max-queue-delay-us", str(args.max_queue_delay_us)]  # fmt: skip
+    if args.front_instances:
+        cmd += ["--front-instances", str(args.front_instances)]
     if args.bundle:
         cmd.insert(4, args.bundle)
     if args.threads:
@@ -118,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=positive_int, default=24, help="perceive calls per stream and level")
     parser.add_argument("--instances", type=positive_int, default=1)
     parser.add_argument("--max-queue-delay-us", type=nonnegative_int, default=2000)
+    parser.add_argument("--front-instances", type=front_count,
+                        help="requests in flight per served model (serve --front-instances; default: serve's)")
     parser.add_argument("--threads", type=positive_int, help="ONNX Runtime threads (server instances and the local baseline)")
     parser.add_argument("--tasks", default="depth,normals,segmentation")
     parser.add_argument("--out", type=Path, default=Path("out/bench"))
@@ -143,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "frame": list(FRAME_SHAPE),
         "tasks": list(tasks),
         "instances": args.instances,
+        "front_instances": args.front_instances,
         "max_queue_delay_us": args.max_queue_delay_us,
         "cpu_count": os.cpu_count(),
         "local_requests_per_s": local,
