@@ -68,11 +68,28 @@ def _response_or_error(response, requested_output_names, model_outputs):
 _pytriton._wrap_response = _response_or_error
 
 # Every instance but a model's first reads PyTriton's settings from the first over a socket, within 1 s in PyTriton
-# 0.7: several instances starting at once on a busy machine miss that and the model fails to load.
+# 0.7: several instances starting at once on a busy machine miss that and the model fails to load. And the first
+# instance binds that socket (the file appears) a moment before it listens: a connection in between is refused,
+# which PyTriton does not retry. So: retry a refused connection, within one deadline for the whole wait.
 if not callable(getattr(_pytriton, "get_config_from_handshake_server", None)):
     raise ImportError("mmgen-edge: this PyTriton's proxy model has no get_config_from_handshake_server; install nvidia-pytriton 0.7")
 _get_config = _pytriton.get_config_from_handshake_server
-_pytriton.get_config_from_handshake_server = lambda socket_path: _get_config(socket_path, timeout_s={HANDSHAKE_TIMEOUT_S})
+
+
+def _config_from_first_instance(socket_path):
+    import time
+
+    deadline = time.monotonic() + {HANDSHAKE_TIMEOUT_S}
+    while True:
+        try:
+            return _get_config(socket_path, timeout_s=max(0.5, deadline - time.monotonic()))
+        except ConnectionRefusedError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
+_pytriton.get_config_from_handshake_server = _config_from_first_instance
 
 
 # An execute whose every request was refused for one reason fails as a whole: Triton's Python backend reports a
