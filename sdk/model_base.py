@@ -121,7 +121,7 @@ class Model(abc.ABC):
             A :class:`GenerationResult` (maps at the model resolution).
         """
 
-    def guidance(self, cfg_scale: float | None) -> float | object:
+    def guidance(self, cfg_scale: float | None) -> float:
         """The guidance scale a ``generate`` call runs with: ``cfg_scale`` as given (checked later), or the bundle's
         default (``manifest.sampler.cfg_scale``) when None."""
         return self.manifest.sampler.cfg_scale if cfg_scale is None else cfg_scale
