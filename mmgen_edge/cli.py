@@ -149,13 +149,14 @@ def finite_float(text: str) -> float:
 
 
 def guidance_scale(text: str) -> float:
-    """An argparse ``type=`` for a classifier-free guidance scale: a finite number in 0..``MAX_CFG_SCALE``."""
-    from mmgen_edge.runtime.sampler import MAX_CFG_SCALE  # imported when parsing, so that --help stays light
+    """An argparse ``type=`` for a classifier-free guidance scale, checked by ``runtime.sampler.check_cfg_scale``
+    (a finite number in 0..MAX_CFG_SCALE)."""
+    from mmgen_edge.runtime.sampler import MAX_CFG_SCALE, check_cfg_scale  # imported when parsing: --help stays light
 
-    value = finite_float(text)
-    if not 0.0 <= value <= MAX_CFG_SCALE:
-        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_CFG_SCALE:g}, got {text!r}")
-    return value
+    try:
+        return check_cfg_scale(finite_float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_CFG_SCALE:g}, got {text!r}") from None
 
 
 def step_list(text: str) -> tuple[int, ...]:

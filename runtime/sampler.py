@@ -49,6 +49,14 @@ def check_steps(steps: object) -> int:
     return check_integer(steps, "steps", 1, MAX_STEPS)
 
 
+def check_cfg_scale(cfg_scale: object) -> float:
+    """A guidance scale: a real number (Python or numpy, not a bool), finite, in 0..MAX_CFG_SCALE."""
+    if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, numbers.Real) \
+            or not np.isfinite(cfg_scale) or not 0 <= cfg_scale <= MAX_CFG_SCALE:  # fmt: skip
+        raise ValueError(f"cfg_scale must be a finite number in 0..{MAX_CFG_SCALE:g}, got {cfg_scale!r}")
+    return float(cfg_scale)
+
+
 class SamplerKind(str, enum.Enum):
     EULER = "euler"  # Euler ODE, timesteps linspace(1, 0, K + 1)
     HEUN = "heun"  # Euler ODE with Heun's correction (except on the last step)

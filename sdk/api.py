@@ -28,7 +28,7 @@ from mmgen_edge.runtime.modalities import (
     task_modality,
 )
 from mmgen_edge.runtime.pipeline import Pipeline, Timings
-from mmgen_edge.runtime.sampler import MAX_CFG_SCALE, SamplerConfig, check_integer, check_steps
+from mmgen_edge.runtime.sampler import SamplerConfig, check_cfg_scale, check_integer, check_steps
 
 from . import processors
 from .images import load_image, to_input_size, to_model_size
@@ -44,13 +44,6 @@ def check_seed(seed: object) -> int | None:
     """``seed`` as an int in 0..MAX_SEED (Python or numpy integer, not a bool), or None for a random draw."""
     return None if seed is None else check_integer(seed, "seed", 0, MAX_SEED)
 
-
-def check_cfg_scale(cfg_scale: object) -> float:
-    """A guidance scale: a real number (not a bool) in 0..MAX_CFG_SCALE."""
-    if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float, np.floating, np.integer)) \
-            or not np.isfinite(cfg_scale) or not 0 <= cfg_scale <= MAX_CFG_SCALE:  # fmt: skip
-        raise ValueError(f"cfg_scale must be a finite number in 0..{MAX_CFG_SCALE:g}, got {cfg_scale!r}")
-    return float(cfg_scale)
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "samples" / "shapes" / "bundle"
 BUNDLE_HINT = "create it with `mmgen-edge demo` (or `mmgen-edge export samples/shapes/weights/mmgen --vae samples/shapes/weights/vae --out samples/shapes/bundle`)"
