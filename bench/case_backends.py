@@ -22,7 +22,7 @@ import numpy as np
 from . import harness
 from .artifacts import FP32, INT8
 from .case_perceive import PERCEIVE_TASKS
-from .context import Context
+from .context import Context, thread_facts
 from .inputs import SEED, scene_images
 from .outcomes import skipped
 
@@ -44,7 +44,7 @@ def open_backends(ctx: Context) -> tuple[dict[str, Any], dict[str, Any], set[str
     from mmgen_edge.sdk.api import MMGenModel
 
     bundle = ctx.artifacts.bundles[FP32]
-    threads = ctx.settings.threads
+    threads = ctx.settings.runtime_threads
     info = detect_openvino()
     assert info is not None  # the caller checked that OpenVINO is installed
     models: dict[str, Any] = {}
@@ -85,7 +85,8 @@ def open_backends(ctx: Context) -> tuple[dict[str, Any], dict[str, Any], set[str
     except BaseException:
         close_backends(models, shared)
         raise
-    facts = {"openvino": info.describe(), "native_bf16": info.bf16, "threads": threads, "shared": sorted(shared),
+    facts = {"openvino": info.describe(), "native_bf16": info.bf16, "threads": threads or "auto",
+             "thread_choices": {label: thread_facts(m) for label, m in models.items()}, "shared": sorted(shared),
              "int8_bundle": ctx.artifacts.bundles.get(INT8), **int8_facts,
              **({"bf16_unavailable": bf16_unavailable} if bf16_unavailable else {}),
              "compile_s": {label: {g: round(getattr(r, "compile_seconds", 0.0), 3) for g, r in m.pipeline.runners.items()}

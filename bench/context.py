@@ -61,14 +61,25 @@ def open_models(ctx: Context) -> dict[str, Any]:
 
         def load(label: str = label, path: Path = path) -> dict[str, Any]:
             ctx.manifests[label] = read_manifest(path, verify="none")
-            model = mmgen_edge.load(path, backend=ctx.settings.backend, threads=ctx.settings.threads, verify="size")
+            model = mmgen_edge.load(path, backend=ctx.settings.backend, threads=ctx.settings.runtime_threads,
+                                  verify="size")  # fmt: skip
             ctx.models[label] = model
             m = model.manifest
             return {"path": path, "backend": model.backend, "precision": m.precision.value, "model": m.model.name,
                     "resolution": m.model.resolution, "max_batch": m.max_batch,
-                    "model_weights_sha256": m.provenance.model_weights_sha256}  # fmt: skip
+                    "model_weights_sha256": m.provenance.model_weights_sha256,
+                    "threads": thread_facts(model)}  # fmt: skip
 
         facts[label] = ctx.attempt(f"open bundle {label}", load)
+    return facts
+
+
+def thread_facts(model: Any) -> dict[str, str]:
+    """Each runner's thread count and why (ONNX Runtime CPU runners loaded without a thread count choose)."""
+    facts = {}
+    for name, runner in model.pipeline.runners.items():
+        choice = getattr(runner, "thread_choice", None)
+        facts[name] = choice.describe() if choice is not None else str(getattr(runner, "threads", None) or "default")
     return facts
 
 

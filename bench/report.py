@@ -169,6 +169,7 @@ def environment_facts(settings: Settings) -> dict[str, Any]:
         "cpu": cpu,
         "cpus_available": default_threads(),
         "threads": settings.threads,
+        "runtime_threads": settings.runtime_threads or "auto",
     }
 
 

@@ -62,7 +62,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mmgen_edge.cli import backend_name, nonnegative_int, positive_float, positive_int, step_list, thread_count
+from mmgen_edge.cli import backend_name, nonnegative_int, positive_float, positive_int, step_list
 from mmgen_edge.runtime.fileio import file_in_the_way
 
 from . import harness
@@ -103,6 +103,7 @@ from .settings import (
     DEFAULT_RUNS,
     DEFAULT_STREAM_FRAMES,
     DEFAULT_WARMUP,
+    bench_threads,
     default_threads,
     parse_case_list,
     parse_int_list,
@@ -128,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--steps", type=step_list, default=None, help="sampler steps K of the perceive cases (default 1,2,4)")
     add("--runs", type=positive_int, default=None, help=f"timed runs per case (default {DEFAULT_RUNS})")
     add("--warmup", type=nonnegative_int, default=None, help=f"untimed runs first (default {DEFAULT_WARMUP})")
-    add("--threads", type=thread_count, default=default_threads(), help="intra-op threads of ORT and torch (default: CPUs available)")
+    add("--threads", type=bench_threads, default=default_threads(),
+        help="intra-op threads of ORT and torch (default: CPUs available); auto: torch on every CPU, each ONNX "
+             "Runtime / OpenVINO session its own choice (what load() does without threads=)")
     add("--stream-frames", type=positive_int, default=None,
         help=f"frames of the stream video (default {DEFAULT_STREAM_FRAMES}; --skip stream leaves the case out)")
     add("--skip", type=parse_case_list, default=(), metavar="CASES",

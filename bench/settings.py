@@ -47,7 +47,7 @@ class Settings:
     steps: tuple[int, ...]
     runs: int
     warmup: int
-    threads: int
+    threads: int  # torch's intra-op threads (and the runtime's, unless runtime_threads says otherwise)
     stream_frames: int
     eval_scenes: int
     compile: bool
@@ -59,6 +59,13 @@ class Settings:
     skip: tuple[str, ...] = ()  # cases of CASES not to run
     size: str | None = None  # --size: the release architecture with random weights (release_size.SIZES)
     skip_reasons: tuple[tuple[str, str], ...] = ()  # case -> why it is skipped, for skips not asked by --skip
+    #: Threads of the bundles' sessions (ONNX Runtime, OpenVINO); None with ``--threads auto``: each session's own
+    #: choice (``load(threads=None)``, see ``runtime.thread_choice``), torch on every CPU.
+    runtime_threads: int | None = 0
+
+    def __post_init__(self) -> None:
+        if self.runtime_threads == 0:  # not given: the runtime runs on torch's thread count
+            object.__setattr__(self, "runtime_threads", self.threads)
 
 
 def parse_int_list(text: str) -> tuple[int, ...]:
@@ -77,6 +84,17 @@ def parse_case_list(text: str) -> tuple[str, ...]:
     if not names or unknown:
         raise argparse.ArgumentTypeError(f"unknown case(s) {unknown or text!r}; the cases are {', '.join(CASES)}")
     return tuple(case for case in CASES if case in names)
+
+
+#: ``--threads auto``: torch on every CPU, each runtime session chooses its own.
+AUTO_THREADS = "auto"
+
+
+def bench_threads(text: str) -> int | str:
+    """An argparse ``type=`` for the bench's ``--threads``: ``auto`` or 1..MAX_THREADS."""
+    from mmgen_edge.cli import thread_count
+
+    return AUTO_THREADS if text == AUTO_THREADS else thread_count(text)
 
 
 def default_threads() -> int:
@@ -102,7 +120,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
     runs = pick(args.runs, DEFAULT_RUNS, SMOKE_RUNS, SIZE_RUNS)
     warmup = pick(args.warmup, DEFAULT_WARMUP, SMOKE_WARMUP, SIZE_WARMUP)
-    if runs < 1 or warmup < 0 or args.threads < 1:
+    auto_threads = args.threads == AUTO_THREADS
+    threads = default_threads() if auto_threads else args.threads
+    if runs < 1 or warmup < 0 or threads < 1:
         raise ValueError(f"need --runs >= 1, --warmup >= 0, --threads >= 1; got {runs}, {warmup}, {args.threads}")
     if args.compile == "auto" and size is not None:
         compile_on, note = False, "skipped with --size (inductor takes many minutes at the release size); pass --compile on"
@@ -117,7 +137,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         steps=pick(args.steps, DEFAULT_STEPS, SMOKE_STEPS, SIZE_STEPS),
         runs=runs,
         warmup=warmup,
-        threads=args.threads,
+        threads=threads,
+        runtime_threads=None if auto_threads else threads,
         stream_frames=max(1, pick(args.stream_frames, DEFAULT_STREAM_FRAMES, SMOKE_STREAM_FRAMES)),
         eval_scenes=max(0, pick(args.eval_scenes, DEFAULT_EVAL_SCENES, SMOKE_EVAL_SCENES)),
         compile=compile_on,

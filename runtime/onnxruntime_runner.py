@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from .manifest import DimRange, GraphEntry
+from .manifest import DimRange, GraphEntry, TensorSpec
 from .runner import INPUT, OUTPUT, Runner, check_live_io
+from .thread_choice import ThreadChoice, available_cpus, choose_threads
 
 CPU = "CPUExecutionProvider"
 #: ONNX Runtime's session option for busy-waiting intra-op threads (off for the CPU provider, see ``_activate``).
@@ -28,6 +29,8 @@ EDITED_MANIFEST_HINT = "the manifest was edited or the graph file replaced: re-e
 ORT_TO_NUMPY = {"float": "float32", "float16": "float16", "double": "float64", "int64": "int64", "int32": "int32",
                 "int8": "int8", "uint8": "uint8", "bool": "bool"}  # fmt: skip
 GPU_EXTRA_HINT = "install the gpu extra: pip install 'mmgen-edge[gpu]' (onnxruntime-gpu), with a matching CUDA"
+#: Thread choices made in this process (:mod:`.thread_choice`), by graph file, its size and time, shapes and CPUs.
+_THREAD_CHOICES: dict[tuple[object, ...], ThreadChoice] = {}
 
 
 def import_onnxruntime() -> Any:
@@ -60,6 +63,20 @@ def session_io(session: Any) -> tuple[dict[str, tuple[str, str]], dict[str, tupl
     return io, shapes
 
 
+def profile_feeds(inputs: Sequence[TensorSpec], dims: Mapping[str, DimRange]) -> dict[str, np.ndarray]:
+    """Inputs at the optimisation-profile shapes (each dynamic dimension at its ``opt``, 1 without a range): floats
+    0.5, integers 0.
+
+    For timing only (a class label 0 and a timestep 0.5 are valid inputs of every bundle graph).
+    """
+    feeds = {}
+    for spec in inputs:
+        shape = tuple((dims[d].opt if d in dims else 1) if isinstance(d, str) else d for d in spec.shape)
+        fill = 0.5 if spec.dtype.startswith("float") else 0
+        feeds[spec.name] = np.full(shape, fill, dtype=spec.dtype)
+    return feeds
+
+
 def available_providers() -> list[str]:
     return list(import_onnxruntime().get_available_providers())
 
@@ -69,7 +86,8 @@ class OnnxRuntimeRunner(Runner):
 
     Args:
         providers: provider names, or (name, options) pairs, in priority order; the first is required.
-        threads: intra-op threads for the CPU provider (None = ORT's default).
+        threads: intra-op threads for the CPU provider; None: ONNX Runtime's default, or one thread where that is
+            measured faster (:mod:`.thread_choice`; ``thread_choice`` says which and why).
     """
 
     def __init__(
@@ -86,6 +104,7 @@ class OnnxRuntimeRunner(Runner):
         self.providers = list(providers)
         self.threads = threads
         self.session: Any = None
+        self.thread_choice: ThreadChoice | None = None
         primary = self.providers[0]
         self.primary = primary if isinstance(primary, str) else primary[0]
         self.backend = f"onnxruntime:{self.primary}"
@@ -97,15 +116,7 @@ class OnnxRuntimeRunner(Runner):
                 f"{self.primary} is not available in this onnxruntime build "
                 f"(available: {ort.get_available_providers()}); {GPU_EXTRA_HINT}"
             )
-        options = ort.SessionOptions()
-        if self.threads:
-            options.intra_op_num_threads = self.threads
-        if self.primary == CPU:
-            # A pipeline runs four sessions in turn on the same cores. Each session's intra-op threads spin after
-            # its call (ORT's default), starving the next session: measured on 2 cores, a demo K = 1 frame took
-            # 168 ms spinning, 119 ms not (the distilled decoder's: 119 -> 68 ms).
-            options.add_session_config_entry(SPINNING_KEY, "0")
-        self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=self.providers)
+        self.session = self._session(ort, self.threads)
         active = self.session.get_providers()
         if not active or active[0] != self.primary:
             self.session = None
@@ -116,9 +127,45 @@ class OnnxRuntimeRunner(Runner):
         try:
             io, shapes = session_io(self.session)
             check_live_io(self.graph_name, self.graph, str(self.path), io, shapes, "graph", EDITED_MANIFEST_HINT)
+            if self.primary == CPU and self.threads is None:
+                self._choose_threads(ort)
         except BaseException:
             self.session = None
             raise
+
+    def _session(self, ort: Any, threads: int | None) -> Any:
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        if self.primary == CPU:
+            # A pipeline runs four sessions in turn on the same cores. Each session's intra-op threads spin after
+            # its call (ORT's default), starving the next session: measured on 2 cores, a demo K = 1 frame took
+            # 168 ms spinning, 119 ms not (the distilled decoder's: 119 -> 68 ms).
+            options.add_session_config_entry(SPINNING_KEY, "0")
+        return ort.InferenceSession(str(self.path), sess_options=options, providers=self.providers)
+
+    def _choose_threads(self, ort: Any) -> None:
+        """ONNX Runtime's default threads, or one thread where measured faster (once per file, shapes and CPUs)."""
+        feeds = profile_feeds(self.graph.inputs, self.dims)
+        stat = self.path.stat()
+        cpus = available_cpus()
+        key = (str(self.path.resolve()), stat.st_size, stat.st_mtime_ns, cpus,
+               tuple((k, v.shape) for k, v in sorted(feeds.items())))  # fmt: skip
+        choice = _THREAD_CHOICES.get(key)
+        if choice is None:
+            sessions = {}
+
+            def make_one_thread() -> Any:
+                sessions[1] = self._session(ort, 1)
+                return lambda: sessions[1].run(None, feeds)
+
+            choice, _ = choose_threads(lambda: self.session.run(None, feeds), make_one_thread, cpus)
+            _THREAD_CHOICES[key] = choice
+            if choice.threads == 1:
+                self.session = sessions[1]
+        elif choice.threads == 1:
+            self.session = self._session(ort, 1)
+        self.thread_choice = choice
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [spec.name for spec in self.graph.outputs]

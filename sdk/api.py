@@ -72,6 +72,9 @@ def load(
         device: "auto", "cpu" (backend="ort-cpu" unless a CPU backend is named) or "cuda" (a GPU backend is
             required).
         steps: default sampler steps (default: the manifest's).
+        threads: intra-op threads of every session; None: the backend's default, except that an ONNX Runtime CPU
+            session whose call is short is timed on one thread too and keeps it when that is faster
+            (``runtime.thread_choice``; ``model.pipeline.runners[name].thread_choice`` says which and why).
         verify: "full" (SHA-256 of every file), "size" or "none".
         cuda_graph: native TensorRT only: capture and replay CUDA graphs while input shapes repeat (streams).
     """
