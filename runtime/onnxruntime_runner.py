@@ -159,7 +159,11 @@ class OnnxRuntimeRunner(Runner):
                 sessions[1] = self._session(ort, 1)
                 return lambda: sessions[1].run(None, feeds)
 
-            choice, _ = choose_threads(lambda: self.session.run(None, feeds), make_one_thread, cpus)
+            try:
+                choice, _ = choose_threads(lambda: self.session.run(None, feeds), make_one_thread, cpus)
+            except Exception as e:  # noqa: BLE001 - timing is an optimisation: a graph that refuses the profile
+                # feeds (whatever its reason) runs on the default threads, and its real calls report their errors
+                choice = ThreadChoice(None, f"not timed: the profile-shape call failed ({type(e).__name__})")
             _THREAD_CHOICES[key] = choice
             if choice.threads == 1:
                 self.session = sessions[1]

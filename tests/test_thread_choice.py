@@ -123,3 +123,13 @@ def test_the_real_choice_on_a_bundle_graph(runtime_bundle, fresh_choices):
         assert threads == (1 if choice.threads == 1 else 0)
         feeds = profile_feeds(runner.graph.inputs, runner.dims)
         assert set(runner.infer(feeds)) == {spec.name for spec in runner.graph.outputs}
+
+
+def test_a_graph_that_refuses_the_timing_feeds_still_loads_on_the_default_threads(runtime_bundle, fresh_choices, monkeypatch):
+    def failing(call_default, make_one_thread, cpus, clock=None):
+        raise RuntimeError("the graph refuses 0.5")
+
+    monkeypatch.setattr(onnxruntime_runner, "choose_threads", failing)
+    with _runner(runtime_bundle, "conditioning") as runner:
+        assert runner.thread_choice.threads is None and "not timed" in runner.thread_choice.reason
+        assert runner.session.get_session_options().intra_op_num_threads == 0
