@@ -463,3 +463,14 @@ def test_soak_stream_counts_every_frame_in_order(tmp_path):
     assert (result["frames_received"], result["lost"], result["reordered"]) == (12, 0, 0)
     assert result["rss_end_mb"] > 0 and result["frames_per_s"] > 0
     assert soak.session_rss_bytes(os.getsid(0)) >= soak.rss_bytes()
+
+
+def test_threads_auto_leaves_the_runtime_sessions_their_own_choice():
+    run, settings = load_script("run"), load_script("settings")
+    auto = settings.settings_from(run.build_parser().parse_args(["--threads", "auto"]))
+    assert auto.runtime_threads is None and auto.threads == settings.default_threads()  # torch on every CPU
+    fixed = settings.settings_from(run.build_parser().parse_args(["--threads", "1"]))
+    assert (fixed.threads, fixed.runtime_threads) == (1, 1)
+    for bad in ("0", "Auto", "two", "-1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            settings.bench_threads(bad)
