@@ -4,7 +4,6 @@ command line (the parser itself is ``run.build_parser``)."""
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,11 +60,7 @@ class Settings:
     skip_reasons: tuple[tuple[str, str], ...] = ()  # case -> why it is skipped, for skips not asked by --skip
     #: Threads of the bundles' sessions (ONNX Runtime, OpenVINO); None with ``--threads auto``: each session's own
     #: choice (``load(threads=None)``, see ``runtime.thread_choice``), torch on every CPU.
-    runtime_threads: int | None = 0
-
-    def __post_init__(self) -> None:
-        if self.runtime_threads == 0:  # not given: the runtime runs on torch's thread count
-            object.__setattr__(self, "runtime_threads", self.threads)
+    runtime_threads: int | None = None
 
 
 def parse_int_list(text: str) -> tuple[int, ...]:
@@ -99,7 +94,9 @@ def bench_threads(text: str) -> int | str:
 
 def default_threads() -> int:
     """The CPUs this process may use (its affinity mask where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from mmgen_edge.runtime.thread_choice import available_cpus
+
+    return available_cpus()
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

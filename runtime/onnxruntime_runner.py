@@ -116,7 +116,11 @@ class OnnxRuntimeRunner(Runner):
                 f"{self.primary} is not available in this onnxruntime build "
                 f"(available: {ort.get_available_providers()}); {GPU_EXTRA_HINT}"
             )
-        self.session = self._session(ort, self.threads)
+        choose = self.primary == CPU and self.threads is None
+        key = self._thread_key() if choose else None
+        known = _THREAD_CHOICES.get(key) if choose else None
+        self.thread_choice = known
+        self.session = self._session(ort, self.threads if known is None else known.threads)
         active = self.session.get_providers()
         if not active or active[0] != self.primary:
             self.session = None
@@ -127,8 +131,8 @@ class OnnxRuntimeRunner(Runner):
         try:
             io, shapes = session_io(self.session)
             check_live_io(self.graph_name, self.graph, str(self.path), io, shapes, "graph", EDITED_MANIFEST_HINT)
-            if self.primary == CPU and self.threads is None:
-                self._choose_threads(ort)
+            if choose and known is None:
+                self._choose_threads(ort, key)
         except BaseException:
             self.session = None
             raise
@@ -144,31 +148,30 @@ class OnnxRuntimeRunner(Runner):
             options.add_session_config_entry(SPINNING_KEY, "0")
         return ort.InferenceSession(str(self.path), sess_options=options, providers=self.providers)
 
-    def _choose_threads(self, ort: Any) -> None:
-        """ONNX Runtime's default threads, or one thread where measured faster (once per file, shapes and CPUs)."""
-        feeds = profile_feeds(self.graph.inputs, self.dims)
+    def _thread_key(self) -> tuple[object, ...]:
+        """What a thread choice depends on: the graph file (path, size, time), the profile shapes and the CPUs."""
         stat = self.path.stat()
-        cpus = available_cpus()
-        key = (str(self.path.resolve()), stat.st_size, stat.st_mtime_ns, cpus,
-               tuple((k, v.shape) for k, v in sorted(feeds.items())))  # fmt: skip
-        choice = _THREAD_CHOICES.get(key)
-        if choice is None:
-            sessions = {}
+        shapes = tuple((spec.name, spec.shape) for spec in self.graph.inputs)
+        return (str(self.path.resolve()), stat.st_size, stat.st_mtime_ns, available_cpus(), shapes,
+                tuple(sorted((name, r.opt) for name, r in self.dims.items())))  # fmt: skip
 
-            def make_one_thread() -> Any:
-                sessions[1] = self._session(ort, 1)
-                return lambda: sessions[1].run(None, feeds)
+    def _choose_threads(self, ort: Any, key: tuple[object, ...]) -> None:
+        """Time the default-threads session against a one-thread one and keep the faster (remembered by ``key``)."""
+        feeds = profile_feeds(self.graph.inputs, self.dims)
+        one_thread: list[Any] = []
 
-            try:
-                choice, _ = choose_threads(lambda: self.session.run(None, feeds), make_one_thread, cpus)
-            except Exception as e:  # noqa: BLE001 - timing is an optimisation: a graph that refuses the profile
-                # feeds (whatever its reason) runs on the default threads, and its real calls report their errors
-                choice = ThreadChoice(None, f"not timed: the profile-shape call failed ({type(e).__name__})")
-            _THREAD_CHOICES[key] = choice
-            if choice.threads == 1:
-                self.session = sessions[1]
-        elif choice.threads == 1:
-            self.session = self._session(ort, 1)
+        def make_one_thread() -> Any:
+            one_thread.append(self._session(ort, 1))
+            return lambda: one_thread[0].run(None, feeds)
+
+        try:
+            choice = choose_threads(lambda: self.session.run(None, feeds), make_one_thread, available_cpus())
+        except Exception as e:  # noqa: BLE001 - timing is an optimisation: a graph that refuses the profile
+            # feeds (whatever its reason) runs on the default threads, and its real calls report their errors
+            choice = ThreadChoice(None, f"not timed: the profile-shape call failed ({type(e).__name__})")
+        _THREAD_CHOICES[key] = choice
+        if choice.threads == 1:
+            self.session = one_thread[0]
         self.thread_choice = choice
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -57,7 +57,7 @@ def choose_threads(
     make_one_thread: Callable[[], Callable[[], object]],
     cpus: int,
     clock: Callable[[], float] = time.perf_counter,
-) -> tuple[ThreadChoice, Callable[[], object] | None]:
+) -> ThreadChoice:
     """Time the default session's call and, when it is short, a one-thread session's; keep the faster.
 
     Args:
@@ -66,11 +66,10 @@ def choose_threads(
         cpus: CPUs available (:func:`available_cpus`); with one there is nothing to choose.
         clock: seconds (a test clock may replace it).
     Returns:
-        (the choice, the one-thread call when it was created, else None: the caller keeps that session only when
-        ``choice.threads == 1``).
+        The choice (the caller keeps the one-thread session it made only when ``choice.threads == 1``).
     """
     if cpus <= 1:
-        return ThreadChoice(None, "one CPU available"), None
+        return ThreadChoice(None, "one CPU available")
     for _ in range(WARMUP_CALLS):
         call_default()
     first = []
@@ -80,7 +79,7 @@ def choose_threads(
         first.append(clock() - start)
     default_s = statistics.median(first)
     if default_s >= MEASURE_BELOW_S:
-        return ThreadChoice(None, f"a {default_s * 1e3:.1f} ms call: threads pay", default_s * 1e3), None
+        return ThreadChoice(None, f"a {default_s * 1e3:.1f} ms call: threads pay", default_s * 1e3)
     call_one = make_one_thread()
     for _ in range(WARMUP_CALLS):
         call_one()
@@ -97,6 +96,5 @@ def choose_threads(
     default_ms = statistics.median(default_times) * 1e3
     one_ms = statistics.median(one_times) * 1e3
     measured = f"measured {one_ms:.2f} ms on one thread, {default_ms:.2f} ms on the default"
-    if statistics.median(ratios) >= 1.0 + MIN_GAIN:
-        return ThreadChoice(1, measured, default_ms, one_ms), call_one
-    return ThreadChoice(None, measured, default_ms, one_ms), call_one
+    threads = 1 if statistics.median(ratios) >= 1.0 + MIN_GAIN else None
+    return ThreadChoice(threads, measured, default_ms, one_ms)

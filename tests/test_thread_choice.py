@@ -38,19 +38,19 @@ def test_a_short_call_keeps_one_thread_only_when_it_is_measured_faster():
 
         return make
 
-    choice, call = choose_threads(clock.call(0.0030), one_thread(0.0020), cpus=2, clock=clock)
-    assert choice.threads == 1 and call is not None
+    choice = choose_threads(clock.call(0.0030), one_thread(0.0020), cpus=2, clock=clock)
+    assert choice.threads == 1
     assert choice.default_ms == pytest.approx(3.0) and choice.one_thread_ms == pytest.approx(2.0)
     assert "2.00 ms on one thread" in choice.describe()
 
     # one thread faster, but by less than MIN_GAIN: the default stays
     almost = 0.0030 / (1 + MIN_GAIN / 2)
-    choice, call = choose_threads(clock.call(0.0030), one_thread(almost), cpus=2, clock=clock)
+    choice = choose_threads(clock.call(0.0030), one_thread(almost), cpus=2, clock=clock)
     assert choice.threads is None and choice.one_thread_ms == pytest.approx(almost * 1e3)
     # one thread slower: the default stays
-    choice, _ = choose_threads(clock.call(0.0020), one_thread(0.0030), cpus=2, clock=clock)
+    choice = choose_threads(clock.call(0.0020), one_thread(0.0030), cpus=2, clock=clock)
     assert choice.threads is None
-    assert made == [0.0020, almost, 0.0030]
+    assert made == [0.0020, almost, 0.0030]  # each compared call made its one-thread session once
 
 
 def test_a_long_call_or_a_single_cpu_is_not_compared():
@@ -59,12 +59,12 @@ def test_a_long_call_or_a_single_cpu_is_not_compared():
     def never():
         raise AssertionError("a one-thread session was made")
 
-    choice, call = choose_threads(clock.call(MEASURE_BELOW_S * 2), never, cpus=8, clock=clock)
-    assert choice.threads is None and call is None and "threads pay" in choice.reason
+    choice = choose_threads(clock.call(MEASURE_BELOW_S * 2), never, cpus=8, clock=clock)  # never: no session made
+    assert choice.threads is None and "threads pay" in choice.reason
     assert choice.default_ms == pytest.approx(MEASURE_BELOW_S * 2e3)
     start = clock.now
-    choice, call = choose_threads(clock.call(0.001), never, cpus=1, clock=clock)
-    assert choice.threads is None and call is None and clock.now == start  # nothing timed
+    choice = choose_threads(clock.call(0.001), never, cpus=1, clock=clock)
+    assert choice.threads is None and clock.now == start  # nothing timed
 
 
 def test_profile_feeds_take_the_opt_shapes_and_dtypes():
@@ -96,7 +96,7 @@ def test_the_runner_runs_the_measured_choice_and_measures_once_per_process(runti
         call = make_one_thread()
         call()
         measured.append(cpus)
-        return thread_choice.ThreadChoice(winner, "test"), call
+        return thread_choice.ThreadChoice(winner, "test")
 
     monkeypatch.setattr(onnxruntime_runner, "choose_threads", fake_choose)
     for _ in range(2):  # the second activation reuses the first one's choice
