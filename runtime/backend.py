@@ -10,7 +10,9 @@
 4. OpenVINO on CPU, when installed: bf16 where the CPU runs it natively (AVX512-BF16 or AMX), else fp32. Never
    for an INT8 bundle in ONNX Runtime's CPU form (``calibrate --target cpu``: MatMulInteger with dynamic
    quantization, which OpenVINO would run in float, slower than ONNX Runtime runs it; not even when asked for by
-   name); an INT8 bundle in the Q/DQ form (``--target tensorrt``) runs int8 on OpenVINO;
+   name); an INT8 bundle in the Q/DQ form (``--target tensorrt``) runs int8 on OpenVINO. The CPU's features do not
+   tell whether OpenVINO is faster here, so :class:`~.pipeline.Pipeline` then times a frame on OpenVINO and on
+   ONNX Runtime and keeps the faster (:mod:`.cpu_backend_choice`);
 5. ONNX Runtime on CPU.
 
 ``backend="openvino"`` is OpenVINO with that same precision choice; ``"openvino-fp32"`` / ``"openvino-bf16"`` fix it

@@ -15,7 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import RUNTIME_GRAPHS, BackendChoice, Environment, choose_backend, detect_environment, open_runners
+from .backend import (
+    OPENVINO_PRECISIONS, RUNTIME_GRAPHS, BackendChoice, BackendKind, Environment, choose_backend, detect_environment,
+    open_runners,
+)  # fmt: skip
+from .cpu_backend_choice import measured_cpu_choice, remembered_choice
+from .onnxruntime_runner import CPU
 from .loop import DenoisingLoop
 from .manifest import BATCH_DIM, DECODE_DIM, Manifest, read_manifest
 from .runner import Runner
@@ -57,9 +62,21 @@ class Pipeline:
         self.manifest: Manifest = read_manifest(self.bundle, verify=verify)  # type: ignore[arg-type]
         env = environment or detect_environment()
         self.choice: BackendChoice = choose_backend(self.manifest, env, backend, self.bundle)
+        measure = False
+        if backend == "auto" and self.choice.kind in OPENVINO_PRECISIONS and CPU in env.ort_providers:
+            # OpenVINO by the CPU's features: kept only where its frame is faster than ONNX Runtime's (measured once)
+            remembered = remembered_choice(self.bundle, self.choice)
+            measure = remembered is None
+            self.choice = remembered or self.choice
         self.runners: dict[str, Runner] = open_runners(
             self.bundle, self.manifest, self.choice, threads=threads, cuda_graph=cuda_graph
         )
+        if measure:
+            ort = BackendChoice(BackendKind.ORT_CPU, "measured against OpenVINO")
+            self.choice, self.runners = measured_cpu_choice(
+                self.bundle, self.manifest, self.choice, self.runners,
+                lambda: open_runners(self.bundle, self.manifest, ort, threads=threads),
+            )  # fmt: skip
         self._loop = DenoisingLoop(self.manifest, self.runners)
 
     @classmethod

@@ -1,0 +1,155 @@
+"""Whether ``backend="auto"`` keeps OpenVINO on this CPU: one frame timed on OpenVINO and on ONNX Runtime.
+
+:func:`.backend.choose_backend` prefers OpenVINO to ONNX Runtime on a CPU by its features (bf16 where native).
+Measured on the demo bundle's K = 1 frame against ONNX Runtime FP32, that pays on a Xeon with AMX (1.99x) and on
+an AMD EPYC with AVX512-BF16 (1.46x), and loses on a Xeon with AVX512-BF16 but no AMX (0.83-0.92x): the features
+do not tell. So when ``auto`` picks OpenVINO and ONNX Runtime's CPU provider is there, both run a frame at the
+bundle's optimisation-profile shapes (each runtime graph once, the step graph ``manifest.sampler.num_steps``
+times), frames interleaved, and the faster backend is kept; the other's sessions are closed.
+
+A frame that takes OpenVINO :data:`MEASURE_BELOW_S` or longer keeps OpenVINO without a comparison: timing a
+release-size frame twice per load costs more than it can save, and OpenVINO's lead grew with the model size on
+every CPU measured. The choice is kept for the process (same manifest file, CPUs and candidate: no second
+measurement). An explicit backend (``"openvino"``, ``"ort-cpu"``, ...) is never second-guessed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+
+from .backend import OPENVINO_PRECISIONS, BackendChoice, BackendKind
+from .manifest import Manifest
+from .onnxruntime_runner import profile_feeds
+from .runner import Runner
+from .thread_choice import available_cpus
+
+#: An OpenVINO frame at least this long keeps OpenVINO without a comparison.
+MEASURE_BELOW_S = 1.0
+#: Untimed frames of each backend first (the first calls allocate and plan).
+WARMUP_FRAMES = 1
+#: Interleaved (OpenVINO, ONNX Runtime) pairs of timed frames.
+TIMED_PAIRS = 5
+
+#: (manifest path, mtime, size, CPUs, OpenVINO kind) -> (kind kept, what was measured): once per process.
+_MEASURED: dict[tuple[object, ...], tuple[BackendKind, str]] = {}
+
+
+def frame_call(manifest: Manifest, runners: Mapping[str, Runner]) -> Callable[[], None]:
+    """One frame's graph calls at the optimisation-profile shapes: every runner once, the step graph K times."""
+    feeds = {name: profile_feeds(runner.graph.inputs, manifest.dims) for name, runner in runners.items()}
+    repeats = {name: manifest.sampler.num_steps if name == "denoiser_cached" else 1 for name in runners}
+
+    def call() -> None:
+        for name, runner in runners.items():
+            for _ in range(repeats[name]):
+                runner.infer(feeds[name])
+
+    return call
+
+
+def time_frames(
+    call_openvino: Callable[[], None],
+    call_ort: Callable[[], None],
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[float, float | None]:
+    """(OpenVINO's median frame in s, ONNX Runtime's or None when OpenVINO's frame is too long to compare)."""
+    for _ in range(WARMUP_FRAMES):
+        call_openvino()
+    start = clock()
+    call_openvino()
+    first = clock() - start
+    if first >= MEASURE_BELOW_S:
+        return first, None
+    for _ in range(WARMUP_FRAMES):
+        call_ort()
+    openvino, ort = [], []
+    for _ in range(TIMED_PAIRS):
+        start = clock()
+        call_openvino()
+        middle = clock()
+        call_ort()
+        openvino.append(middle - start)
+        ort.append(clock() - middle)
+    return statistics.median(openvino), statistics.median(ort)
+
+
+def _key(bundle: Path, kind: BackendKind) -> tuple[object, ...]:
+    stat = (bundle / "manifest.json").stat()
+    return (str((bundle / "manifest.json").resolve()), stat.st_mtime_ns, stat.st_size, available_cpus(), kind)
+
+
+def _decided(choice: BackendChoice, kept: BackendKind, measured: str) -> BackendChoice:
+    if kept == choice.kind:
+        return replace(choice, reason=f"{choice.reason}; {measured}")
+    rejected = (*choice.rejected, f"{choice.kind.value}: slower on this CPU ({choice.reason})")
+    return BackendChoice(BackendKind.ORT_CPU, f"faster on this CPU: {measured}", rejected)
+
+
+def remembered_choice(bundle: Path, choice: BackendChoice) -> BackendChoice | None:
+    """The choice :func:`measured_cpu_choice` made for this bundle and candidate earlier in this process, or None."""
+    remembered = _MEASURED.get(_key(bundle, choice.kind))
+    if remembered is None:
+        return None
+    kept, measured = remembered
+    return _decided(choice, kept, f"{measured} (measured earlier in this process)")
+
+
+def measured_cpu_choice(
+    bundle: Path,
+    manifest: Manifest,
+    choice: BackendChoice,
+    openvino_runners: dict[str, Runner],
+    open_ort_runners: Callable[[], dict[str, Runner]],
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[BackendChoice, dict[str, Runner]]:
+    """Keep ``choice`` (an OpenVINO kind that ``auto`` picked) or switch to ONNX Runtime on CPU, by a timed frame.
+
+    Args:
+        bundle: the bundle folder (its manifest file keys the per-process memo, :func:`remembered_choice`).
+        manifest: its manifest.
+        choice: the rule-based choice; an OpenVINO kind.
+        openvino_runners: the active runners of ``choice``.
+        open_ort_runners: opens and activates the same graphs on ONNX Runtime's CPU provider.
+        clock: seconds (a test clock may replace it).
+
+    Returns:
+        The choice kept (its reason says what was measured) and its active runners; the other backend's runners
+        are deactivated. A comparison that fails keeps ``choice``, saying why.
+    """
+    if choice.kind not in OPENVINO_PRECISIONS:
+        raise ValueError(f"only an OpenVINO choice is measured against ONNX Runtime, got {choice.kind.value}")
+    ort_runners: dict[str, Runner] = {}
+
+    def close(runners: Mapping[str, Runner]) -> None:
+        for runner in runners.values():
+            runner.deactivate()
+
+    try:
+        ort_call: list[Callable[[], None]] = []
+
+        def call_ort() -> None:
+            if not ort_call:  # opened only when OpenVINO's frame is short enough to compare
+                ort_runners.update(open_ort_runners())
+                ort_call.append(frame_call(manifest, ort_runners))
+            ort_call[0]()
+
+        openvino_s, ort_s = time_frames(frame_call(manifest, openvino_runners), call_ort, clock)
+    except Exception as exc:  # noqa: BLE001  (a failed timing call must not fail the load: keep the rule's pick)
+        close(ort_runners)
+        return replace(choice, reason=f"{choice.reason}; not compared with ort-cpu ({type(exc).__name__}: {exc})"), openvino_runners
+    name = choice.kind.value
+    if ort_s is None:
+        kept, measured = choice.kind, f"a {openvino_s * 1e3:.0f} ms frame on {name}: kept without comparing ort-cpu"
+    else:
+        kept = choice.kind if openvino_s < ort_s else BackendKind.ORT_CPU
+        measured = f"measured a frame at {openvino_s * 1e3:.1f} ms on {name}, {ort_s * 1e3:.1f} ms on ort-cpu"
+    _MEASURED[_key(bundle, choice.kind)] = (kept, measured)
+    if kept == choice.kind:
+        close(ort_runners)
+        return _decided(choice, kept, measured), openvino_runners
+    close(openvino_runners)
+    return _decided(choice, kept, measured), ort_runners
