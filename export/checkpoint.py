@@ -157,7 +157,10 @@ def architecture_from_args(args: Mapping[str, Any], projector: tuple[int, int] |
         raise CheckpointError("unsupported checkpoint: args.cfg_prob = 0, so the model has no null label for guidance")
     projector_dim, z_dim = projector if projector is not None else (None, None)
     # mmgen-edge extension for our own checkpoints: explicit sizes override the preset named by args.model.
-    sizes = {k: int(args[k]) for k in CUSTOM_SIZE_ARGS if args.get(k) is not None}
+    overrides: dict[str, object] = {k: int(args[k]) for k in CUSTOM_SIZE_ARGS if args.get(k) is not None}
+    # ... and the mask colours they were trained with (``ModelConfig.mask_palette``; the release paints at random).
+    if args.get("mask_palette") is not None:
+        overrides["mask_palette"] = args["mask_palette"]
     try:
         return preset(
             str(args["model"]),
@@ -167,7 +170,7 @@ def architecture_from_args(args: Mapping[str, Any], projector: tuple[int, int] |
             encoder_depth=int(args["encoder_depth"]),
             projector_dim=projector_dim,
             z_dim=z_dim,
-            **sizes,
+            **overrides,
         )
     except ValueError as e:
         raise CheckpointError(f"unsupported checkpoint args: {e}") from None

@@ -7,9 +7,9 @@ in the bundle manifest; everything downstream reads shapes and modality order fr
 from __future__ import annotations
 
 import re
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
-from mmgen_edge.runtime.modalities import RELEASE_MODALITIES
+from mmgen_edge.runtime.modalities import MIN_MASK_COLOUR_DISTANCE, RELEASE_MODALITIES
 
 #: SiT size presets of the release (spec table): name -> (depth, hidden size, heads).
 SIZE_PRESETS: dict[str, tuple[int, int, int]] = {
@@ -42,6 +42,12 @@ class ModelConfig(BaseModel):
     encoder_depth: int = Field(8, ge=0, description="Block after which the REPA projector reads (training only).")
     projector_dim: int | None = Field(2048, description="REPA projector width; None when the file has no projector.")
     z_dim: int | None = Field(768, description="REPA projector output width.")
+    mask_palette: tuple[tuple[StrictInt, StrictInt, StrictInt], ...] | None = Field(
+        None,
+        description="Mask colours the model was trained with, in paint order: the background, then the segments "
+                    "largest first (segments beyond the palette get random colours). None: a random colour each, as "
+                    "the release paints its masks.",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _check(self) -> "ModelConfig":
@@ -60,6 +66,8 @@ class ModelConfig(BaseModel):
         unknown = [m for m in self.modalities if m not in RELEASE_MODALITIES]
         if unknown:  # the runtime, SDK and serving read maps by these names
             raise ValueError(f"unknown modalities {unknown}: each must be one of {', '.join(RELEASE_MODALITIES)}")
+        if self.mask_palette is not None:
+            check_mask_palette(self.mask_palette)
         if (self.projector_dim is None) != (self.z_dim is None):
             raise ValueError("projector_dim and z_dim must both be set or both be None")
         return self
@@ -93,6 +101,24 @@ class ModelConfig(BaseModel):
         if name not in self.modalities:
             raise ValueError(f"unknown modality {name!r}; this model has {list(self.modalities)}")
         return self.modalities.index(name)
+
+
+def check_mask_palette(palette: object) -> tuple[tuple[int, int, int], ...]:
+    """A mask palette as a tuple of RGB triples; ValueError unless it has >= 2 colours of integers in 0..255, each at
+    least ``MIN_MASK_COLOUR_DISTANCE`` from every other (a decoder merges closer colours into one segment)."""
+    if not isinstance(palette, (list, tuple)) or len(palette) < 2:
+        raise ValueError(f"mask_palette must list at least 2 colours (background first), got {palette!r}")
+    colours = []
+    for colour in palette:
+        if (not isinstance(colour, (list, tuple)) or len(colour) != 3
+                or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in colour)):
+            raise ValueError(f"mask_palette colours must be 3 integers in 0..255, got {colour!r}")
+        colours.append(tuple(colour))
+    for i, a in enumerate(colours):
+        for b in colours[:i]:
+            if sum((x - y) ** 2 for x, y in zip(a, b)) ** 0.5 < MIN_MASK_COLOUR_DISTANCE:
+                raise ValueError(f"mask_palette colours {b} and {a} are closer than {MIN_MASK_COLOUR_DISTANCE:g}")
+    return tuple(colours)  # type: ignore[return-value]
 
 
 def preset(name: str, resolution: int = 256, **overrides: object) -> ModelConfig:

@@ -26,6 +26,10 @@ TASK_MODALITY: dict[str, str] = {RGB_TASK: RGB, DEPTH_TASK: DEPTH, NORMALS_TASK:
 #: Modality name -> task name.
 MODALITY_TASK: dict[str, str] = {modality: task for task, modality in TASK_MODALITY.items()}
 
+#: Mask images tell segments apart only by colour: two segments are never painted closer than this (Euclidean
+#: distance of 0..255 RGB), so a decoder may take closer colours for one segment's drift.
+MIN_MASK_COLOUR_DISTANCE = 64.0
+
 #: The modality every perception is conditioned on (the input photo) and every generation produces.
 IMAGE_MODALITY = RGB
 

@@ -193,7 +193,8 @@ class MMGenModel(Model):
         """As :meth:`Model.generate <mmgen_edge.sdk.model_base.Model.generate>`."""
         start = time.perf_counter()
         request = generation_request(
-            self.resolution, self.num_classes, class_label, condition, self.guidance(cfg_scale), steps, seed, noise
+            self.resolution, self.num_classes, class_label, condition, self.guidance(cfg_scale), steps, seed, noise,
+            self.manifest.model.mask_palette,
         )
         preprocess = time.perf_counter() - start
         raw = self.generate_model_images([request])
@@ -314,7 +315,10 @@ def generation_request(
     steps: int | None = None,
     seed: int | None = None,
     noise: np.ndarray | None = None,
+    mask_palette: Sequence[Sequence[int]] | None = None,
 ) -> GenerationRequest:
+    """A checked generation request; a segmentation condition given as labels is painted with ``mask_palette`` (the
+    model's ``ModelConfig.mask_palette``; None: random colours, as the release paints)."""
     from .conditions import condition_image
 
     if class_label is not None:
@@ -328,7 +332,7 @@ def generation_request(
         ((name, value),) = condition.items()
         if name not in CONDITION_TASKS:
             raise ValueError(f"unknown condition {name!r}; choose {', '.join(CONDITION_TASKS)}")
-        image = to_model_size(condition_image(name, value, seed or 0), resolution)
+        image = to_model_size(condition_image(name, value, seed or 0, mask_palette), resolution)
     label = None if class_label is None else int(class_label)
     return GenerationRequest(label, name, image, float(cfg_scale), steps, seed, noise)
 

@@ -8,6 +8,8 @@ An already-encoded (H, W, 3) uint8 image is passed through unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from mmgen_edge.runtime.modalities import CONDITION_TASKS, DEPTH_TASK, NORMALS_TASK, SEGMENTATION_TASK
@@ -69,8 +71,9 @@ def normals_condition(value: object) -> np.ndarray:
     return encode_normals(arr)
 
 
-def segmentation_condition(value: object, seed: int) -> np.ndarray:
-    """Segment labels (H, W) int or a colour-painted uint8 image -> (H, W, 3) uint8."""
+def segmentation_condition(value: object, seed: int, palette: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """Segment labels (H, W) int or a colour-painted uint8 image -> (H, W, 3) uint8 (labels painted with the model's
+    ``mask_palette`` when it has one, else random colours drawn from ``seed``)."""
     arr = np.asarray(value)
     encoded = _encoded_image(arr, "condition['segmentation']")
     if encoded is not None:
@@ -81,14 +84,14 @@ def segmentation_condition(value: object, seed: int) -> np.ndarray:
     segments = len(np.unique(arr))
     if segments > MAX_SEGMENTS:
         raise ValueError(f"condition['segmentation'] has {segments} segments, more than {MAX_SEGMENTS}: merge small ones")
-    return encode_mask(arr.astype(np.int32), np.random.default_rng(seed))
+    return encode_mask(arr.astype(np.int32), np.random.default_rng(seed), palette)
 
 
-def condition_image(name: str, value: object, seed: int) -> np.ndarray:
+def condition_image(name: str, value: object, seed: int, palette: Sequence[Sequence[int]] | None = None) -> np.ndarray:
     if name == DEPTH_TASK:
         return depth_condition(value)
     if name == NORMALS_TASK:
         return normals_condition(value)
     if name == SEGMENTATION_TASK:
-        return segmentation_condition(value, seed)
+        return segmentation_condition(value, seed, palette)
     raise ValueError(f"unknown condition {name!r}; choose {', '.join(CONDITION_TASKS)}")

@@ -15,7 +15,8 @@ Every modality becomes an (H, W, 3) uint8 image, as the MMGen release encodes it
   smaller id first), each with a fresh random colour. Colours are uniform random RGB, rejected while
   closer than ``MIN_MASK_COLOUR_DISTANCE`` (Euclidean, 0..255 units) to a colour already used; when
   ``MAX_COLOUR_BATCHES`` batches of candidates all fail (only with very many segments) the distance
-  is halved, down to 1, so colours always stay distinct.
+  is halved, down to 1, so colours always stay distinct. A model trained with a fixed palette
+  (``ModelConfig.mask_palette``, e.g. the shapes demo) paints in the same order with its palette's colours.
 
 Used by ``generate`` conditions (``sdk.conditions``) and by the shapes world's training data.
 """
@@ -23,10 +24,14 @@ Used by ``generate`` conditions (``sdk.conditions``) and by the shapes world's t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
+from mmgen_edge.config import check_mask_palette
+from mmgen_edge.runtime.modalities import MIN_MASK_COLOUR_DISTANCE
+
 UINT8_MAX = 255
-MIN_MASK_COLOUR_DISTANCE = 64.0
 COLOUR_BATCH = 64  # candidate colours drawn at once
 MAX_COLOUR_BATCHES = 16  # batches tried before the distance threshold is halved
 
@@ -77,8 +82,14 @@ def _draw_colour(rng: np.random.Generator, used: list[np.ndarray], min_distance:
         min_distance = max(min_distance / 2.0, 1.0)
 
 
-def encode_mask(instances: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """(H, W) non-negative instance ids (0 = background) -> (H, W, 3) uint8 random-colour segment image."""
+def encode_mask(
+    instances: np.ndarray, rng: np.random.Generator, palette: Sequence[Sequence[int]] | None = None
+) -> np.ndarray:
+    """(H, W) non-negative instance ids (0 = background) -> (H, W, 3) uint8 segment image.
+
+    ``palette`` (a model's ``mask_palette``, checked by ``config.check_mask_palette``): its colours in paint order
+    (background, then the segments largest first); segments beyond it get random colours. None: random colours.
+    """
     _check_image(instances, "instances", None)
     if not np.issubdtype(instances.dtype, np.integer):
         raise ValueError(f"instances must have an integer dtype, got {instances.dtype}")
@@ -86,18 +97,27 @@ def encode_mask(instances: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         raise ValueError("instances must be >= 0 (0 = background)")
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    fixed = [] if palette is None else [np.asarray(c, dtype=np.int64) for c in check_mask_palette(palette)]
     ids, inverse, counts = np.unique(instances, return_inverse=True, return_counts=True)  # (K,), (H*W,), (K,)
     objects = np.flatnonzero(ids != 0)
     paint_order = objects[np.lexsort((ids[objects], -counts[objects]))]  # largest first, then smaller id
     used: list[np.ndarray] = []
     min_distance = MIN_MASK_COLOUR_DISTANCE
-    background, min_distance = _draw_colour(rng, used, min_distance)
-    used.append(background)
-    palette = np.zeros((ids.size, 3), dtype=np.uint8)  # (K, 3)
-    if ids.size and ids[0] == 0:
-        palette[0] = background
-    for segment in paint_order:
+
+    def next_colour() -> np.ndarray:
+        nonlocal min_distance
+        if len(used) < len(fixed):
+            return fixed[len(used)]
         colour, min_distance = _draw_colour(rng, used, min_distance)
+        return colour
+
+    background = next_colour()
+    used.append(background)
+    palette_rows = np.zeros((ids.size, 3), dtype=np.uint8)  # (K, 3)
+    if ids.size and ids[0] == 0:
+        palette_rows[0] = background
+    for segment in paint_order:
+        colour = next_colour()
         used.append(colour)
-        palette[segment] = colour
-    return palette[inverse.reshape(instances.shape)]  # (H, W, 3)
+        palette_rows[segment] = colour
+    return palette_rows[inverse.reshape(instances.shape)]  # (H, W, 3)

@@ -311,7 +311,8 @@ class RemoteModel(Model):
     ) -> GenerationResult:
         """As :meth:`Model.generate <mmgen_edge.sdk.model_base.Model.generate>`."""
         request: GenerationRequest = generation_request(
-            self.resolution, self.num_classes, class_label, condition, self.guidance(cfg_scale), steps, seed, noise
+            self.resolution, self.num_classes, class_label, condition, self.guidance(cfg_scale), steps, seed, noise,
+            self.manifest.model.mask_palette,
         )
         if noise is not None:
             noise = noise_array(noise, self.latent_shape(1))[0]

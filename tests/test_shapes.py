@@ -294,6 +294,40 @@ def test_encode_mask_paints_largest_first_and_many_segments() -> None:
         encode_mask(-instances, np.random.default_rng(0))
 
 
+def test_encode_mask_with_a_palette_paints_its_colours_in_paint_order_then_random_ones() -> None:
+    palette = ((128, 128, 128), (230, 25, 75), (60, 180, 75))
+    instances = np.zeros((16, 16), dtype=np.int32)
+    instances[:2, :2] = 1  # smallest
+    instances[4:8, 4:8] = 2  # middle
+    instances[8:, 8:] = 3  # largest
+    mask = encode_mask(instances, np.random.default_rng(5), palette)
+    assert tuple(mask[0, 15]) == palette[0]  # background
+    assert tuple(mask[15, 15]) == palette[1]  # the largest segment first
+    assert tuple(mask[5, 5]) == palette[2]
+    extra = mask[0, 0].astype(np.float64)  # beyond the palette: a random colour, far from every used one
+    assert min(np.linalg.norm(extra - np.asarray(c)) for c in palette) >= MIN_MASK_COLOUR_DISTANCE
+    _check_mask(instances, mask)
+    # the seed changes only the colours beyond the palette
+    other = encode_mask(instances, np.random.default_rng(6), palette)
+    np.testing.assert_array_equal(other[instances != 1], mask[instances != 1])
+    for bad in ([(0, 0, 0)], [(0, 0, 0), (10, 10, 10)], [(0, 0, 0), (0, 0, 256)], [(0, 0, 0), (0, 0, 200.5)]):
+        with pytest.raises(ValueError, match="mask_palette"):
+            encode_mask(instances, np.random.default_rng(0), bad)
+
+
+def test_the_demo_mask_palette_is_valid_and_covers_every_category(scenes: list[Scene]) -> None:
+    from mmgen_edge.config import check_mask_palette
+    from mmgen_edge.samples.shapes.encoding import MASK_PALETTE
+    from mmgen_edge.samples.shapes.scenes import CATEGORY_OBJECT_COUNTS
+
+    assert check_mask_palette(MASK_PALETTE) == MASK_PALETTE
+    assert len(MASK_PALETTE) - 1 >= max(high for _, high in CATEGORY_OBJECT_COUNTS)  # every object a palette colour
+    for scene in scenes[:10]:
+        mask = encode_scene(scene, np.random.default_rng(0), MASK_PALETTE)["mask"]
+        _check_mask(scene.instances, mask)
+        assert {tuple(c) for c in np.unique(mask.reshape(-1, 3), axis=0)} <= set(MASK_PALETTE)
+
+
 def test_encode_scene_and_stack(scenes: list[Scene]) -> None:
     scene = scenes[0]
     encoded = encode_scene(scene, np.random.default_rng(1))

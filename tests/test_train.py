@@ -36,6 +36,24 @@ def test_tiny_recipe_runs_every_stage_resumes_and_exports(tmp_path):
     run(work, longer)
     steps = torch.load(work / "checkpoint.pt", weights_only=False)["steps"]
     assert steps == TINY_RECIPE.steps + 2
+    # a palette run from these weights: the masks are painted again and only their latents encoded again
+    from mmgen_edge.samples.shapes.encoding import MASK_PALETTE
+
+    before = np.load(work / "latents.npz")
+    palette_work = tmp_path / "palette"
+    palette_work.mkdir()
+    for name in ("vae", "latents.npz"):
+        (palette_work / name).symlink_to(work / name)
+    recipe = dataclasses.replace(TINY_RECIPE, mask_palette=MASK_PALETTE)
+    run(palette_work, recipe, init=weights / "mmgen", export=tmp_path / "palette-weights")
+    data = np.load(palette_work / "dataset.npz")
+    assert {tuple(c) for c in np.unique(data["images"][:, 3].reshape(-1, 3), axis=0)} <= set(MASK_PALETTE)
+    np.testing.assert_array_equal(data["images"][:, :3], np.load(work / "dataset.npz")["images"][:, :3])
+    after = np.load(palette_work / "latents.npz")
+    np.testing.assert_array_equal(after["latents"][:, :12], before["latents"][:, :12])  # rgb, depth, normal kept
+    assert np.abs(after["latents"][:, 12:] - before["latents"][:, 12:]).max() > 0.1  # masks encoded again
+    assert list(after["digests"][:3]) == list(before["digests"][:3]) and after["digests"][3] != before["digests"][3]
+    assert read_model_dir_config(tmp_path / "palette-weights" / "mmgen").model.mask_palette == MASK_PALETTE
 
 
 def test_training_batch_follows_the_release_recipe():

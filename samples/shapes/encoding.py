@@ -6,6 +6,8 @@ applies them to a scene, in the release order ``rgb, depth, normal, mask`` (``mm
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from mmgen_edge import MODALITIES
@@ -14,18 +16,29 @@ from mmgen_edge.sdk.encoding import encode_depth, encode_mask, encode_normals
 
 from .scenes import Scene
 
+#: The demo model's mask colours from phase 5 on (``ModelConfig.mask_palette``): a grey background, then up to
+#: seven segments largest first in saturated colours at least 109 apart (random colours gave a small model's
+#: few-step samples washed-out masks whose objects merged: the class fidelity). The release paints at random.
+MASK_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (128, 128, 128), (230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (145, 30, 180), (70, 240, 240),
+    (240, 50, 230),
+)  # fmt: skip
 
-def encode_scene(scene: Scene, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The four encoded modalities, keys ``rgb, depth, normal, mask`` in that order, each (H, W, 3) uint8."""
+
+def encode_scene(
+    scene: Scene, rng: np.random.Generator, palette: Sequence[Sequence[int]] | None = None
+) -> dict[str, np.ndarray]:
+    """The four encoded modalities, keys ``rgb, depth, normal, mask`` in that order, each (H, W, 3) uint8 (the mask
+    painted with ``palette`` when given, else random colours from ``rng``)."""
     encoded = {
         RGB: scene.rgb,
         DEPTH: encode_depth(scene.depth),
         NORMAL: encode_normals(scene.normals),
-        MASK: encode_mask(scene.instances, rng),
+        MASK: encode_mask(scene.instances, rng, palette),
     }
     return {name: encoded[name] for name in MODALITIES}
 
 
-def modality_stack(scene: Scene, rng: np.random.Generator) -> np.ndarray:
+def modality_stack(scene: Scene, rng: np.random.Generator, palette: Sequence[Sequence[int]] | None = None) -> np.ndarray:
     """(4, H, W, 3) uint8 stack in the order rgb, depth, normal, mask."""
-    return np.stack(list(encode_scene(scene, rng).values()))
+    return np.stack(list(encode_scene(scene, rng, palette).values()))

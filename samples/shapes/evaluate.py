@@ -178,7 +178,7 @@ def vae_ceiling(model: Any, scenes: Sequence[Scene], progress: bool = False) -> 
     """The ground truth round-tripped through the bundle's VAE and scored like a prediction: the autoencoder's share.
 
     Each scene's depth, normals and instances are encoded as the training data is (``encoding.encode_scene``,
-    the mask colours drawn from ``default_rng(scene.seed)``), run through the bundle's ``vae_encoder`` and
+    the mask painted with the model's ``mask_palette``, or colours drawn from ``default_rng(scene.seed)``), run through the bundle's ``vae_encoder`` and
     ``vae_decoder`` graphs (``Pipeline.encode`` / ``decode``: the bundle's torch-free runners), turned into maps by
     the SDK's post-processing (``sdk.api.maps_from_images``) and scored with ``score_maps``. A perfect
     transformer would score this; the distance from here to a K row is the transformer's error.
@@ -203,12 +203,13 @@ def vae_ceiling(model: Any, scenes: Sequence[Scene], progress: bool = False) -> 
     if any(s.depth.shape != size for s in scenes):
         raise ValueError(f"scenes must be rendered at the model resolution {size}, got {sorted({s.depth.shape for s in scenes})}")
     batch = model.manifest.max_batch
+    palette = model.manifest.model.mask_palette
     modalities = perception_modalities(model.manifest.modalities)
     items: list[dict[str, float]] = []
     start = time.perf_counter()
     for i in tqdm(range(0, len(scenes), batch), desc="VAE ceiling", unit="batch", disable=not progress):
         chunk = scenes[i : i + batch]
-        encoded = [encode_scene(s, np.random.default_rng(s.seed)) for s in chunk]
+        encoded = [encode_scene(s, np.random.default_rng(s.seed), palette) for s in chunk]
         images = np.stack([e[m] for m in modalities for e in encoded])  # (3n, R, R, 3), modality-major
         decoded = model.pipeline.decode(model.pipeline.encode(images))  # (3n, R, R, 3) uint8
         for j, (scene, enc) in enumerate(zip(chunk, encoded)):

@@ -21,6 +21,7 @@ import argparse
 import argparse as _argparse
 import contextlib
 import functools
+import hashlib
 import multiprocessing
 import math
 import os
@@ -38,7 +39,7 @@ from mmgen_edge.export.model import MMGen
 from mmgen_edge.export.synthetic import release_args
 from mmgen_edge.runtime.sampler import RELEASE_CONDITION_T
 
-from .encoding import modality_stack
+from .encoding import MASK_PALETTE, modality_stack
 from .scenes import NUM_CATEGORIES, render_scene
 from .vae import encode, images_to_tensor, new_demo_vae
 
@@ -80,6 +81,9 @@ class RecipeConfig:
     #: Seed of the batch draws (which scenes, noise, t); None: ``seed``. A continuation run sets its own, so it does
     #: not replay the draws of the run it continues (``seed`` also picks the rendered scenes, which it keeps).
     draw_seed: int | None = None
+    #: Mask colours of the training data (``ModelConfig.mask_palette``, written into the checkpoint's args and so
+    #: into the model's config); None: a random colour per segment, as the release paints.
+    mask_palette: tuple[tuple[int, int, int], ...] | None = None
 
     def learning_rate(self, step: int) -> float:
         """The learning rate at 0-based ``step``: linear warm-up, then constant or cosine decay to 0."""
@@ -94,6 +98,7 @@ class RecipeConfig:
             "SiT-S/2", self.resolution, num_classes=NUM_CATEGORIES, depth=self.depth, hidden_size=self.hidden_size,
             num_heads=self.num_heads, encoder_depth=0, cfg_prob=self.class_dropout, enc_type="None",
             batch_size=self.batch, learning_rate=self.lr, seed=self.seed, exp_name="shapes-demo",
+            **({} if self.mask_palette is None else {"mask_palette": [list(c) for c in self.mask_palette]}),
         )  # fmt: skip
 
 
@@ -127,6 +132,13 @@ OBJECTS_CONTINUE_RECIPE = replace(
     OBJECTS_RECIPE, lr=5e-5, warmup=100, object_loss_weight=6.0, draw_seed=1,
 )  # fmt: skip
 
+#: Phase 5, from the phase-4 weights (same scenes and VAE; the rgb, depth and normal latents are reused, the masks
+#: painted again and encoded): masks in the fixed ``encoding.MASK_PALETTE`` instead of random colours. The few-step
+#: class samples' masks came out washed out (the model averages over colour choices), so touching objects merged
+#: and the class fidelity stayed at 40 %; a fixed palette leaves no colour to choose. A third cosine cycle, at a
+#: peak lr between phases 3 and 4 (the mask slot has a new target to learn), new draws.
+PALETTE_RECIPE = replace(OBJECTS_CONTINUE_RECIPE, lr=7e-5, steps=4000, draw_seed=2, mask_palette=MASK_PALETTE)
+
 TINY_RECIPE = RecipeConfig(
     num_scenes=24, resolution=64, vae_steps=3, vae_batch=4, vae_crop=32, vae_full_steps=2, vae_full_batch=2,
     depth=1, hidden_size=32, num_heads=2, steps=4, batch=8, warmup=2, checkpoint_every=2,
@@ -135,7 +147,7 @@ TINY_RECIPE = RecipeConfig(
 
 RECIPES = {
     "base": RecipeConfig(), "finetune": FINETUNE_RECIPE, "long": LONG_RECIPE, "objects": OBJECTS_RECIPE,
-    "objects-continue": OBJECTS_CONTINUE_RECIPE,
+    "objects-continue": OBJECTS_CONTINUE_RECIPE, "palette": PALETTE_RECIPE,
 }  # fmt: skip
 
 
@@ -157,25 +169,36 @@ def object_coverage(instances: np.ndarray, block: int = LATENT_DOWNSAMPLE) -> np
     return (instances > 0).reshape(h // block, block, w // block, block).mean(axis=(1, 3), dtype=np.float32)
 
 
-def _render_example(seed: int, size: int) -> tuple[np.ndarray, int, np.ndarray]:
+def _render_example(
+    seed: int, size: int, palette: tuple[tuple[int, int, int], ...] | None
+) -> tuple[np.ndarray, int, np.ndarray]:
     scene = render_scene(seed, size)
-    return modality_stack(scene, np.random.default_rng(seed)), scene.category, object_coverage(scene.instances)
+    stack = modality_stack(scene, np.random.default_rng(seed), palette)
+    return stack, scene.category, object_coverage(scene.instances)
+
+
+def _palette_array(palette: tuple[tuple[int, int, int], ...] | None) -> np.ndarray:
+    """The palette as stored in dataset.npz: (K, 3) int64, (0, 3) for random colours."""
+    return np.asarray(palette if palette is not None else np.zeros((0, 3)), dtype=np.int64).reshape(-1, 3)
 
 
 def build_dataset(work: Path, recipe: RecipeConfig, workers: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(N, 4, H, W, 3) uint8 modality images, (N,) labels and (N, h, w) object coverage per latent pixel, cached in
-    dataset.npz (a cache from before the coverage was stored is rendered again)."""
+    dataset.npz (a cache from before the coverage was stored, or painted with other mask colours, is rendered
+    again; a cache from before the palette was stored has random mask colours)."""
     path = work / "dataset.npz"
+    palette = _palette_array(recipe.mask_palette)
     if path.exists():
         data = np.load(path)
-        if "objects" in data.files and len(data["labels"]) == recipe.num_scenes:
+        cached_palette = data["mask_palette"] if "mask_palette" in data.files else _palette_array(None)
+        if "objects" in data.files and len(data["labels"]) == recipe.num_scenes and np.array_equal(cached_palette, palette):
             return data["images"], data["labels"], data["objects"]
     size, n = recipe.resolution, recipe.num_scenes
     images = np.empty((n, 4, size, size, 3), np.uint8)
     labels = np.empty(n, np.int64)
     objects = np.empty((n, size // LATENT_DOWNSAMPLE, size // LATENT_DOWNSAMPLE), np.float32)
     seeds = [recipe.seed + i for i in range(n)]
-    render = functools.partial(_render_example, size=size)
+    render = functools.partial(_render_example, size=size, palette=recipe.mask_palette)
     with contextlib.ExitStack() as stack:
         mapper = map
         if workers > 1:  # same seeds, same images: only the wall time changes
@@ -183,7 +206,7 @@ def build_dataset(work: Path, recipe: RecipeConfig, workers: int = 1) -> tuple[n
         for i, example in enumerate(tqdm(mapper(render, seeds), total=n, desc="render scenes", unit="scene")):
             images[i], labels[i], objects[i] = example
     tmp = work / "dataset.tmp.npz"
-    np.savez(tmp, images=images, labels=labels, objects=objects)
+    np.savez(tmp, images=images, labels=labels, objects=objects, mask_palette=palette)
     os.replace(tmp, path)
     return images, labels, objects
 
@@ -236,20 +259,45 @@ def train_vae(work: Path, images: np.ndarray, recipe: RecipeConfig) -> Autoencod
     return vae
 
 
+def modality_digests(images: np.ndarray) -> np.ndarray:
+    """(M,) sha256 hex digests of each modality's images ((N, M, H, W, 3) uint8), hashed in chunks of scenes."""
+    digests = [hashlib.sha256() for _ in range(images.shape[1])]
+    for i in range(0, len(images), 1024):
+        chunk = images[i : i + 1024]
+        for k, digest in enumerate(digests):
+            digest.update(np.ascontiguousarray(chunk[:, k]).data)
+    return np.array([d.hexdigest() for d in digests])
+
+
 def encode_dataset(work: Path, vae: AutoencoderKL, images: np.ndarray) -> torch.Tensor:
+    """(N, 4 * C, h, w) scaled latent means of every scene's modalities, cached in latents.npz with each modality's
+    image digest: a modality whose images changed (e.g. masks painted again) is encoded again, the others are kept.
+    A cache without digests (older runs) is kept only when its length matches."""
     path = work / "latents.npz"
+    n, m = images.shape[:2]
+    digests = modality_digests(images)
+    latents: np.ndarray | None = None
+    stale = list(range(m))
     if path.exists():
-        latents = np.load(path)["latents"]
-        if len(latents) == len(images):  # else the dataset was rendered again: encode it again
-            return torch.from_numpy(latents)
-    n = len(images)
-    flat = images.reshape(-1, *images.shape[2:])
-    chunks = [encode(vae, flat[i : i + 256]) for i in tqdm(range(0, len(flat), 256), desc="encode latents", unit="chunk")]
-    latents = torch.cat(chunks).reshape(n, 4 * chunks[0].shape[1], *chunks[0].shape[2:])  # (N, 16, h, w)
+        cached = np.load(path)
+        if len(cached["latents"]) == n:
+            latents = cached["latents"]
+            old = cached["digests"] if "digests" in cached.files else digests  # older caches: trusted by length
+            stale = [k for k in range(m) if old[k] != digests[k]]
+    if latents is not None and not stale:
+        return torch.from_numpy(latents)
+    for k in stale:
+        flat = images[:, k]  # (N, H, W, 3)
+        chunks = [encode(vae, flat[i : i + 256]) for i in tqdm(range(0, n, 256), desc=f"encode latents ({k})", unit="chunk")]
+        slot = torch.cat(chunks).numpy()  # (N, C, h, w)
+        if latents is None:
+            latents = np.empty((n, m * slot.shape[1], *slot.shape[2:]), np.float32)
+        c = slot.shape[1]
+        latents[:, k * c : (k + 1) * c] = slot
     tmp = work / "latents.tmp.npz"
-    np.savez(tmp, latents=latents.numpy())
+    np.savez(tmp, latents=latents, digests=digests)
     os.replace(tmp, path)
-    return latents
+    return torch.from_numpy(latents)
 
 
 def training_batch(
@@ -316,7 +364,7 @@ def train_mmgen(
     else:
         if init is not None:
             start = load_model(init, dtype=torch.float32)
-            if start.config != config:
+            if start.config.model_copy(update={"mask_palette": config.mask_palette}) != config:  # same architecture
                 raise ValueError(f"--init {init}: its architecture {start.config} is not the recipe's {config}")
             model.load_state_dict({k: v.to(device) for k, v in start.state_dict().items()})
         ema.load_state_dict(model.state_dict())
@@ -450,7 +498,7 @@ def main() -> None:
                              "existing checkpoint is continued too)")
     parser.add_argument("--recipe", choices=tuple(RECIPES), default="base",
                         help="base: phase 1 from scratch; finetune / long: phase 2, objects: phase 3, "
-                             "objects-continue: phase 4 (use with --init and --vae)")
+                             "objects-continue: phase 4, palette: phase 5 (use with --init and --vae)")
     parser.add_argument("--init", type=Path, help="start a new MMGen run from this model directory's weights")
     parser.add_argument("--vae", type=Path, help="use this trained VAE directory instead of training one")
     parser.add_argument("--threads", type=thread_count, help="torch CPU threads (default: every core)")

@@ -1,0 +1,78 @@
+"""A model trained with fixed mask colours (``ModelConfig.mask_palette``): from the checkpoint's args through the
+model directory and the bundle manifest to the SDK, which paints segmentation conditions with the palette."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from extras import require_export
+
+require_export()
+
+from mmgen_edge.config import ModelConfig, check_mask_palette, preset  # noqa: E402
+from mmgen_edge.export.checkpoint import architecture_from_args, convert_checkpoint  # noqa: E402
+from mmgen_edge.export.synthetic import TINY_ARGS, TINY_PROJECTOR, release_args, write_release_checkpoint  # noqa: E402
+from mmgen_edge.sdk.api import generation_request  # noqa: E402
+from mmgen_edge.sdk.encoding import encode_mask  # noqa: E402
+
+PALETTE = ((128, 128, 128), (230, 25, 75), (60, 180, 75), (0, 130, 200))
+
+
+def test_the_palette_is_read_from_the_checkpoint_args_and_release_args_have_none():
+    assert architecture_from_args(release_args("SiT-S/2", 32), None).mask_palette is None
+    config = architecture_from_args(release_args("SiT-S/2", 32, mask_palette=[list(c) for c in PALETTE]), None)
+    assert config.mask_palette == PALETTE
+    assert ModelConfig.model_validate_json(config.model_dump_json()) == config
+
+
+@pytest.mark.parametrize(
+    "palette, message",
+    [
+        ([(1, 2, 3)], "at least 2 colours"),
+        ("red", "at least 2 colours"),
+        ([(0, 0, 0), (255, 255)], "3 integers"),
+        ([(0, 0, 0), (255, 255, -1)], "3 integers"),
+        ([(0, 0, 0), (255, 255, True)], "3 integers"),
+        ([(0, 0, 0), (30, 30, 30)], "closer than 64"),
+    ],
+)
+def test_bad_palettes_are_refused_by_name(palette, message):
+    with pytest.raises(ValueError, match=message):
+        check_mask_palette(palette)
+    with pytest.raises(ValueError, match="mask_palette"):
+        preset("SiT-S/2", 32, mask_palette=palette)
+
+
+def test_a_segmentation_condition_is_painted_with_the_model_palette():
+    labels = np.zeros((32, 32), np.int64)
+    labels[4:20, 4:20] = 7
+    labels[24:30, 24:30] = 3
+    painted = generation_request(32, 4, condition={"segmentation": labels}, seed=5, mask_palette=PALETTE).condition_image
+    assert painted is not None
+    assert tuple(painted[0, 31]) == PALETTE[0] and tuple(painted[10, 10]) == PALETTE[1] and tuple(painted[26, 26]) == PALETTE[2]
+    random = generation_request(32, 4, condition={"segmentation": labels}, seed=5).condition_image
+    np.testing.assert_array_equal(random, encode_mask(labels.astype(np.int32), np.random.default_rng(5)))
+
+
+def test_a_palette_model_generates_from_labels_as_from_its_palette_image(tmp_path, tiny_vae_dir):
+    from mmgen_edge.export.onnx_export import export_bundle
+    from mmgen_edge.sdk import api
+
+    checkpoint = tmp_path / "palette.pt"
+    write_release_checkpoint(checkpoint, projector=TINY_PROJECTOR, mask_palette=[list(c) for c in PALETTE], **TINY_ARGS)
+    convert_checkpoint(checkpoint, tmp_path / "model")
+    export_bundle(tmp_path / "model", tiny_vae_dir, tmp_path / "bundle", max_batch=1)
+    model = api.load(tmp_path / "bundle", backend="ort-cpu")
+    assert model.manifest.model.mask_palette == PALETTE
+    labels = np.zeros((32, 32), np.int64)
+    labels[8:20, 8:20] = 1
+    noise = np.random.default_rng(0).standard_normal(model.latent_shape(1)[1:]).astype(np.float32)
+    a = model.generate(condition={"segmentation": labels}, noise=noise, seed=1, steps=2)
+    b = model.generate(condition={"segmentation": labels}, noise=noise, seed=2, steps=2)  # other seed, same colours
+    image = np.where(labels[..., None] == 1, np.uint8(PALETTE[1]), np.uint8(PALETTE[0])).astype(np.uint8)
+    c = model.generate(condition={"segmentation": image}, noise=noise, seed=3, steps=2)
+    np.testing.assert_array_equal(a.rgb, b.rgb)
+    np.testing.assert_array_equal(a.rgb, c.rgb)
+    random = np.where(labels[..., None] == 1, np.uint8((0, 0, 255)), np.uint8((255, 255, 0))).astype(np.uint8)
+    d = model.generate(condition={"segmentation": random}, noise=noise, seed=3, steps=2)
+    assert not np.array_equal(a.rgb, d.rgb)  # the condition's colours reach the model
