@@ -81,6 +81,19 @@ class OpenVinoInfo:
 
 
 @functools.lru_cache(maxsize=1)
+def openvino_core() -> Any:
+    """The process's one ``openvino.Core``, kept until exit (every runner compiles on it).
+
+    One, not one per runner: each Core loads its own CPU plugin, and each plugin installs an alternate signal stack
+    on the thread that creates it and restores the previous one when it is destroyed (OpenVINO 2024-2026:
+    ``ov::intel_cpu::SigAltStackSetup``). Destroyed in any order but the reverse of creation, the plugins leave the
+    thread's signal stack pointing at freed memory, and the next signal the process handles (SIGTERM to a server,
+    Ctrl-C) kills it with SIGSEGV (measured: a closed OpenVINO pipeline, then SIGTERM).
+    """
+    return import_openvino().Core()
+
+
+@functools.lru_cache(maxsize=1)
 def detect_openvino() -> OpenVinoInfo | None:
     """OpenVINO's CPU facts, or None when OpenVINO is not installed (an installed but broken one raises).
 
@@ -89,7 +102,7 @@ def detect_openvino() -> OpenVinoInfo | None:
     if importlib.util.find_spec("openvino") is None:
         return None
     ov = import_openvino()
-    core = ov.Core()
+    core = openvino_core()
     version = str(ov.get_version()).split("-")[0]
     name = str(core.get_property(DEVICE, "FULL_DEVICE_NAME"))
     capabilities = tuple(str(c) for c in core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES"))
@@ -203,7 +216,7 @@ class OpenVinoRunner(Runner):
 
     def _activate(self) -> None:
         ov = import_openvino()
-        core = ov.Core()
+        core = openvino_core()
         model = core.read_model(str(self.path))
         self._check_model(model)
         model.reshape({spec.name: self._partial_shape(ov, spec.shape) for spec in self.graph.inputs})

@@ -283,3 +283,29 @@ def test_qdq_int8_bundle_runs_int8_on_openvino_and_the_cpu_form_is_refused(int8_
         openvino_runners(int8_bundles["cpu"], manifest, ["denoiser_cached"], "fp32", info)
     with pytest.raises(RuntimeError, match="ONNX Runtime's CPU form"):
         mmgen_edge.load(int8_bundles["cpu"], backend="openvino", verify="size")
+
+
+SIGNAL_AFTER_CLOSE = """
+import os, signal, sys
+import numpy as np
+from mmgen_edge.runtime.pipeline import Pipeline
+signal.signal(signal.SIGTERM, lambda signum, frame: print("handled", flush=True))
+first = Pipeline(sys.argv[1], backend="openvino", threads=1)
+second = Pipeline(sys.argv[1], backend="openvino", threads=1)
+first.sample(np.zeros(first.latent_shape(1), np.float32))
+first.close()  # closed in the order opened (not the reverse), graph by graph
+second.close()
+os.kill(os.getpid(), signal.SIGTERM)
+print("alive", flush=True)
+"""
+
+
+def test_a_signal_after_closing_openvino_pipelines_reaches_its_handler(runtime_bundle, info):
+    # OpenVINO's CPU plugin swaps the thread's signal stack per Core; one Core per runner, closed in any order but
+    # the reverse, left it pointing at freed memory, and the next signal killed the process with SIGSEGV
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", SIGNAL_AFTER_CLOSE, str(runtime_bundle)], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["handled", "alive"]
