@@ -177,7 +177,7 @@ class MMGenModel(Model):
             decoded = self.pipeline.decode(np.concatenate([parts[m] for m in modalities]))  # (T*N, H, W, 3)
         n = len(images)
         per_image = [{m: decoded[j * n + i] for j, m in enumerate(modalities)} for i in range(n)]
-        return ModelOutput(per_image, latents, timings.stages, sampler.num_steps, self.manifest.model.mask_palette)
+        return ModelOutput(per_image, latents, timings.stages, sampler.num_steps)
 
     # -------------------------------------------------------------- generate
     def generate(
@@ -237,7 +237,7 @@ class MMGenModel(Model):
             parts = self.pipeline.split_modalities(latents)
             decoded = self.pipeline.decode(np.concatenate([parts[m] for m in outputs]))
         per_sample = [{m: decoded[j * n + i] for j, m in enumerate(outputs)} for i in range(n)]
-        return ModelOutput(per_sample, latents, timings.stages, sampler.num_steps, self.manifest.model.mask_palette)
+        return ModelOutput(per_sample, latents, timings.stages, sampler.num_steps)
 
 
 # ------------------------------------------------------------------------------------------------ shared parts
@@ -253,7 +253,6 @@ class ModelOutput:
     latents: np.ndarray | None
     timings: dict[str, float]
     steps: int
-    mask_palette: tuple[tuple[int, int, int], ...] | None = None  # the model's (decodes its masks)
 
 
 @dataclass(frozen=True)
@@ -338,11 +337,8 @@ def generation_request(
     return GenerationRequest(label, name, image, float(cfg_scale), steps, seed, noise)
 
 
-def maps_from_images(
-    images: Mapping[str, np.ndarray], size: tuple[int, int], mask_palette: Sequence[Sequence[int]] | None = None
-) -> dict[str, object]:
-    """Decoded modality images (model resolution) -> typed maps (depth, normals, segmentation) at ``size``; the mask
-    of a model with a ``mask_palette`` is decoded with it (``processors.merge_to_palette``)."""
+def maps_from_images(images: Mapping[str, np.ndarray], size: tuple[int, int]) -> dict[str, object]:
+    """Decoded modality images (model resolution) -> typed maps (depth, normals, segmentation) at ``size``."""
     out: dict[str, object] = {}
     if DEPTH in images:
         out[modality_task(DEPTH)] = to_input_size(processors.depth_from_image(images[DEPTH]), size)
@@ -351,8 +347,6 @@ def maps_from_images(
         out[modality_task(NORMAL)] = normals / np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-6)
     if MASK in images:
         seg = processors.segment_from_image(images[MASK])
-        if mask_palette is not None:
-            seg = processors.merge_to_palette(seg, mask_palette)
         out[modality_task(MASK)] = SegmentationMap(
             labels=to_input_size(seg.labels, size, nearest=True).astype(np.int32), colours=seg.colours
         )
@@ -362,7 +356,7 @@ def maps_from_images(
 def _postprocess(raw: ModelOutput, images: Mapping[str, np.ndarray], size: tuple[int, int]) -> tuple[dict[str, object], dict[str, float]]:
     """Typed maps of one sample, and the batch's timings with this post-processing added."""
     start = time.perf_counter()
-    maps = maps_from_images(images, size, raw.mask_palette)
+    maps = maps_from_images(images, size)
     timings = dict(raw.timings)
     timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - start
     return maps, timings

@@ -254,13 +254,14 @@ class RemoteModel(Model):
             out["noise"] = np.ascontiguousarray(noise, dtype=np.float32)[None]
         return out
 
-    def _output(self, outputs: list[dict[str, np.ndarray]]) -> ModelOutput:
+    @staticmethod
+    def _output(outputs: list[dict[str, np.ndarray]]) -> ModelOutput:
         """Responses -> the same ``ModelOutput`` the local model part returns (timings of the first)."""
         names = {v: k for k, v in IMAGE_OUTPUTS.items()}
         images = [{names[k]: v[0] for k, v in o.items() if k in names} for o in outputs]
         info = json.loads(read_text(outputs[0]["info"]))
         latents = np.concatenate([o["latents"] for o in outputs])
-        return ModelOutput(images, latents, dict(info["timings"]), int(info["steps"]), self.manifest.model.mask_palette)
+        return ModelOutput(images, latents, dict(info["timings"]), int(info["steps"]))
 
     # ------------------------------------------------------------------------------------------------ the API
     def perceive(

@@ -76,25 +76,3 @@ def test_a_palette_model_generates_from_labels_as_from_its_palette_image(tmp_pat
     random = np.where(labels[..., None] == 1, np.uint8((0, 0, 255)), np.uint8((255, 255, 0))).astype(np.uint8)
     d = model.generate(condition={"segmentation": random}, noise=noise, seed=3, steps=2)
     assert not np.array_equal(a.rgb, d.rgb)  # the condition's colours reach the model
-
-
-def test_segments_split_by_colour_drift_join_under_their_palette_colour():
-    from mmgen_edge.sdk.api import maps_from_images
-    from mmgen_edge.sdk.processors import Segmentation, merge_to_palette
-
-    image = np.full((48, 48, 3), PALETTE[0], np.uint8)
-    image[8:24, 8:40] = (230, 14, 66)  # one object in the first object colour, decoded with drift ...
-    image[24:40, 8:40] = (185, 28, 70)  # ... 47 units apart: more than segment_from_image's merge distance
-    image[30:38, 42:46] = (250, 250, 250)  # far from every palette colour (white is 128+ away): its own segment
-    plain = maps_from_images({"mask": image}, (48, 48))["segmentation"]
-    assert len(plain.colours) == 4
-    seg = maps_from_images({"mask": image}, (48, 48), PALETTE)["segmentation"]
-    assert [tuple(c) for c in seg.colours] == [PALETTE[0], PALETTE[1], (250, 250, 250)]  # largest first
-    assert (seg.labels[8:40, 8:40] == 1).all() and (seg.labels[30:38, 42:46] == 2).all()
-    # beyond half the smallest palette gap a colour is not snapped
-    labels = np.array([[0, 1], [2, 2]], np.int32)
-    colours = np.array([[128, 128, 128], [128 + 60, 128, 128], [230, 25, 75]], np.uint8)  # 60 > 109 / 2 from grey
-    joined = merge_to_palette(Segmentation(labels, colours), PALETTE)
-    assert len(joined.colours) == 3 and joined.labels.max() == 2
-    with pytest.raises(ValueError, match="mask_palette"):
-        merge_to_palette(Segmentation(labels, colours), [(0, 0, 0)])

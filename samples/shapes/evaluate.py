@@ -213,7 +213,7 @@ def vae_ceiling(model: Any, scenes: Sequence[Scene], progress: bool = False) -> 
         images = np.stack([e[m] for m in modalities for e in encoded])  # (3n, R, R, 3), modality-major
         decoded = model.pipeline.decode(model.pipeline.encode(images))  # (3n, R, R, 3) uint8
         for j, (scene, enc) in enumerate(zip(chunk, encoded)):
-            maps = maps_from_images({m: decoded[k * len(chunk) + j] for k, m in enumerate(modalities)}, size, palette)
+            maps = maps_from_images({m: decoded[k * len(chunk) + j] for k, m in enumerate(modalities)}, size)
             seg = maps["segmentation"]
             truth = _true_object_count(scene)
             exact = count_objects(scene.instances, _mask_palette(scene.instances, enc["mask"]))

@@ -30,7 +30,7 @@ naming the argument.
 from __future__ import annotations
 
 from .depth_normals import depth_from_image, depth_to_points, normals_from_image
-from .segmentation import Segmentation, merge_to_palette, segment_from_image
+from .segmentation import Segmentation, segment_from_image
 from .visualise import colourise_depth, colourise_normals, colourise_segmentation
 
 __all__ = [
@@ -41,6 +41,5 @@ __all__ = [
     "depth_from_image",
     "depth_to_points",
     "normals_from_image",
-    "merge_to_palette",
     "segment_from_image",
 ]

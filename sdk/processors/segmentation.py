@@ -2,9 +2,7 @@
 
 The release paints every segment with a random, well-separated colour; the decoded image is blurry and noisy, so
 the colours are found by greedy mode seeking on the colour histogram of the flat pixels, and every pixel is then
-assigned to the nearest colour (uncertain edge pixels from their confident neighbours). A model trained with a
-fixed palette (``ModelConfig.mask_palette``) paints with known colours: ``merge_to_palette`` then joins the segments
-that the decoder's colour drift split off the same palette colour.
+assigned to the nearest colour (uncertain edge pixels from their confident neighbours).
 """
 
 from __future__ import annotations
@@ -396,40 +394,3 @@ def segment_from_image(
     relabel[present] = np.arange(len(present), dtype=np.int32)
     colours = np.clip(np.rint(centres[present]), 0, UINT8_MAX).astype(np.uint8)  # (K, 3)
     return Segmentation(labels=relabel[labels], colours=colours)
-
-
-def merge_to_palette(segmentation: Segmentation, palette: object) -> Segmentation:
-    """Join the segments whose colours lie nearest the same palette colour, within half the palette's smallest gap.
-
-    A model trained with a fixed palette paints each segment one palette colour, but a VAE decodes a saturated
-    colour with drift (shading-like variations of 40-50 units on the demo model, more than ``segment_from_image``'s
-    merge distance), so one segment comes back as several. Within half the smallest distance between two palette
-    colours, the palette colour a segment was painted with is unambiguous. Segments farther from every palette
-    colour (e.g. segments beyond the palette, painted at random) stay as they are.
-
-    Args:
-        segmentation: from :func:`segment_from_image`.
-        palette: the model's ``mask_palette`` (checked by ``mmgen_edge.config.check_mask_palette``).
-
-    Returns:
-        A ``Segmentation`` with the joined segments under their palette colour, labels ordered by decreasing area.
-    """
-    from mmgen_edge.config import check_mask_palette
-
-    colours_p3 = np.asarray(check_mask_palette(palette), dtype=np.float64)  # (P, 3)
-    gaps = np.linalg.norm(colours_p3[:, None] - colours_p3[None], axis=-1) + np.diag(np.full(len(colours_p3), np.inf))
-    reach = gaps.min() / 2.0
-    distance_kp = np.linalg.norm(segmentation.colours.astype(np.float64)[:, None] - colours_p3[None], axis=-1)  # (K, P)
-    nearest = distance_kp.argmin(axis=1)  # (K,)
-    snapped = distance_kp[np.arange(len(nearest)), nearest] < reach  # (K,)
-    group = np.where(snapped, nearest, len(colours_p3) + np.arange(len(nearest)))  # palette index or own group
-    groups, target = np.unique(group, return_inverse=True)  # (G,), (K,)
-    colours_g3 = np.empty((len(groups), RGB_CHANNELS), dtype=np.uint8)
-    for g, key in enumerate(groups):
-        colours_g3[g] = colours_p3[key] if key < len(colours_p3) else segmentation.colours[key - len(colours_p3)]
-    labels = target[segmentation.labels]  # (H, W)
-    areas = np.bincount(labels.ravel(), minlength=len(groups))
-    order = np.lexsort((np.arange(len(groups)), -areas))  # largest first, ties by index
-    relabel = np.empty(len(groups), dtype=np.int32)
-    relabel[order] = np.arange(len(groups), dtype=np.int32)
-    return Segmentation(labels=relabel[labels].astype(np.int32), colours=colours_g3[order])
