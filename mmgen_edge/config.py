@@ -103,11 +103,18 @@ class ModelConfig(BaseModel):
         return self.modalities.index(name)
 
 
+#: Most colours a mask palette may list (the pairwise check is quadratic; 64 apart, few more fit in RGB anyway).
+MAX_PALETTE_COLOURS = 256
+
+
 def check_mask_palette(palette: object) -> tuple[tuple[int, int, int], ...]:
-    """A mask palette as a tuple of RGB triples; ValueError unless it has >= 2 colours of integers in 0..255, each at
-    least ``MIN_MASK_COLOUR_DISTANCE`` from every other (a decoder merges closer colours into one segment)."""
+    """A mask palette as a tuple of RGB triples; ValueError unless it has 2..``MAX_PALETTE_COLOURS`` colours of
+    integers in 0..255, each at least ``MIN_MASK_COLOUR_DISTANCE`` from every other (a decoder merges closer colours
+    into one segment)."""
     if not isinstance(palette, (list, tuple)) or len(palette) < 2:
         raise ValueError(f"mask_palette must list at least 2 colours (background first), got {palette!r}")
+    if len(palette) > MAX_PALETTE_COLOURS:
+        raise ValueError(f"mask_palette lists {len(palette)} colours, more than {MAX_PALETTE_COLOURS}")
     colours = []
     for colour in palette:
         if (not isinstance(colour, (list, tuple)) or len(colour) != 3

@@ -20,9 +20,9 @@ from .backend import (
     open_runners,
 )  # fmt: skip
 from .cpu_backend_choice import measured_cpu_choice, remembered_choice
-from .onnxruntime_runner import CPU
 from .loop import DenoisingLoop
 from .manifest import BATCH_DIM, DECODE_DIM, Manifest, read_manifest
+from .onnxruntime_runner import CPU
 from .runner import Runner
 from .sampler import SamplerConfig
 

@@ -1,24 +1,27 @@
 """A model trained with fixed mask colours (``ModelConfig.mask_palette``): from the checkpoint's args through the
-model directory and the bundle manifest to the SDK, which paints segmentation conditions with the palette."""
+model directory and the bundle manifest to the SDK, which paints segmentation conditions with the palette.
+
+The checkpoint and export tests skip without the export extra; the rest is torch-free (it runs on the base install).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from extras import require_export
+from extras import skip_without_export
 
-require_export()
-
-from mmgen_edge.config import ModelConfig, check_mask_palette, preset  # noqa: E402
-from mmgen_edge.export.checkpoint import architecture_from_args, convert_checkpoint  # noqa: E402
-from mmgen_edge.export.synthetic import TINY_ARGS, TINY_PROJECTOR, release_args, write_release_checkpoint  # noqa: E402
-from mmgen_edge.sdk.api import generation_request  # noqa: E402
-from mmgen_edge.sdk.encoding import encode_mask  # noqa: E402
+from mmgen_edge.config import ModelConfig, check_mask_palette, preset
+from mmgen_edge.sdk.api import generation_request
+from mmgen_edge.sdk.encoding import encode_mask
 
 PALETTE = ((128, 128, 128), (230, 25, 75), (60, 180, 75), (0, 130, 200))
 
 
 def test_the_palette_is_read_from_the_checkpoint_args_and_release_args_have_none():
+    skip_without_export()
+    from mmgen_edge.export.checkpoint import architecture_from_args
+    from mmgen_edge.export.synthetic import release_args
+
     assert architecture_from_args(release_args("SiT-S/2", 32), None).mask_palette is None
     config = architecture_from_args(release_args("SiT-S/2", 32, mask_palette=[list(c) for c in PALETTE]), None)
     assert config.mask_palette == PALETTE
@@ -34,6 +37,7 @@ def test_the_palette_is_read_from_the_checkpoint_args_and_release_args_have_none
         ([(0, 0, 0), (255, 255, -1)], "3 integers"),
         ([(0, 0, 0), (255, 255, True)], "3 integers"),
         ([(0, 0, 0), (30, 30, 30)], "closer than 64"),
+        ([(i, 0, 0) for i in range(257)], "more than 256"),  # bounded before the quadratic distance check
     ],
 )
 def test_bad_palettes_are_refused_by_name(palette, message):
@@ -55,7 +59,9 @@ def test_a_segmentation_condition_is_painted_with_the_model_palette():
 
 
 def test_a_palette_model_generates_from_labels_as_from_its_palette_image(tmp_path, tiny_vae_dir):
+    from mmgen_edge.export.checkpoint import convert_checkpoint
     from mmgen_edge.export.onnx_export import export_bundle
+    from mmgen_edge.export.synthetic import TINY_ARGS, TINY_PROJECTOR, write_release_checkpoint
     from mmgen_edge.sdk import api
 
     checkpoint = tmp_path / "palette.pt"
@@ -76,3 +82,21 @@ def test_a_palette_model_generates_from_labels_as_from_its_palette_image(tmp_pat
     random = np.where(labels[..., None] == 1, np.uint8((0, 0, 255)), np.uint8((255, 255, 0))).astype(np.uint8)
     d = model.generate(condition={"segmentation": random}, noise=noise, seed=3, steps=2)
     assert not np.array_equal(a.rgb, d.rgb)  # the condition's colours reach the model
+
+
+@pytest.mark.parametrize(
+    "palette, message",
+    [([[0, 0, 0], [1, 1, 1]], "closer than 64"), ([[0, 0, 0], [255, 255, 255.0]], "mask_palette"), ("red", "mask_palette")],
+)
+def test_a_manifest_with_a_bad_palette_is_refused_by_name(runtime_bundle, tmp_path, palette, message):
+    from bundle_edits import edited_bundle
+
+    from mmgen_edge.runtime.manifest import BundleError, read_manifest
+
+    def edit(raw):
+        raw["model"]["mask_palette"] = palette
+
+    with pytest.raises(BundleError, match=message):
+        read_manifest(edited_bundle(runtime_bundle, tmp_path / "bad", edit), verify="size")
+    good = edited_bundle(runtime_bundle, tmp_path / "good", lambda raw: raw["model"].update(mask_palette=[list(c) for c in PALETTE]))
+    assert read_manifest(good, verify="size").model.mask_palette == PALETTE
