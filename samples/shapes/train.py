@@ -39,7 +39,7 @@ from mmgen_edge.export.model import MMGen
 from mmgen_edge.export.synthetic import release_args
 from mmgen_edge.runtime.sampler import RELEASE_CONDITION_T
 
-from .encoding import MASK_PALETTE, modality_stack
+from .encoding import MASK_PALETTE, VAE_KEPT_PALETTE, modality_stack
 from .scenes import NUM_CATEGORIES, render_scene
 from .vae import encode, images_to_tensor, new_demo_vae
 
@@ -140,6 +140,10 @@ OBJECTS_CONTINUE_RECIPE = replace(
 #: fidelity 0.40 -> 0.54 but mIoU 0.730 -> 0.665, as the demo VAE decodes saturated colours with drift (README).
 PALETTE_RECIPE = replace(OBJECTS_CONTINUE_RECIPE, lr=7e-5, steps=4000, draw_seed=2, mask_palette=MASK_PALETTE)
 
+#: Phase 5b, from the phase-5 weights: the masks in ``encoding.VAE_KEPT_PALETTE``, the palette the VAE decodes with
+#: the least drift (the model keeps its fixed-palette habits and learns new colours), 2400 steps, new draws.
+PALETTE_VAE_RECIPE = replace(PALETTE_RECIPE, mask_palette=VAE_KEPT_PALETTE, steps=2400, draw_seed=3)
+
 TINY_RECIPE = RecipeConfig(
     num_scenes=24, resolution=64, vae_steps=3, vae_batch=4, vae_crop=32, vae_full_steps=2, vae_full_batch=2,
     depth=1, hidden_size=32, num_heads=2, steps=4, batch=8, warmup=2, checkpoint_every=2,
@@ -148,7 +152,7 @@ TINY_RECIPE = RecipeConfig(
 
 RECIPES = {
     "base": RecipeConfig(), "finetune": FINETUNE_RECIPE, "long": LONG_RECIPE, "objects": OBJECTS_RECIPE,
-    "objects-continue": OBJECTS_CONTINUE_RECIPE, "palette": PALETTE_RECIPE,
+    "objects-continue": OBJECTS_CONTINUE_RECIPE, "palette": PALETTE_RECIPE, "palette-vae": PALETTE_VAE_RECIPE,
 }  # fmt: skip
 
 
@@ -499,7 +503,7 @@ def main() -> None:
                              "existing checkpoint is continued too)")
     parser.add_argument("--recipe", choices=tuple(RECIPES), default="base",
                         help="base: phase 1 from scratch; finetune / long: phase 2, objects: phase 3, "
-                             "objects-continue: phase 4, palette: phase 5 (use with --init and --vae)")
+                             "objects-continue: phase 4, palette / palette-vae: phase 5 / 5b (use with --init and --vae)")
     parser.add_argument("--init", type=Path, help="start a new MMGen run from this model directory's weights")
     parser.add_argument("--vae", type=Path, help="use this trained VAE directory instead of training one")
     parser.add_argument("--threads", type=thread_count, help="torch CPU threads (default: every core)")
