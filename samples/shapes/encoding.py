@@ -17,8 +17,9 @@ from mmgen_edge.sdk.encoding import encode_depth, encode_mask, encode_normals
 from .scenes import Scene
 
 #: Mask colours of the phase-5 recipe (``ModelConfig.mask_palette``; tried, not shipped: the shipped phase-5b model
-#: paints with ``VAE_KEPT_PALETTE``; the release paints at random): a grey background, then up to seven segments largest first in saturated colours
-#: at least 109 apart (random colours gave a small model's few-step samples washed-out masks whose objects merged).
+#: paints with ``VAE_KEPT_PALETTE``; the release paints at random): a grey background, then up to seven segments
+#: largest first in saturated colours at least 109 apart (random colours gave a small model's few-step samples
+#: washed-out masks whose objects merged).
 MASK_PALETTE: tuple[tuple[int, int, int], ...] = (
     (128, 128, 128), (230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (145, 30, 180), (70, 240, 240),
     (240, 50, 230),
