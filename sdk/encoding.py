@@ -16,7 +16,8 @@ Every modality becomes an (H, W, 3) uint8 image, as the MMGen release encodes it
   closer than ``MIN_MASK_COLOUR_DISTANCE`` (Euclidean, 0..255 units) to a colour already used; when
   ``MAX_COLOUR_BATCHES`` batches of candidates all fail (only with very many segments) the distance
   is halved, down to 1, so colours always stay distinct. A model trained with a fixed palette
-  (``ModelConfig.mask_palette``, e.g. the shapes world's phase-5 recipe) paints in the same order with its palette's colours.
+  (``ModelConfig.mask_palette``, e.g. the shapes demo from phase 5b on) paints in the same order with its
+  palette's colours.
 
 Used by ``generate`` conditions (``sdk.conditions``) and by the shapes world's training data.
 """

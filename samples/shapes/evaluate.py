@@ -162,7 +162,8 @@ def baselines(scenes: Sequence[Scene]) -> dict[str, dict[str, float]]:
     return {"trivial": mean_metrics(items)}
 
 
-def _true_object_count(scene: Scene) -> int:
+def true_object_count(scene: Scene) -> int:
+    """The scene's number of objects (distinct instance ids > 0)."""
     return int(np.unique(scene.instances[scene.instances > 0]).size)
 
 
@@ -178,9 +179,10 @@ def vae_ceiling(model: Any, scenes: Sequence[Scene], progress: bool = False) -> 
     """The ground truth round-tripped through the bundle's VAE and scored like a prediction: the autoencoder's share.
 
     Each scene's depth, normals and instances are encoded as the training data is (``encoding.encode_scene``,
-    the mask painted with the model's ``mask_palette``, or colours drawn from ``default_rng(scene.seed)``), run through the bundle's ``vae_encoder`` and
-    ``vae_decoder`` graphs (``Pipeline.encode`` / ``decode``: the bundle's torch-free runners), turned into maps by
-    the SDK's post-processing (``sdk.api.maps_from_images``) and scored with ``score_maps``. A perfect
+    the mask painted with the model's ``mask_palette``, or colours drawn from ``default_rng(scene.seed)``), run
+    through the bundle's ``vae_encoder`` and ``vae_decoder`` graphs (``Pipeline.encode`` / ``decode``: the bundle's
+    torch-free runners), turned into maps by the SDK's post-processing (``sdk.api.maps_from_images``) and scored
+    with ``score_maps``. A perfect
     transformer would score this; the distance from here to a K row is the transformer's error.
 
     Args:
@@ -215,7 +217,7 @@ def vae_ceiling(model: Any, scenes: Sequence[Scene], progress: bool = False) -> 
         for j, (scene, enc) in enumerate(zip(chunk, encoded)):
             maps = maps_from_images({m: decoded[k * len(chunk) + j] for k, m in enumerate(modalities)}, size)
             seg = maps["segmentation"]
-            truth = _true_object_count(scene)
+            truth = true_object_count(scene)
             exact = count_objects(scene.instances, _mask_palette(scene.instances, enc["mask"]))
             items.append({
                 **score_maps(scene, maps["depth"], maps["normals"], seg.labels),  # type: ignore[union-attr]

@@ -23,6 +23,7 @@ from mmgen_edge.config import check_mask_palette
 from mmgen_edge.sdk.encoding import encode_mask
 
 from .counting import count_objects
+from .evaluate import true_object_count
 from .metrics import segmentation_metrics
 from .scenes import Scene, render_scene
 
@@ -47,8 +48,7 @@ def round_trip_scores(model: Any, scenes: Sequence[Scene], palette: Sequence[Seq
     for scene, image in zip(scenes, decoded):
         segmentation = segment_from_image(image)
         miou.append(segmentation_metrics(segmentation.labels, scene.instances)["miou"])
-        true_objects = len(np.unique(scene.instances)) - int((scene.instances == 0).any())
-        counted.append(count_objects(segmentation.labels, segmentation.colours) == true_objects)
+        counted.append(count_objects(segmentation.labels, segmentation.colours) == true_object_count(scene))
     return {"miou": float(np.mean(miou)), "count_accuracy": float(np.mean(counted))}
 
 
