@@ -24,9 +24,11 @@ from .sampler import SamplerConfig
 
 MANIFEST_FILE = "manifest.json"
 #: The schema this version writes. 2 added ``sampler.cfg_scale`` (the default guidance); a schema-1 manifest reads
-#: as schema 2 with guidance 1 (no guidance, what every bundle did then).
-SCHEMA_VERSION = 2
-READABLE_SCHEMA_VERSIONS = (1, 2)
+#: as schema 2 with guidance 1 (no guidance, what every bundle did then). 3 added ``model.mask_palette`` (the fixed
+#: colours a model paints segments with); a schema-1 or -2 manifest reads as schema 3 without one (random colours).
+#: Each bump makes an older mmgen-edge say "upgrade mmgen-edge" instead of failing on a field it does not know.
+SCHEMA_VERSION = 3
+READABLE_SCHEMA_VERSIONS = (1, 2, 3)
 FORMAT_NAME = "mmgen-edge-bundle"
 
 
@@ -322,7 +324,7 @@ def parse_manifest(text: str, source: str) -> Manifest:
     version = raw.get("schema_version")
     if type(version) is not int or version not in READABLE_SCHEMA_VERSIONS:
         advice = "upgrade mmgen-edge" if isinstance(version, int) and version > SCHEMA_VERSION else "re-export the bundle"
-        readable = " and ".join(str(v) for v in READABLE_SCHEMA_VERSIONS)
+        readable = ", ".join(str(v) for v in READABLE_SCHEMA_VERSIONS)
         raise BundleError(
             f"{source} has schema_version {version!r}; this mmgen-edge ({__version__}) reads {readable}: {advice}"
         )

@@ -67,17 +67,18 @@ def test_a_bad_scale_in_the_call_is_still_refused(runtime_bundle, scale):
             model.generate(class_label=0, seed=0, cfg_scale=scale)
 
 
-def test_a_schema_1_bundle_reads_as_schema_2_without_guidance(runtime_bundle, tmp_path):
-    """Schema 2 added the default guidance: a bundle exported before it still loads, read as schema 2 with
-    guidance 1 (what it sampled with), so a bundle derived from it (calibrate) is written as a valid schema 2."""
+def test_a_schema_1_bundle_reads_as_the_current_schema_without_guidance(runtime_bundle, tmp_path):
+    """Schema 2 added the default guidance: a bundle exported before it still loads, read as the current schema with
+    guidance 1 (what it sampled with), so a bundle derived from it (calibrate) is written as a valid current one."""
     from mmgen_edge.runtime.manifest import SCHEMA_VERSION
 
     def as_schema_1(raw):
         raw["schema_version"] = 1
         raw["sampler"].pop("cfg_scale", None)
+        raw["model"].pop("mask_palette", None)
 
     manifest = read_manifest(edited_bundle(runtime_bundle, tmp_path / "v1", as_schema_1), verify="size")
-    assert SCHEMA_VERSION == 2 and manifest.schema_version == 2 and manifest.sampler.cfg_scale == 1.0
+    assert SCHEMA_VERSION == 3 and manifest.schema_version == 3 and manifest.sampler.cfg_scale == 1.0
 
 
 def test_a_served_request_without_a_scale_gets_the_bundles_default(runtime_bundle, tmp_path):
