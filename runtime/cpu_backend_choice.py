@@ -34,8 +34,8 @@ WARMUP_FRAMES = 1
 #: Interleaved (OpenVINO, ONNX Runtime) pairs of timed frames.
 TIMED_PAIRS = 5
 
-#: (manifest path, mtime, size, CPUs, OpenVINO kind) -> (kind kept, what was measured): once per process.
-_MEASURED: dict[tuple[object, ...], tuple[BackendKind, str]] = {}
+#: (manifest path, mtime, size, CPUs, OpenVINO kind) -> (kind kept, what was measured, verdict): once per process.
+_MEASURED: dict[tuple[object, ...], tuple[BackendKind, str, str]] = {}
 
 
 def frame_call(manifest: Manifest, runners: Mapping[str, Runner]) -> Callable[[], None]:
@@ -82,11 +82,16 @@ def _key(bundle: Path, kind: BackendKind) -> tuple[object, ...]:
     return (str((bundle / "manifest.json").resolve()), stat.st_mtime_ns, stat.st_size, available_cpus(), kind)
 
 
-def _decided(choice: BackendChoice, kept: BackendKind, measured: str) -> BackendChoice:
+#: Why ONNX Runtime was kept: OpenVINO's frame was slower, or failed.
+SLOWER, FAILED = "slower on this CPU", "failed a frame"
+
+
+def _decided(choice: BackendChoice, kept: BackendKind, measured: str, verdict: str = SLOWER) -> BackendChoice:
     if kept == choice.kind:
         return replace(choice, reason=f"{choice.reason}; {measured}")
-    rejected = (*choice.rejected, f"{choice.kind.value}: slower on this CPU ({choice.reason})")
-    return BackendChoice(BackendKind.ORT_CPU, f"faster on this CPU: {measured}", rejected)
+    rejected = (*choice.rejected, f"{choice.kind.value}: {verdict} ({choice.reason})")
+    why = "faster on this CPU" if verdict == SLOWER else f"runs the frame {choice.kind.value} failed"
+    return BackendChoice(BackendKind.ORT_CPU, f"{why}: {measured}", rejected)
 
 
 def remembered_choice(bundle: Path, choice: BackendChoice) -> BackendChoice | None:
@@ -94,8 +99,8 @@ def remembered_choice(bundle: Path, choice: BackendChoice) -> BackendChoice | No
     remembered = _MEASURED.get(_key(bundle, choice.kind))
     if remembered is None:
         return None
-    kept, measured = remembered
-    return _decided(choice, kept, f"{measured} (measured earlier in this process)")
+    kept, measured, verdict = remembered
+    return _decided(choice, kept, f"{measured} (measured earlier in this process)", verdict)
 
 
 def measured_cpu_choice(
@@ -118,7 +123,8 @@ def measured_cpu_choice(
 
     Returns:
         The choice kept (its reason says what was measured) and its active runners; the other backend's runners
-        are deactivated. A comparison that fails keeps ``choice``, saying why.
+        are deactivated. A frame that fails on OpenVINO and runs on ONNX Runtime switches to ONNX Runtime; any other
+        failure keeps ``choice``, saying why.
     """
     if choice.kind not in OPENVINO_PRECISIONS:
         raise ValueError(f"only an OpenVINO choice is measured against ONNX Runtime, got {choice.kind.value}")
@@ -128,26 +134,48 @@ def measured_cpu_choice(
         for runner in runners.values():
             runner.deactivate()
 
+    ort_call: list[Callable[[], None]] = []
+
+    def call_ort() -> None:
+        if not ort_call:  # opened only when OpenVINO's frame is short enough to compare
+            ort_runners.update(open_ort_runners())
+            ort_call.append(frame_call(manifest, ort_runners))
+        ort_call[0]()
+
+    openvino_failed: list[Exception] = []
+    openvino_frame = frame_call(manifest, openvino_runners)
+
+    def call_openvino() -> None:
+        try:
+            openvino_frame()
+        except Exception as exc:
+            openvino_failed.append(exc)
+            raise
+
     try:
-        ort_call: list[Callable[[], None]] = []
-
-        def call_ort() -> None:
-            if not ort_call:  # opened only when OpenVINO's frame is short enough to compare
-                ort_runners.update(open_ort_runners())
-                ort_call.append(frame_call(manifest, ort_runners))
-            ort_call[0]()
-
-        openvino_s, ort_s = time_frames(frame_call(manifest, openvino_runners), call_ort, clock)
-    except Exception as exc:  # noqa: BLE001  (a failed timing call must not fail the load: keep the rule's pick)
+        openvino_s, ort_s = time_frames(call_openvino, call_ort, clock)
+    except Exception as exc:  # noqa: BLE001  (a failed timing call must not fail the load)
+        failure = f"{type(exc).__name__}: {exc}"
+        if openvino_failed:  # OpenVINO cannot run the bundle's frame: ONNX Runtime takes it if it can
+            try:
+                call_ort()
+            except Exception as ort_exc:  # noqa: BLE001  (neither runs: keep the rule's pick, its error will tell)
+                close(ort_runners)
+                return replace(choice, reason=f"{choice.reason}; its frame failed ({failure}), and so did "
+                                              f"ort-cpu's ({type(ort_exc).__name__}: {ort_exc})"), openvino_runners
+            measured = f"{failure}"
+            _MEASURED[_key(bundle, choice.kind)] = (BackendKind.ORT_CPU, measured, FAILED)
+            close(openvino_runners)
+            return _decided(choice, BackendKind.ORT_CPU, measured, FAILED), ort_runners
         close(ort_runners)
-        return replace(choice, reason=f"{choice.reason}; not compared with ort-cpu ({type(exc).__name__}: {exc})"), openvino_runners
+        return replace(choice, reason=f"{choice.reason}; not compared with ort-cpu ({failure})"), openvino_runners
     name = choice.kind.value
     if ort_s is None:
         kept, measured = choice.kind, f"a {openvino_s * 1e3:.0f} ms frame on {name}: kept without comparing ort-cpu"
     else:
         kept = choice.kind if openvino_s < ort_s else BackendKind.ORT_CPU
         measured = f"measured a frame at {openvino_s * 1e3:.1f} ms on {name}, {ort_s * 1e3:.1f} ms on ort-cpu"
-    _MEASURED[_key(bundle, choice.kind)] = (kept, measured)
+    _MEASURED[_key(bundle, choice.kind)] = (kept, measured, SLOWER)
     if kept == choice.kind:
         close(ort_runners)
         return _decided(choice, kept, measured), openvino_runners

@@ -150,6 +150,41 @@ def test_a_failed_comparison_keeps_the_rule_and_says_why(bundle):
         measured_cpu_choice(bundle, manifest, BackendChoice(BackendKind.ORT_CPU, "x"), openvino, open_ort, clock)
 
 
+class BrokenRunner(FakeRunner):
+    def _infer(self, feeds):
+        raise RuntimeError("unsupported op on this CPU")
+
+
+@pytest.mark.parametrize("ort_runs", [True, False])
+def test_a_frame_openvino_cannot_run_goes_to_onnx_runtime_when_it_can(bundle, ort_runs):
+    """OpenVINO compiled the graphs but fails a frame: ONNX Runtime takes the bundle if its frame runs (remembered,
+    OpenVINO closed); if that fails too, the rule's pick stays and the reason carries both errors."""
+    manifest = read_manifest(bundle, verify="none")
+    clock = Clock()
+    openvino = fakes(manifest, clock, 0.001)
+    openvino["vae_decoder"] = BrokenRunner("vae_decoder", manifest.graphs["vae_decoder"], manifest.dims, clock, 0.0)
+    openvino["vae_decoder"].activate()
+    ort = fakes(manifest, clock, 0.002)
+    if not ort_runs:
+        ort["denoiser_cached"] = BrokenRunner("denoiser_cached", manifest.graphs["denoiser_cached"], manifest.dims,
+                                              clock, 0.0)  # fmt: skip
+        ort["denoiser_cached"].activate()
+
+    choice, runners = measured_cpu_choice(bundle, manifest, RULE, openvino, lambda: ort, clock)
+    if ort_runs:
+        assert choice.kind == BackendKind.ORT_CPU and runners.keys() == ort.keys()
+        assert all(runners[name] is ort[name] for name in ort)
+        assert "runs the frame openvino-bf16 failed: RuntimeError: unsupported op on this CPU" in choice.reason
+        assert any(r.startswith("openvino-bf16: failed a frame") for r in choice.rejected)
+        assert all(r.closed for r in openvino.values()) and not any(r.closed for r in ort.values())
+        again = remembered_choice(bundle, RULE)
+        assert again is not None and again.kind == BackendKind.ORT_CPU and "failed" in again.rejected[-1]
+    else:
+        assert choice.kind == RULE.kind and runners is openvino
+        assert "its frame failed (RuntimeError: unsupported op on this CPU), and so did ort-cpu's" in choice.reason
+        assert all(r.closed for r in ort.values()) and remembered_choice(bundle, RULE) is None
+
+
 def test_auto_on_a_cpu_runs_the_backend_it_measured_faster(runtime_bundle, tmp_path):
     if importlib.util.find_spec("openvino") is None:
         pytest.skip("needs the openvino extra: pip install 'mmgen-edge[openvino]'")
