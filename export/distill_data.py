@@ -1,7 +1,7 @@
 """The teacher-labelled data of ``distill-vae`` (:mod:`.distill_vae`): images, latents and the teacher's decodes.
 
-``build_dataset`` renders or reads the images (``demo:N``: all four modality images of each shapes scene; a folder
-or a video: RGB frames), labels them with the teacher (posterior mean for half, a sample for the other half),
+``build_dataset`` renders or reads the images (``demo:N``: all four modality images of each shapes scene, the masks
+painted in the ``--bundle`` model's fixed palette when it has one; a folder or a video: RGB frames), labels them with the teacher (posterior mean for half, a sample for the other half),
 optionally adds the latents a bundle predicts in ``perceive``, refuses non-finite labels, and caches the result in
 ``work/dataset-KEY.npz`` (KEY: :func:`dataset_key`); a truncated or foreign cache is labelled again.
 """
@@ -50,8 +50,13 @@ class DistillDataset:
                                 for f in dataclasses.fields(self)))  # fmt: skip
 
 
-def distillation_images(data: str, limit: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(images (M, size, size, 3) uint8, modality index (M,)) from ``demo:N``, a folder or a video."""
+def distillation_images(
+    data: str, limit: int, size: int, mask_palette: tuple[tuple[int, int, int], ...] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(images (M, size, size, 3) uint8, modality index (M,)) from ``demo:N``, a folder or a video.
+
+    ``mask_palette``: the colours ``demo:N`` paints its masks with (a model's ``mask_palette``: the mask images that
+    model predicts are in it); None paints a random colour per segment, as the release does."""
     from mmgen_edge.calibration.sources import DEMO_PREFIX, iter_calibration_images, parse_demo_spec
     from mmgen_edge.sdk.images import to_model_size
 
@@ -62,7 +67,8 @@ def distillation_images(data: str, limit: int, size: int) -> tuple[np.ndarray, n
 
         scenes = min(parse_demo_spec(str(data).strip()), max(1, limit // 4))
         for i in range(scenes):
-            stack = modality_stack(render_scene(DISTILL_SEED + i, size), np.random.default_rng(DISTILL_SEED + i))
+            rng = np.random.default_rng(DISTILL_SEED + i)
+            stack = modality_stack(render_scene(DISTILL_SEED + i, size), rng, mask_palette)
             images += list(stack)
             kinds += list(range(len(stack)))
     else:
@@ -131,17 +137,30 @@ def label_predictions(teacher: AutoencoderKL, bundle: str, frames: np.ndarray, p
     return DistillDataset(decoded, np.asarray(kinds, dtype=np.int64), z, z, decoded, np.zeros(len(z), dtype=bool))
 
 
+def bundle_mask_palette(settings: "DistillSettings") -> tuple[tuple[int, int, int], ...] | None:
+    """The mask palette of the ``--bundle`` model (None without a bundle, or for a model with random colours)."""
+    if settings.bundle is None:
+        return None
+    from mmgen_edge.runtime.manifest import read_manifest
+
+    return read_manifest(settings.bundle, verify="none").model.mask_palette
+
+
 def dataset_key(teacher_dir: Path, settings: "DistillSettings") -> str:
-    """The cache key of a dataset: the teacher's weights, the data settings and the labelling bundle's files."""
+    """The cache key of a dataset: the teacher's weights, the data settings, the labelling bundle's files and the
+    mask palette the data is painted with."""
     bundle = None
     if settings.bundle is not None:  # the bundle's files, by their hashes in its manifest
         from mmgen_edge.runtime.manifest import read_manifest
 
         files = read_manifest(settings.bundle, verify="none").files
         bundle = hashlib.sha256("".join(f.sha256 for f in files).encode()).hexdigest()
-    spec = json.dumps({"teacher": weights_sha256(teacher_dir), "data": settings.data, "images": settings.images,
-                       "seed": settings.seed, "bundle": bundle})  # fmt: skip
-    return hashlib.sha256(spec.encode()).hexdigest()[:16]
+    palette = bundle_mask_palette(settings)
+    spec = {"teacher": weights_sha256(teacher_dir), "data": settings.data, "images": settings.images,
+            "seed": settings.seed, "bundle": bundle}  # fmt: skip
+    if palette is not None:  # (absent from the key of random-colour data, so their caches stay valid)
+        spec["mask_palette"] = [list(c) for c in palette]
+    return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16]
 
 
 def build_dataset(teacher: AutoencoderKL, teacher_dir: Path, settings: "DistillSettings", work: Path,
@@ -155,7 +174,7 @@ def build_dataset(teacher: AutoencoderKL, teacher_dir: Path, settings: "DistillS
         except Exception:  # noqa: BLE001 - truncated, empty or foreign file: a cache, so label again
             path.unlink()
     size = int(teacher.config.sample_size) if isinstance(teacher.config.sample_size, int) else 256
-    images, kinds = distillation_images(settings.data, settings.images, size)
+    images, kinds = distillation_images(settings.data, settings.images, size, bundle_mask_palette(settings))
     dataset = label_with_teacher(teacher, images, kinds, settings.seed, progress)
     if settings.bundle is not None:
         dataset = dataset.concat(label_predictions(teacher, settings.bundle, images[kinds == 0], progress))

@@ -136,6 +136,29 @@ def test_demo_data_trains_on_all_four_perception_maps():
     assert list(kinds) == [0, 1, 2, 3] * 3
 
 
+def test_demo_masks_take_the_bundle_models_palette(runtime_bundle, tiny_vae_dir, tmp_path):
+    """A palette model predicts masks in its palette: ``demo:N`` paints the student's mask images in it too, and the
+    cached dataset's key changes with the palette (a random-colour cache is not reused)."""
+    from bundle_edits import edited_bundle
+
+    palette = ((128, 128, 128), (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+               (70, 240, 240), (240, 50, 230))  # fmt: skip
+    images, kinds = distill_data.distillation_images("demo:3", 12, 32, palette)
+    colours = {tuple(c) for c in images[kinds == 3].reshape(-1, 3)}
+    assert colours <= set(palette) and len(colours) >= 3  # background and at least two objects
+    random_images, _ = distill_data.distillation_images("demo:3", 12, 32)
+    assert not {tuple(c) for c in random_images[kinds == 3].reshape(-1, 3)} <= set(palette)
+
+    def with_palette(raw):
+        raw["model"]["mask_palette"] = [list(c) for c in palette]
+
+    painted = edited_bundle(runtime_bundle, tmp_path / "palette", with_palette)
+    assert distill_data.bundle_mask_palette(settings(bundle=str(painted))) == palette
+    assert distill_data.bundle_mask_palette(settings(bundle=str(runtime_bundle))) is None
+    keys = {distill_data.dataset_key(tiny_vae_dir, settings(bundle=b)) for b in (str(painted), str(runtime_bundle), None)}
+    assert len(keys) == 3
+
+
 def test_an_interrupted_distillation_resumes_to_the_same_student(tiny_vae_dir, tmp_path, monkeypatch):
     whole = distill.distill_vae(tiny_vae_dir, settings(), tmp_path / "a", tmp_path / "work-a")
     clock = iter(range(0, 10_000, 5))  # each reading of distill's clock is 5 s later: 0.25 min = two steps

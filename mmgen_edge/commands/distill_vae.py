@@ -98,7 +98,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--encoder-blocks", type=block_list, help="override the encoder's blocks per stage, e.g. 1,3,3,3")
     p.add_argument("--encoder", action="store_true", help="also train the encoder (to the teacher's latent mean)")
     p.add_argument("--bundle", help="also train the decoder on the depth/normal/mask latents this bundle predicts for "
-                                    "the data's RGB frames (its real inputs in perceive; K = 1, 2, 4)")  # fmt: skip
+                                    "the data's RGB frames (its real inputs in perceive; K = 1, 2, 4); demo:N then "
+                                    "paints its masks in that model's mask palette, if it has one")  # fmt: skip
     p.add_argument("--map-weights", type=weight_list, metavar="1,1,1,3",
                    help="decoder loss weight of each modality's images (rgb, depth, normal, mask; default: equal)")
     p.add_argument("--init", help="start from this AutoencoderTiny directory (e.g. public TAESD weights)")
