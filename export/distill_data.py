@@ -1,9 +1,10 @@
 """The teacher-labelled data of ``distill-vae`` (:mod:`.distill_vae`): images, latents and the teacher's decodes.
 
 ``build_dataset`` renders or reads the images (``demo:N``: all four modality images of each shapes scene, the masks
-painted in the ``--bundle`` model's fixed palette when it has one; a folder or a video: RGB frames), labels them with the teacher (posterior mean for half, a sample for the other half),
-optionally adds the latents a bundle predicts in ``perceive``, refuses non-finite labels, and caches the result in
-``work/dataset-KEY.npz`` (KEY: :func:`dataset_key`); a truncated or foreign cache is labelled again.
+painted in the ``--bundle`` model's fixed palette when it has one; a folder or a video: RGB frames), labels them
+with the teacher (posterior mean for half, a sample for the other half), optionally adds the latents a bundle
+predicts in ``perceive``, refuses non-finite labels, and caches the result in ``work/dataset-KEY.npz`` (KEY:
+:func:`dataset_key`); a truncated or foreign cache is labelled again.
 """
 
 from __future__ import annotations

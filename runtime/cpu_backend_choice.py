@@ -9,7 +9,8 @@ times), frames interleaved, and the faster backend is kept; the other's sessions
 
 A frame that takes OpenVINO :data:`MEASURE_BELOW_S` or longer keeps OpenVINO without a comparison: timing a
 release-size frame twice per load costs more than it can save, and OpenVINO's lead grew with the model size on
-every CPU measured. The choice is kept for the process (same manifest file, CPUs and candidate: no second
+every CPU measured. A frame that OpenVINO fails (an op its CPU plugin compiles but cannot run) goes to ONNX Runtime
+when ONNX Runtime's frame runs. The choice is kept for the process (same manifest file, CPUs and candidate: no second
 measurement). An explicit backend (``"openvino"``, ``"ort-cpu"``, ...) is never second-guessed.
 """
 
@@ -163,10 +164,9 @@ def measured_cpu_choice(
                 close(ort_runners)
                 return replace(choice, reason=f"{choice.reason}; its frame failed ({failure}), and so did "
                                               f"ort-cpu's ({type(ort_exc).__name__}: {ort_exc})"), openvino_runners
-            measured = f"{failure}"
-            _MEASURED[_key(bundle, choice.kind)] = (BackendKind.ORT_CPU, measured, FAILED)
+            _MEASURED[_key(bundle, choice.kind)] = (BackendKind.ORT_CPU, failure, FAILED)
             close(openvino_runners)
-            return _decided(choice, BackendKind.ORT_CPU, measured, FAILED), ort_runners
+            return _decided(choice, BackendKind.ORT_CPU, failure, FAILED), ort_runners
         close(ort_runners)
         return replace(choice, reason=f"{choice.reason}; not compared with ort-cpu ({failure})"), openvino_runners
     name = choice.kind.value
