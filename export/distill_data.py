@@ -150,13 +150,13 @@ def bundle_mask_palette(settings: "DistillSettings") -> tuple[tuple[int, int, in
 def dataset_key(teacher_dir: Path, settings: "DistillSettings") -> str:
     """The cache key of a dataset: the teacher's weights, the data settings, the labelling bundle's files and the
     mask palette the data is painted with."""
-    bundle = None
-    if settings.bundle is not None:  # the bundle's files, by their hashes in its manifest
+    bundle, palette = None, None
+    if settings.bundle is not None:  # the bundle's files, by their hashes in its manifest, and its model's palette
         from mmgen_edge.runtime.manifest import read_manifest
 
-        files = read_manifest(settings.bundle, verify="none").files
-        bundle = hashlib.sha256("".join(f.sha256 for f in files).encode()).hexdigest()
-    palette = bundle_mask_palette(settings)
+        manifest = read_manifest(settings.bundle, verify="none")
+        bundle = hashlib.sha256("".join(f.sha256 for f in manifest.files).encode()).hexdigest()
+        palette = manifest.model.mask_palette
     spec = {"teacher": weights_sha256(teacher_dir), "data": settings.data, "images": settings.images,
             "seed": settings.seed, "bundle": bundle}  # fmt: skip
     if palette is not None:  # (absent from the key of random-colour data, so their caches stay valid)
