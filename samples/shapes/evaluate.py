@@ -182,8 +182,8 @@ def vae_ceiling(model: Any, scenes: Sequence[Scene], progress: bool = False) -> 
     the mask painted with the model's ``mask_palette``, or colours drawn from ``default_rng(scene.seed)``), run
     through the bundle's ``vae_encoder`` and ``vae_decoder`` graphs (``Pipeline.encode`` / ``decode``: the bundle's
     torch-free runners), turned into maps by the SDK's post-processing (``sdk.api.maps_from_images``) and scored
-    with ``score_maps``. A perfect
-    transformer would score this; the distance from here to a K row is the transformer's error.
+    with ``score_maps``. A perfect transformer would score this; the distance from here to a K row is the
+    transformer's error.
 
     Args:
         model: a loaded ``MMGenModel``.
