@@ -14,7 +14,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from mmgen_edge.export.model_dir import load_model, read_model_dir_config
-from mmgen_edge.samples.shapes.train import TINY_RECIPE, run, training_batch
+from mmgen_edge.samples.shapes.train import TINY_RECIPE, deepened_blocks, deepened_state_dict, run, training_batch
 
 
 def test_tiny_recipe_runs_every_stage_resumes_and_exports(tmp_path):
@@ -54,6 +54,20 @@ def test_tiny_recipe_runs_every_stage_resumes_and_exports(tmp_path):
     assert np.abs(after["latents"][:, 12:] - before["latents"][:, 12:]).max() > 0.1  # masks encoded again
     assert list(after["digests"][:3]) == list(before["digests"][:3]) and after["digests"][3] != before["digests"][3]
     assert read_model_dir_config(tmp_path / "palette-weights" / "mmgen").model.mask_palette == MASK_PALETTE
+    # a deeper run from these (1-block) weights grows the model; a shallower one is refused
+    deep = dataclasses.replace(TINY_RECIPE, depth=3)
+    deep_work = tmp_path / "deep"
+    deep_work.mkdir()
+    for name in ("vae", "latents.npz", "dataset.npz"):
+        (deep_work / name).symlink_to(work / name)
+    run(deep_work, deep, init=weights / "mmgen", export=tmp_path / "deep-weights")
+    assert load_model(tmp_path / "deep-weights" / "mmgen").config.depth == 3
+    shallow_work = tmp_path / "shallow"
+    shallow_work.mkdir()
+    for name in ("vae", "latents.npz", "dataset.npz"):
+        (shallow_work / name).symlink_to(work / name)
+    with pytest.raises(ValueError, match="architecture"):
+        run(shallow_work, TINY_RECIPE, init=tmp_path / "deep-weights" / "mmgen")
 
 
 def test_training_batch_follows_the_release_recipe():
@@ -120,3 +134,44 @@ def test_exporting_weights_keeps_an_identical_vae_and_never_deletes_a_foreign_fo
     with pytest.raises(FileExistsError, match="did not write"):
         export_weights(work, out, vae)
     assert (out / "vae" / "notes.txt").read_text() == "mine"
+
+
+def test_deepened_blocks_spread_the_new_blocks_between_the_old_ones():
+    assert deepened_blocks(6, 9) == [0, 1, None, 2, 3, None, 4, 5, None]
+    assert deepened_blocks(6, 8) == [0, 1, 2, None, 3, 4, 5, None]
+    assert deepened_blocks(6, 6) == [0, 1, 2, 3, 4, 5]
+    assert deepened_blocks(1, 3) == [0, None, None]
+    for old, new in ((9, 6), (0, 3)):
+        with pytest.raises(ValueError, match="deepen"):
+            deepened_blocks(old, new)
+
+
+def test_a_deepened_model_computes_the_same_function_and_its_new_blocks_learn():
+    from mmgen_edge.export.model import MMGen
+    from mmgen_edge.config import ModelConfig
+
+    def config(depth: int) -> ModelConfig:
+        return ModelConfig(depth=depth, hidden_size=32, num_heads=2, patch_size=2, resolution=32, projector_dim=None,
+                           z_dim=None)  # fmt: skip
+
+    torch.manual_seed(0)
+    start = MMGen(config(2)).eval()
+    with torch.no_grad():  # every weight non-zero, adaLN included: trained blocks, not identities
+        for p in start.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    grown = MMGen(config(5)).eval()
+    grown.load_state_dict(deepened_state_dict(start, 5))
+    cfg = start.config
+    x = torch.randn(3, cfg.in_channels, cfg.latent_size, cfg.latent_size)
+    t, y, task = torch.rand(3, cfg.num_modalities), torch.tensor([0, 1, cfg.num_classes]), torch.tensor([0, 1, 3])
+    reference = start(x, t, y, task)
+    out = grown(x, t, y, task)
+    torch.testing.assert_close(out, reference, rtol=0, atol=1e-6)
+    assert reference.abs().mean() > 0.01
+    for position, source in enumerate(deepened_blocks(2, 5)):
+        if source is None:  # a new block: gates 0 (identity), attention initialised, and its gates get gradient
+            assert grown.blocks[position].adaLN_modulation[-1].weight.abs().max() == 0
+            assert grown.blocks[position].attn.qkv.weight.abs().max() > 0
+    out.square().mean().backward()
+    new = [grown.blocks[i] for i, s in enumerate(deepened_blocks(2, 5)) if s is None]
+    assert all(b.adaLN_modulation[-1].weight.grad.abs().max() > 0 for b in new)

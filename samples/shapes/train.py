@@ -226,6 +226,45 @@ def training_batch(
     return x_t, t, y, task, noise - x0, weight
 
 
+def deepened_blocks(old_depth: int, new_depth: int) -> list[int | None]:
+    """Where each block of a model deepened from ``old_depth`` to ``new_depth`` comes from.
+
+    Returns ``new_depth`` entries: the old block index, or None for a new block. The new blocks are spread evenly,
+    each after an equal run of old ones (6 -> 9: old, old, new, old, old, new, old, old, new), so every stage of the
+    network gains depth.
+    """
+    if not 1 <= old_depth <= new_depth:
+        raise ValueError(f"can only deepen a model: {old_depth} -> {new_depth} blocks")
+    added = new_depth - old_depth
+    after = [math.ceil((i + 1) * old_depth / added) for i in range(added)]  # old blocks before each new block
+    sources: list[int | None] = []
+    for old in range(old_depth):
+        sources.append(old)
+        sources.extend([None] * after.count(old + 1))
+    return sources
+
+
+def deepened_state_dict(start: MMGen, depth: int) -> dict[str, torch.Tensor]:
+    """``start``'s weights for the same architecture with ``depth`` blocks, computing exactly the same function.
+
+    The new blocks are adaLN-Zero blocks as DiT initialises them: their modulation is all zeros, so their gates are
+    0 and each is the identity until training moves it; their attention and MLP get DiT's initialisation.
+    """
+    grown = MMGen(start.config.model_copy(update={"depth": depth}))  # DiT init: new blocks are identities
+    state = grown.state_dict()
+    old = start.state_dict()
+    for key, value in old.items():
+        if not key.startswith("blocks."):
+            state[key] = value.clone()
+    for position, source in enumerate(deepened_blocks(start.config.depth, depth)):
+        if source is not None:
+            prefix = f"blocks.{source}."
+            for key, value in old.items():
+                if key.startswith(prefix):
+                    state[f"blocks.{position}." + key[len(prefix):]] = value.clone()
+    return state
+
+
 def train_mmgen(
     work: Path, latents: torch.Tensor, labels: np.ndarray, recipe: RecipeConfig, minutes: float | None,
     init: Path | None = None, device: str = "cpu", objects: np.ndarray | None = None,
@@ -258,9 +297,10 @@ def train_mmgen(
     else:
         if init is not None:
             start = load_model(init, dtype=torch.float32)
-            if start.config.model_copy(update={"mask_palette": config.mask_palette}) != config:  # same architecture
+            same = start.config.model_copy(update={"mask_palette": config.mask_palette, "depth": config.depth})
+            if same != config or start.config.depth > config.depth:  # same architecture, or a shallower one
                 raise ValueError(f"--init {init}: its architecture {start.config} is not the recipe's {config}")
-            model.load_state_dict({k: v.to(device) for k, v in start.state_dict().items()})
+            model.load_state_dict({k: v.to(device) for k, v in deepened_state_dict(start, config.depth).items()})
         ema.load_state_dict(model.state_dict())
     y_all = torch.from_numpy(labels)
     coverage = None if objects is None else torch.from_numpy(objects).to(device)
