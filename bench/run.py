@@ -18,9 +18,10 @@ On a busy machine (1-minute load average above ``BUSY_LOAD_PER_CPU`` x the CPUs 
 the numbers are not to be trusted: PyTorch's OpenMP threads collapse under oversubscription, ONNX Runtime's much less.
 
 Ratios are speedups: ``A_vs_B`` = time(B) / time(A), so > 1 means A is faster. Candidates that are compared
-are timed round-robin (``harness.measure_interleaved``) in the same process, with the same number of threads
-for PyTorch and ONNX Runtime (``--threads``, default: the CPUs this process may use), so a background job slows
-them alike. Goals (``goals`` in the JSON) are reported with pass/fail, never asserted.
+are timed round-robin (``harness.measure_interleaved``) in the same process, so a background job slows them alike.
+Threads (``--threads``): by default PyTorch runs on every CPU this process may use and each runtime session takes
+``load()``'s own choice (``runtime.thread_choice``: a short ONNX Runtime CPU session may run faster on one thread),
+so the figures are what a user of ``load()`` gets; ``--threads N`` puts PyTorch and every session on N. Goals (``goals`` in the JSON) are reported with pass/fail, never asserted.
 
 Cases
 -----
@@ -103,6 +104,7 @@ from .settings import (
     DEFAULT_RUNS,
     DEFAULT_STREAM_FRAMES,
     DEFAULT_WARMUP,
+    AUTO_THREADS,
     bench_threads,
     default_threads,
     parse_case_list,
@@ -129,9 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--steps", type=step_list, default=None, help="sampler steps K of the perceive cases (default 1,2,4)")
     add("--runs", type=positive_int, default=None, help=f"timed runs per case (default {DEFAULT_RUNS})")
     add("--warmup", type=nonnegative_int, default=None, help=f"untimed runs first (default {DEFAULT_WARMUP})")
-    add("--threads", type=bench_threads, default=default_threads(),
-        help="intra-op threads of ORT and torch (default: CPUs available); auto: torch on every CPU, each ONNX "
-             "Runtime / OpenVINO session its own choice (what load() does without threads=)")
+    add("--threads", type=bench_threads, default=AUTO_THREADS,
+        help="auto (default): torch on every CPU, each ONNX Runtime / OpenVINO session its own choice, as load() "
+             "does without threads= (so the figures are what a user gets); N: torch and every session on N threads")
     add("--stream-frames", type=positive_int, default=None,
         help=f"frames of the stream video (default {DEFAULT_STREAM_FRAMES}; --skip stream leaves the case out)")
     add("--skip", type=parse_case_list, default=(), metavar="CASES",

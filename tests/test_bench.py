@@ -469,6 +469,7 @@ def test_threads_auto_leaves_the_runtime_sessions_their_own_choice():
     run, settings = load_script("run"), load_script("settings")
     auto = settings.settings_from(run.build_parser().parse_args(["--threads", "auto"]))
     assert auto.runtime_threads is None and auto.threads == settings.default_threads()  # torch on every CPU
+    assert settings.settings_from(run.build_parser().parse_args([])) == auto  # the default: what load() does
     fixed = settings.settings_from(run.build_parser().parse_args(["--threads", "1"]))
     assert (fixed.threads, fixed.runtime_threads) == (1, 1)
     for bad in ("0", "Auto", "two", "-1"):
