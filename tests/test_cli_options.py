@@ -36,6 +36,7 @@ BAD_OPTIONS = [
     (["stream", "clip.mp4"], "--seed", "-1", "must be an integer >= 0"),
     (["eval"], "--scenes", "0", "must be an integer >= 1, got 0"),
     (["eval"], "--generation", "-1", "must be an integer >= 0, got -1"),
+    (["eval"], "--generation-seed", "-1", "must be an integer in 0..4611686018427387904, got -1"),
     (["eval"], "--steps", "1,0,4", "steps must be in 1..250, got 0 (in '1,0,4')"),
     (["eval"], "--steps", ",", "must be comma-separated step counts, got ','"),
     (["demo"], "--steps", "0", "steps must be in 1.."),

@@ -106,6 +106,23 @@ def test_generation_fidelity_per_class(demo_model, tmp_path):
     assert 0.0 < g["consistency_delta1"] <= 1.0 and (tmp_path / "generation_grid.png").is_file()
 
 
+def test_generation_samples_start_at_first_seed(demo_model, tmp_path):
+    import cv2
+
+    g = evaluate_generation(demo_model, tmp_path, per_class=1, steps=1, first_seed=7_000_000)
+    assert g["first_seed"] == 7_000_000
+    grid = cv2.cvtColor(cv2.imread(str(tmp_path / "generation_grid.png")), cv2.COLOR_BGR2RGB)
+    size = demo_model.resolution
+    for label in (0, 11):  # each row's first tile is that class's sample from seed first_seed + 1000 * label
+        expected = demo_model.generate(class_label=label, steps=1, seed=7_000_000 + 1000 * label).rgb
+        np.testing.assert_array_equal(grid[label * size : (label + 1) * size, :size], expected)
+    other = demo_model.generate(class_label=0, steps=1, seed=0).rgb
+    assert np.abs(grid[:size, :size].astype(int) - other).mean() > 1  # another seed, another sample
+    for bad in (-1, True, 2**63 - 1, 1.5):
+        with pytest.raises(ValueError, match="first_seed"):
+            evaluate_generation(demo_model, tmp_path, per_class=1, steps=1, first_seed=bad)
+
+
 def test_demo_photo_is_captioned_out_of_domain(demo_model, tmp_path):
     pytest.importorskip("matplotlib")
     import cv2

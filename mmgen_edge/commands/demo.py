@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mmgen_edge.cli import backend_name, guidance_scale, nonnegative_int, positive_int, step_count, step_list
+from mmgen_edge.cli import backend_name, bounded_int, guidance_scale, nonnegative_int, positive_int, step_count, step_list
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -27,7 +27,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         compare = stack.enter_context(mmgen_edge.load(compare_bundle, backend=model.backend)) if compare_bundle else None
         report = run_evaluation(model, args.out, num_scenes=args.scenes, steps=steps,
                                 generation_per_class=args.generation, progress=not args.json and sys.stderr.isatty(),
-                                compare=compare, generation_cfg_scale=args.cfg_scale)  # fmt: skip
+                                compare=compare, generation_cfg_scale=args.cfg_scale,
+                                generation_seed=args.generation_seed)  # fmt: skip
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -69,6 +70,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--generation", type=nonnegative_int, default=2, help="generated samples per class for the grid (0: none)")
     p.add_argument("--cfg-scale", type=guidance_scale,
                    help="guidance of the class samples, 0..100 (default: the bundle's, as users sample)")
+    p.add_argument("--generation-seed", type=bounded_int(0, 2**62), default=0,
+                   help="seed of the first class sample (sample j of class c: this + 1000 c + j; default 0). Choose "
+                        "sampler settings on other seeds than the ones you report")  # fmt: skip
     p.add_argument("--compare", help="a second bundle scored and timed side by side on the same scenes (default for the "
                                      "demo model: its distilled-decoder bundle)")  # fmt: skip
     p.add_argument("--no-compare", action="store_true", help="evaluate the bundle alone")

@@ -230,23 +230,31 @@ def vae_ceiling(model: Any, scenes: Sequence[Scene], progress: bool = False) -> 
 
 
 def evaluate_generation(
-    model: Any, out_dir: Path, per_class: int = 4, steps: int = 4, cfg_scale: float | None = None
+    model: Any, out_dir: Path, per_class: int = 4, steps: int = 4, cfg_scale: float | None = None, first_seed: int = 0
 ) -> dict[str, Any]:
     """A per-class sample grid (rows = classes; rgb | depth | normals | segments per sample), consistency and fidelity.
 
     ``cfg_scale`` None samples with the bundle's default guidance (``manifest.sampler.cfg_scale``), as users do.
+    Sample ``j`` of class ``label`` uses seed ``first_seed + 1000 * label + j``: choosing a sampler setting on one
+    ``first_seed`` and reporting on another keeps the choice off the reported samples.
 
     Returns:
         ``consistency_*`` (means over all samples), ``fidelity`` (the fraction of all samples whose segmentation
         shows their class's number of objects, ``counting.count_objects``), ``fidelity_per_class`` ({class name:
         fraction of its ``per_class`` samples}), ``cfg_scale`` and ``steps`` (what the samples used).
     """
+    from mmgen_edge.sdk.protocol import MAX_SEED
+
+    last_seed = first_seed + 1000 * (model.num_classes - 1) + per_class - 1
+    if isinstance(first_seed, bool) or not isinstance(first_seed, int) or first_seed < 0 or last_seed > MAX_SEED:
+        raise ValueError(f"first_seed must be an integer >= 0 whose samples' seeds stay <= {MAX_SEED}, got {first_seed!r}")
     cfg_scale = model.guidance(cfg_scale)
     rows, items, fidelity = [], [], {}
     for label in range(model.num_classes):
         tiles, hits = [], 0
         for j in range(per_class):
-            g = model.generate(class_label=label, steps=steps, seed=label * 1000 + j, cfg_scale=cfg_scale)
+            g = model.generate(class_label=label, steps=steps, seed=first_seed + label * 1000 + j,
+                           cfg_scale=cfg_scale)
             tiles += [g.rgb, processors.colourise_depth(g.depth), processors.colourise_normals(g.normals),
                       processors.colourise_segmentation(g.segmentation.labels)]  # fmt: skip
             perceived = model.perceive(g.rgb, tasks=("depth",), steps=steps, seed=0)
@@ -259,7 +267,8 @@ def evaluate_generation(
         rows.append(np.concatenate(tiles, axis=1))
     grid = np.concatenate(rows, axis=0)
     write_image(out_dir / "generation_grid.png", grid)
-    summary: dict[str, Any] = {**mean_metrics(items), "cfg_scale": float(cfg_scale), "steps": steps}
+    summary: dict[str, Any] = {**mean_metrics(items), "cfg_scale": float(cfg_scale), "steps": steps,
+                               "first_seed": first_seed}
     if fidelity:
         summary.update(fidelity=float(np.mean(list(fidelity.values()))), fidelity_per_class=fidelity)
     return summary
@@ -276,6 +285,7 @@ def run_evaluation(
     compare: Any | None = None,
     speed_frames: int = COMPARE_SPEED_FRAMES,
     generation_cfg_scale: float | None = None,
+    generation_seed: int = 0,
 ) -> dict[str, Any]:
     """The full report (written to ``out_dir/report.json`` and ``report.md``).
 
@@ -291,6 +301,7 @@ def run_evaluation(
         compare: a second loaded model (e.g. the same model with a distilled decoder) scored on the same scenes and
             timed stage by stage against ``model``, interleaved (``compare_stage_times``, ``speed_frames`` each).
         generation_cfg_scale: guidance of the class samples (None: the bundle's default).
+        generation_seed: seed of the first class sample (``evaluate_generation``'s ``first_seed``).
 
     Returns:
         The report: ``perception`` {K: metrics}, ``baselines`` {"trivial": metrics}, ``vae_ceiling`` (unless
@@ -322,7 +333,7 @@ def run_evaluation(
         report["vae_ceiling"] = vae_ceiling(model, scenes[:ceiling_count], progress=progress)
     if generation_per_class > 0:
         report["generation"] = evaluate_generation(model, out, generation_per_class, steps=max(4, min(steps)),
-                                                   cfg_scale=generation_cfg_scale)
+                                                   cfg_scale=generation_cfg_scale, first_seed=generation_seed)
         report["generation"]["classes"] = list(CATEGORY_NAMES[: model.num_classes])
     write_text_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
     write_text_atomic(out / "report.md", markdown(report))
