@@ -105,12 +105,24 @@ def written_by_us(directory: Path) -> bool:
     return _legacy_output(directory) and all(_legacy_member(p) for p in directory.iterdir())
 
 
-#: What an output written before the marker could hold at its top level (graphs, weights, configs, caches).
-_LEGACY_SUFFIXES = (".onnx", ".data", ".plan", ".engine", ".json", ".safetensors", ".pbtxt")
+#: What an output written before the marker could hold (graphs, weights, configs, engine and compile caches, a
+#: model repository's entry ``model.py``), at any depth up to ``_LEGACY_DEPTH`` folders down.
+_LEGACY_SUFFIXES = (".onnx", ".data", ".plan", ".engine", ".json", ".safetensors", ".pbtxt", ".blob")
+_LEGACY_NAMES = ("model.py",)
+_LEGACY_DEPTH = 4
 
 
-def _legacy_member(path: Path) -> bool:
-    return path.is_dir() or path.name.endswith(_LEGACY_SUFFIXES)
+def _legacy_member(path: Path, depth: int = 0) -> bool:
+    """Whether ``path`` is something an old output holds: such a file, or a folder (not a link) of only such things.
+
+    A folder is looked into, never trusted by its kind: a user's ``photos/`` or ``.git/`` inside an old bundle makes
+    the bundle not ours, so ``overwrite`` refuses it instead of deleting them.
+    """
+    if path.is_symlink():
+        return False
+    if path.is_dir():
+        return depth < _LEGACY_DEPTH and all(_legacy_member(p, depth + 1) for p in path.iterdir())
+    return path.name.endswith(_LEGACY_SUFFIXES) or path.name in _LEGACY_NAMES
 
 
 def file_in_the_way(path: Path) -> Path | None:

@@ -120,6 +120,12 @@ class DimRange(BaseModel):
     opt: int = Field(1, ge=1)
     max: int = Field(8, ge=1)
 
+    @model_validator(mode="after")
+    def _ordered(self) -> "DimRange":
+        if not self.min <= self.opt <= self.max:
+            raise ValueError(f"needs min <= opt <= max, got min {self.min}, opt {self.opt}, max {self.max}")
+        return self
+
 
 #: The largest batch a bundle may declare (``export --max-batch``): Triton's ``max_batch_size`` is an int32 and a
 #: larger engine batch would not fit any device's memory at the release size anyway.
@@ -127,6 +133,13 @@ MAX_BATCH = 1024
 #: Dynamic dimension symbols used in graph shapes: N = samples; B = modulation rows (N, or 2N with guidance);
 #: V = images through the VAE decoder (up to one per modality per sample).
 BATCH_DIM, MODULATION_DIM, DECODE_DIM = "N", "B", "V"
+#: The largest fixed axis a graph tensor may declare (an image side of 16 384 px, a hidden size of 64 k).
+MAX_TENSOR_AXIS = 65536
+
+
+def dim_limits(num_modalities: int) -> dict[str, int]:
+    """The largest ``max`` of each required dynamic dimension: N samples, B = 2N rows, V = one image per modality."""
+    return {BATCH_DIM: MAX_BATCH, MODULATION_DIM: 2 * MAX_BATCH, DECODE_DIM: num_modalities * MAX_BATCH}
 
 
 class EngineEntry(BaseModel):
@@ -193,11 +206,39 @@ class Manifest(BaseModel):
             check_bundle_path(entry.path)
         listed = {entry.path for entry in self.files}
         named = [(f"graph {name}", g.file) for name, g in self.graphs.items()]
+        named += [(f"graph {name}'s external data", g.external_data) for name, g in self.graphs.items()
+                  if g.external_data is not None]  # fmt: skip
         named += [(f"engine for {e.graph}", e.file) for e in self.engines]
         for what, path in named:
             check_bundle_path(path)
             if path not in listed:
                 raise ValueError(f"{what} names {path!r}, which is not listed (with its hash) in the manifest's files")
+        return self
+
+    @model_validator(mode="after")
+    def _check_dims(self) -> "Manifest":
+        """N, B and V are declared within the batch limits, and every dimension a graph names is declared.
+
+        A missing symbol or an absurd bound is refused here, at read, instead of failing inside a call (a missing V
+        after the whole sampler ran) or reaching a Triton config (whose ``max_batch_size`` is an int32).
+        """
+        limits = dim_limits(self.model.num_modalities)
+        for symbol, limit in limits.items():
+            if symbol not in self.dims:
+                raise ValueError(f"dims lacks {symbol!r} (declared: {sorted(self.dims)}); every bundle declares "
+                                 f"{', '.join(limits)}")  # fmt: skip
+        for symbol, bounds in self.dims.items():
+            limit = limits.get(symbol, max(limits.values()))
+            if bounds.max > limit:
+                raise ValueError(f"dims {symbol!r} max {bounds.max} is above the limit {limit} (MAX_BATCH {MAX_BATCH})")
+        for name, graph in self.graphs.items():
+            for spec in (*graph.inputs, *graph.outputs):
+                for axis in spec.shape:
+                    if isinstance(axis, str) and axis not in self.dims:
+                        raise ValueError(f"graph {name} tensor {spec.name} uses dimension {axis!r}, which dims does "
+                                         f"not declare (declared: {sorted(self.dims)})")  # fmt: skip
+                    if isinstance(axis, int) and not 1 <= axis <= MAX_TENSOR_AXIS:
+                        raise ValueError(f"graph {name} tensor {spec.name} has axis {axis}, outside 1..{MAX_TENSOR_AXIS}")
         return self
 
     @model_validator(mode="after")

@@ -174,6 +174,20 @@ def test_overwrite_recognises_old_outputs_by_structure_not_by_a_mention(tmp_path
     (old_bundle / "manifest.json").write_text(json.dumps({"schema_version": 1, "graphs": {}, "files": [], "model": {}, "provenance": {}}))
     (old_bundle / "denoiser_cached.onnx").write_bytes(b"graph")
     check_output_directory(old_bundle, overwrite=True)
+    (old_bundle / "cache" / "openvino" / "k").mkdir(parents=True)  # its compile cache is part of it
+    (old_bundle / "cache" / "openvino" / "k" / "1.blob").write_bytes(b"blob")
+    check_output_directory(old_bundle, overwrite=True)
+    for user_thing in ("photos/holiday.jpg", ".git/HEAD", "cache/notes.txt"):  # a folder is looked into, not trusted
+        path = old_bundle / user_thing
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("a user's file")
+        with pytest.raises(FileExistsError, match="did not write"):
+            check_output_directory(old_bundle, overwrite=True)
+        path.unlink()
+    (old_bundle / "elsewhere").symlink_to(tmp_path / "thesis", target_is_directory=True)  # a link is not ours
+    with pytest.raises(FileExistsError, match="did not write"):
+        check_output_directory(old_bundle, overwrite=True)
+    (old_bundle / "elsewhere").unlink()
     (old_bundle / "notes.txt").write_text("a user's file inside it: then it is not replaced")
     with pytest.raises(FileExistsError, match="did not write"):
         check_output_directory(old_bundle, overwrite=True)

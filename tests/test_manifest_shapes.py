@@ -109,3 +109,28 @@ def test_io_mismatch_reads_ort_style_dynamic_dims():
     assert ort_type_to_numpy("tensor(float)") == "float32" and ort_type_to_numpy("tensor(int64)") == "int64"
     with pytest.raises(TypeError, match="tensor\\(string\\)"):
         ort_type_to_numpy("tensor(string)")
+
+
+def _graph_with_input(raw: dict) -> dict:
+    return raw["graphs"]["conditioning"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda raw: raw["graphs"]["vae_encoder"].update(external_data="../../secret.txt"), "must be a plain relative path inside the bundle"),
+        (lambda raw: raw["graphs"]["vae_encoder"].update(external_data="/etc/passwd"), "must be a plain relative path inside the bundle"),
+        (lambda raw: raw["graphs"]["vae_encoder"].update(external_data="weights.data"),
+         "vae_encoder's external data names 'weights.data', which is not listed"),
+        (lambda raw: raw["dims"].pop("V"), "dims lacks 'V'"),
+        (lambda raw: raw["dims"]["N"].update(min=8, opt=4, max=2), "needs min <= opt <= max, got min 8, opt 4, max 2"),
+        (lambda raw: raw["dims"]["N"].update(max=2**40), f"dims 'N' max {2**40} is above the limit 1024"),
+        (lambda raw: raw["dims"]["B"].update(max=10**6), "dims 'B' max 1000000 is above the limit 2048"),
+        (lambda raw: _graph_with_input(raw)["inputs"][0].update(shape=["Q", 4]), "uses dimension 'Q', which dims does not declare"),
+        (lambda raw: _graph_with_input(raw)["inputs"][0].update(shape=["N", 0]), "has axis 0, outside 1..65536"),
+    ],
+)
+def test_hostile_paths_and_dims_are_refused_at_read(runtime_bundle, tmp_path, edit, message):
+    bundle = edited_bundle(runtime_bundle, tmp_path / "b", edit)
+    with pytest.raises(BundleError, match=message):
+        read_manifest(bundle, verify="none")
