@@ -10,7 +10,8 @@ feed fails with a message that names the tensor instead of a backend error deep 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -134,7 +135,8 @@ class Runner(abc.ABC):
 
     def activate(self) -> None:
         if not self.active:
-            self._activate()
+            with self._backend_errors("could not be loaded"):
+                self._activate()
             self.active = True
 
     def deactivate(self) -> None:
@@ -147,7 +149,19 @@ class Runner(abc.ABC):
         if not self.active:
             raise RuntimeError(f"{self.graph_name} runner is not active: call activate() or use it in a with-block")
         self.check_feeds(feeds)
-        return self._infer(feeds)
+        with self._backend_errors("failed"):
+            return self._infer(feeds)
+
+    @contextlib.contextmanager
+    def _backend_errors(self, what: str) -> Iterator[None]:
+        """Re-raise a backend's own exception type (ONNX Runtime's ``InvalidProtobuf``, ``Fail``, ... derive from
+        ``Exception`` alone) as a RuntimeError that names the graph and the backend; ours pass through unchanged."""
+        try:
+            yield
+        except (ValueError, RuntimeError, OSError, MemoryError):
+            raise
+        except Exception as e:  # noqa: BLE001 - a foreign exception type, named in the message
+            raise RuntimeError(f"graph {self.graph_name} {what} on {self.backend}: {type(e).__name__}: {e}") from e
 
     def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> None:
         expected = {spec.name: spec for spec in self.graph.inputs}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from bundle_edits import edited_bundle
 
@@ -134,3 +135,39 @@ def test_hostile_paths_and_dims_are_refused_at_read(runtime_bundle, tmp_path, ed
     bundle = edited_bundle(runtime_bundle, tmp_path / "b", edit)
     with pytest.raises(BundleError, match=message):
         read_manifest(bundle, verify="none")
+
+
+def test_a_graph_the_backend_cannot_parse_fails_in_one_line_naming_it(runtime_bundle, tmp_path, capsys):
+    """ONNX Runtime's own exception types (InvalidProtobuf, Fail, ...) derive from Exception alone: the runner
+    re-raises them as a RuntimeError naming graph and backend, so the SDK and the CLI report it like any error."""
+    import os
+
+    import cv2
+
+    import mmgen_edge
+    from mmgen_edge.cli import main
+    from mmgen_edge.runtime.fileio import sha256_file
+
+    garbage = os.urandom(4096)
+
+    def rehash(raw: dict) -> None:
+        for entry in raw["files"]:
+            if entry["path"] == raw["graphs"]["vae_encoder"]["file"]:
+                entry.update(bytes=len(garbage), sha256=digest)
+
+    source = tmp_path / "garbage.onnx"
+    source.write_bytes(garbage)
+    digest = sha256_file(source)
+    bundle = edited_bundle(runtime_bundle, tmp_path / "b", rehash)
+    target = bundle / read_manifest(runtime_bundle, verify="none").graphs["vae_encoder"].file
+    target.unlink()  # a hard link to the original: replace, never write through it
+    target.write_bytes(garbage)
+    image = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(RuntimeError, match=r"graph vae_encoder could not be loaded on onnxruntime:CPUExecutionProvider: InvalidProtobuf"):
+        mmgen_edge.load(bundle, backend="ort-cpu")
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), image)
+    capsys.readouterr()
+    assert main(["perceive", str(photo), "--bundle", str(bundle), "--backend", "ort-cpu", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mmgen-edge perceive: error: graph vae_encoder could not be loaded") and "Traceback" not in err
