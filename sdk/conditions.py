@@ -84,7 +84,7 @@ def segmentation_condition(value: object, seed: int, palette: Sequence[Sequence[
     segments = len(np.unique(arr))
     if segments > MAX_SEGMENTS:
         raise ValueError(f"condition['segmentation'] has {segments} segments, more than {MAX_SEGMENTS}: merge small ones")
-    return encode_mask(arr.astype(np.int32), np.random.default_rng(seed), palette)
+    return encode_mask(arr, np.random.default_rng(seed), palette)  # any integer ids: no narrowing cast
 
 
 def condition_image(name: str, value: object, seed: int, palette: Sequence[Sequence[int]] | None = None) -> np.ndarray:

@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from mmgen_edge.runtime.manifest import Manifest, parse_manifest
-from mmgen_edge.runtime.sampler import check_integer, check_steps
+from mmgen_edge.runtime.sampler import check_steps
 from mmgen_edge.sdk.protocol import (
     GENERATE_MODEL,
     IMAGE_OUTPUTS,
@@ -44,6 +44,7 @@ from .api import (
     PERCEPTION_TASKS,
     GenerationRequest,
     ModelOutput,
+    check_seed,
     check_tasks,
     generation_request,
     generation_result,
@@ -244,8 +245,7 @@ class RemoteModel(Model):
     def _sampling(steps: int | None, seed: int | None, noise: np.ndarray | None) -> dict[str, np.ndarray]:
         if steps is not None:
             check_steps(steps)
-        if seed is not None:
-            check_integer(seed, "seed", 0)
+        seed = check_seed(seed)  # the local model's bounds (0..MAX_SEED), so both refuse alike before any request
         out = {
             "steps": np.array([[NO_STEPS if steps is None else steps]], np.int32),
             "seed": np.array([[RANDOM_SEED if seed is None else seed]], np.int64),

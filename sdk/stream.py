@@ -265,12 +265,15 @@ def stream_frames(
         raise ValueError(f"realtime must be True, False or None, got {realtime!r}")
     if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
         raise ValueError(f"max_pending must be an integer >= 1, got {max_pending!r}")
-    noise = _stream_noise(model, seed)
+    from mmgen_edge.runtime.sampler import check_steps
+
+    from .api import check_seed, check_tasks  # here: api's model opens streams through this module
+
+    # every argument is checked before a source opens: a camera is never left held by a refused call
+    kwargs: dict[str, Any] = {"tasks": check_tasks(tasks), "steps": None if steps is None else check_steps(steps)}
+    noise = _stream_noise(model, check_seed(seed))
     condition = threading.Condition()
     opened = _open_all(items, realtime, max_pending, condition)
-    from .api import check_tasks  # here: api's model opens streams through this module
-
-    kwargs: dict[str, Any] = {"tasks": check_tasks(tasks), "steps": steps}
     return Stream(model, opened, noise, kwargs, condition)
 
 

@@ -58,6 +58,15 @@ def test_a_segmentation_condition_is_painted_with_the_model_palette():
     np.testing.assert_array_equal(random, encode_mask(labels.astype(np.int32), np.random.default_rng(5)))
 
 
+@pytest.mark.parametrize(("dtype", "big"), [(np.int64, 2**32), (np.int64, 2**31), (np.uint64, 2**63), (np.int64, 2**62)])
+def test_segment_ids_beyond_int32_stay_distinct_segments(dtype, big):
+    labels = np.zeros((32, 32), dtype)
+    labels[4:20, 4:20] = big  # an id that an int32 cast would wrap to 0 (one segment), or to a negative number
+    labels[24:30, 24:30] = 3
+    painted = generation_request(32, 4, condition={"segmentation": labels}, seed=5, mask_palette=PALETTE).condition_image
+    assert tuple(painted[0, 31]) == PALETTE[0] and tuple(painted[10, 10]) == PALETTE[1] and tuple(painted[26, 26]) == PALETTE[2]
+
+
 def test_a_palette_model_generates_from_labels_as_from_its_palette_image(tmp_path, tiny_vae_dir):
     from mmgen_edge.export.checkpoint import convert_checkpoint
     from mmgen_edge.export.onnx_export import export_bundle

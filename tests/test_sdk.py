@@ -228,3 +228,13 @@ def test_build_names_a_cpu_calibrated_bundle(tiny_bundle, tmp_path, capsys):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     assert cli_main(["build", str(copy), "--int8"]) == 2
     assert "calibrated for the CPU" in capsys.readouterr().err
+
+
+def test_the_remote_client_bounds_the_seed_like_the_local_model():
+    from mmgen_edge.sdk.protocol import MAX_SEED
+    from mmgen_edge.sdk.remote import RemoteModel
+
+    assert RemoteModel._sampling(None, MAX_SEED, None)["seed"][0, 0] == MAX_SEED
+    for bad in (MAX_SEED + 1, 2**64, -1, 1.5, True):
+        with pytest.raises(ValueError, match="seed must be"):
+            RemoteModel._sampling(None, bad, None)

@@ -166,6 +166,18 @@ def test_more_sources_than_max_batch_is_refused_before_capture() -> None:
     assert threading.active_count() == before
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"tasks": ("depht",)}, "depht"), ({"seed": -1}, "seed must be in"), ({"seed": 1.5}, "seed must be"),
+     ({"steps": 0}, "steps must be in"), ({"steps": "4"}, "steps")],
+)
+def test_bad_arguments_are_refused_before_any_source_opens(video: Path, kwargs: dict, message: str) -> None:
+    before = threading.active_count()
+    with pytest.raises(ValueError, match=message):
+        stream_frames(FakeModel(), [video], **kwargs)
+    assert threading.active_count() == before  # no capture thread started, nothing left holding the source
+
+
 def test_same_noise_on_every_call() -> None:
     seed = 3
     model = FakeModel()
