@@ -96,6 +96,11 @@ positive_int = bounded_int(1)
 nonnegative_int = bounded_int(0)
 #: TCP ports.
 port = bounded_int(1, 65535)
+#: Sampling seeds: the SDK's and the server's bounds (``sdk.protocol.MAX_SEED``, an int64).
+seed_value = bounded_int(0, 2**63 - 1)
+#: Samples one command generates (``generate --num``).
+MAX_SAMPLES = 100_000
+sample_count = bounded_int(1, MAX_SAMPLES)
 
 
 def thread_count(text: str) -> int:

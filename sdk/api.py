@@ -277,7 +277,10 @@ def load_images(image: object) -> tuple[list[np.ndarray], bool]:
 
 def noise_array(noise: object, shape: tuple[int, int, int, int]) -> np.ndarray:
     """User noise checked against ``shape`` (N, C, h, w); one sample's (C, h, w) is used for every sample."""
-    noise = np.asarray(noise, dtype=np.float32)
+    raw = np.asarray(noise)
+    if raw.dtype.kind not in "fiu":  # complex (its imaginary part would be dropped), bool, object, strings
+        raise ValueError(f"noise must be a real float array, got dtype {raw.dtype}")
+    noise = raw.astype(np.float32, copy=False)
     if noise.shape == shape[1:]:
         noise = np.broadcast_to(noise, shape)
     if noise.shape != shape:
@@ -326,6 +329,8 @@ def generation_request(
     cfg_scale = check_cfg_scale(cfg_scale)
     seed = check_seed(seed)
     name = image = None
+    if condition is not None and not isinstance(condition, Mapping):
+        raise ValueError(f"condition must be a mapping like {{'depth': array}}, got {type(condition).__name__}")
     if condition:
         if len(condition) != 1:
             raise ValueError(f"give exactly one condition map, got {sorted(condition)}")

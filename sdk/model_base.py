@@ -81,7 +81,7 @@ class Model(abc.ABC):
         """Depth, normals and/or segmentation of an image, at the image's resolution.
 
         Args:
-            image: a path, an (H, W, 3) uint8 RGB array, a PIL image... or a list of those (one batch).
+            image: a path or an (H, W, 3) uint8 RGB array, or a list of those (one batch).
             tasks: any of "depth", "normals", "segmentation".
             steps: sampler steps (default: this handle's ``steps``).
             seed: seed of the starting noise (None: random).

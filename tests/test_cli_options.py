@@ -21,9 +21,11 @@ BAD_OPTIONS = [
     (["export", "m", "--vae", "v", "--out", "o"], "--max-batch", "5000", "must be an integer in 1..1024, got 5000"),
     (["export", "m", "--vae", "v", "--out", "o"], "--steps", "four", "steps must be an integer, got 'four'"),
     (["perceive", "a.png"], "--steps", "-1", "steps must be in 1.."),
-    (["perceive", "a.png"], "--seed", "-3", "must be an integer >= 0, got -3"),
-    (["generate"], "--num", "0", "must be an integer >= 1, got 0"),
-    (["generate"], "--seed", "-1", "must be an integer >= 0, got -1"),
+    (["perceive", "a.png"], "--seed", "-3", "must be an integer in 0..9223372036854775807, got -3"),
+    (["perceive", "a.png"], "--seed", str(2**63), f"must be an integer in 0..9223372036854775807, got {2**63}"),
+    (["generate"], "--num", "0", "must be an integer in 1..100000, got 0"),
+    (["generate"], "--num", "100001", "must be an integer in 1..100000, got 100001"),
+    (["generate"], "--seed", "-1", "must be an integer in 0..9223372036854775807, got -1"),
     (["generate"], "--class-label", "-2", "must be an integer >= 0, got -2"),
     (["generate"], "--cfg-scale", "nan", "must be a finite number, got 'nan'"),
     (["generate"], "--cfg-scale", "101", "must be in 0..100, got '101'"),
@@ -33,14 +35,14 @@ BAD_OPTIONS = [
     (["stream", "clip.mp4"], "--fps", "0", "must be a finite number > 0, got '0'"),
     (["stream", "clip.mp4"], "--fps", "inf", "must be a finite number > 0, got 'inf'"),
     (["stream", "clip.mp4"], "--max-frames", "0", "must be an integer >= 1, got 0"),
-    (["stream", "clip.mp4"], "--seed", "-1", "must be an integer >= 0"),
+    (["stream", "clip.mp4"], "--seed", "-1", "must be an integer in 0.."),
     (["eval"], "--scenes", "0", "must be an integer >= 1, got 0"),
     (["eval"], "--generation", "-1", "must be an integer >= 0, got -1"),
     (["eval"], "--generation-seed", "-1", "must be an integer in 0..4611686018427387904, got -1"),
     (["eval"], "--steps", "1,0,4", "steps must be in 1..250, got 0 (in '1,0,4')"),
     (["eval"], "--steps", ",", "must be comma-separated step counts, got ','"),
     (["demo"], "--steps", "0", "steps must be in 1.."),
-    (["demo"], "--seed", "-5", "must be an integer >= 0, got -5"),
+    (["demo"], "--seed", "-5", "must be an integer in 0..9223372036854775807, got -5"),
     (["calibrate", "b", "--data", "demo:4", "--out", "o"], "--samples", "0", "must be an integer >= 1, got 0"),
     (["calibrate", "b", "--data", "demo:4", "--out", "o"], "--threads", "0", "must be an integer in 1..1024, got 0"),
     (["calibrate", "b", "--data", "demo:4", "--out", "o"], "--threads", "100000", "must be an integer in 1..1024"),
@@ -133,3 +135,15 @@ def test_the_soak_benchmark_checks_its_numeric_options(capsys):
     with pytest.raises(SystemExit) as info:
         soak.main(["--clients", "0"])
     assert info.value.code == 2 and "argument --clients: must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_the_cli_seed_bound_is_the_sdk_bound_and_generate_checks_its_last_seed_first(tmp_path, capsys):
+    from mmgen_edge.sdk.protocol import MAX_SEED
+
+    assert cli.seed_value(str(MAX_SEED)) == MAX_SEED
+    with pytest.raises(argparse.ArgumentTypeError):
+        cli.seed_value(str(MAX_SEED + 1))
+    out = tmp_path / "gen"
+    assert main(["generate", "--seed", str(MAX_SEED), "--num", "2", "--out", str(out)]) == 2
+    assert f"needs seeds up to {MAX_SEED + 1}" in capsys.readouterr().err
+    assert not out.exists()  # refused before any sample was written

@@ -238,3 +238,17 @@ def test_the_remote_client_bounds_the_seed_like_the_local_model():
     for bad in (MAX_SEED + 1, 2**64, -1, 1.5, True):
         with pytest.raises(ValueError, match="seed must be"):
             RemoteModel._sampling(None, bad, None)
+
+
+def test_a_condition_that_is_not_a_mapping_and_noise_that_is_not_real_are_refused_by_name():
+    from mmgen_edge.sdk.api import generation_request, noise_array
+
+    depth = np.ones((32, 32), np.float32)
+    for condition in ([("depth", depth)], ("depth", depth), "depth"):
+        with pytest.raises(ValueError, match="condition must be a mapping"):
+            generation_request(32, 4, condition=condition)
+    shape = (1, 16, 4, 4)
+    for bad in (np.ones(shape, np.complex64), np.ones(shape, bool), np.full(shape, "1")):
+        with pytest.raises(ValueError, match=f"noise must be a real float array, got dtype {bad.dtype}"):
+            noise_array(bad, shape)
+    assert noise_array(np.zeros(shape, np.float64), shape).dtype == np.float32  # real floats are still taken

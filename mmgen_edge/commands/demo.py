@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mmgen_edge.cli import backend_name, bounded_int, guidance_scale, nonnegative_int, positive_int, step_count, step_list
+from mmgen_edge.cli import (
+    backend_name, bounded_int, guidance_scale, nonnegative_int, positive_int, seed_value, step_count, step_list,
+)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -84,7 +86,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--out", default="out/demo", help="output directory (default: out/demo)")
     p.add_argument("--bundle", help="bundle to use instead of the demo model's")
     p.add_argument("--steps", type=step_count, help="sampler steps (default: the bundle's)")
-    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--seed", type=seed_value, default=0)
     p.add_argument("--tiny-bundle", help="the distilled-decoder bundle compared with --bundle (default: the demo's own)")
     p.add_argument("--no-compare", action="store_true", help="skip the distilled decoder's side-by-side comparison")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -12,7 +12,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from mmgen_edge.cli import backend_name, guidance_scale, nonnegative_int, positive_float, positive_int, step_count
+from mmgen_edge.cli import (
+    backend_name, guidance_scale, nonnegative_int, positive_float, positive_int, sample_count, seed_value, step_count,
+)
 from mmgen_edge.runtime.modalities import CONDITION_TASKS
 
 def _write_rgb(path: Path, image: np.ndarray) -> None:
@@ -119,8 +121,13 @@ def cmd_perceive(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from mmgen_edge.sdk.images import load_image
 
+    from mmgen_edge.sdk.protocol import MAX_SEED
+
     if (args.condition is None) != (args.condition_image is None):
         raise ValueError("--condition and --condition-image go together")
+    if args.seed + args.num - 1 > MAX_SEED:  # before any sample is written
+        raise ValueError(f"--seed {args.seed} with --num {args.num} needs seeds up to {args.seed + args.num - 1}, "
+                         f"above the largest seed {MAX_SEED}")  # fmt: skip
     condition = {args.condition: load_image(args.condition_image, "--condition-image")} if args.condition else None
     out = Path(args.out)
     summary = []
@@ -223,7 +230,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--backend", type=backend_name, default="auto", help="auto, tensorrt, ort-tensorrt, ort-cuda, ort-cpu, openvino, openvino-fp32 or openvino-bf16")
     p.add_argument("--tasks", default="depth,normals,segmentation", help="comma-separated subset")
     p.add_argument("--steps", type=step_count, help="sampler steps (default: the bundle's)")
-    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--seed", type=seed_value, default=0)
     p.add_argument("--out", default="out/perceive", help="output directory for the PNGs")
     p.add_argument("--json", action="store_true", help="print a JSON summary (paths, timings, statistics)")
     p.set_defaults(func=cmd_perceive)
@@ -238,8 +245,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--cfg-scale", type=guidance_scale,
                    help="classifier-free guidance on the class label, 0..100 (1 = none; default: the bundle's)")
     p.add_argument("--steps", type=step_count)
-    p.add_argument("--seed", type=nonnegative_int, default=0)
-    p.add_argument("--num", type=positive_int, default=1, help="samples to generate (seeds seed..seed+num-1)")
+    p.add_argument("--seed", type=seed_value, default=0)
+    p.add_argument("--num", type=sample_count, default=1, help="samples to generate (seeds seed..seed+num-1)")
     p.add_argument("--out", default="out/generate")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_generate)
@@ -251,7 +258,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--backend", type=backend_name, default="auto")
     p.add_argument("--tasks", default="depth,normals,segmentation")
     p.add_argument("--steps", type=step_count)
-    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--seed", type=seed_value, default=0)
     p.add_argument("--realtime", choices=["on", "off"], help="latest-frame policy (default: on for cameras/URLs, off for files)")
     p.add_argument("--out", help="write an .mp4 of input | maps side by side")
     p.add_argument("--fps", type=positive_float, default=15.0, help="frame rate of --out")
