@@ -12,7 +12,9 @@ AMX); elsewhere the plugin emulates it, slower than fp32, so :func:`openvino_run
 the emulation (accuracy checks on machines without bf16).
 
 Compiled models are cached (OpenVINO's ``CACHE_DIR``) in one folder per key, ``cache/openvino/KEY`` inside the bundle,
-or under the user's cache directory when the bundle is read-only. The key names the graph, the OpenVINO version,
+or under the user's cache directory when the bundle is read-only, reached through a link, or holds blobs this tool
+did not record (each folder's ``blobs.json`` has the size and SHA-256 of the blobs OpenVINO wrote: a blob copied in
+or cut short is never loaded in place of the checked graph). The key names the graph, the OpenVINO version,
 the device, the precision and the graph's SHA-256 (as TensorRT engines are keyed by TensorRT version and GPU), so
 a stale blob is never in the folder that a new version, device, precision or graph reads.
 """
@@ -144,23 +146,65 @@ def user_cache_root() -> Path:
 
 
 def cache_directory(bundle: Path, key: str) -> Path:
-    """``BUNDLE/cache/openvino/KEY`` (created), or the user cache's ``KEY`` folder when the bundle is read-only."""
+    """``BUNDLE/cache/openvino/KEY`` (created), or the user cache's ``KEY`` folder when the bundle's cannot be used:
+    the bundle is read-only, a folder on the way is a link (the cache would be written outside the bundle), or the
+    folder holds blobs that this tool did not record (:func:`trusted_blobs`)."""
     inside = bundle / BUNDLE_CACHE_DIR / key
+    usable = False
     try:
-        inside.mkdir(parents=True, exist_ok=True)
-        writable = os.access(inside, os.W_OK)
+        linked = any(p.is_symlink() for p in (bundle / "cache", bundle / BUNDLE_CACHE_DIR, inside))
+        if not linked:
+            inside.mkdir(parents=True, exist_ok=True)
+            usable = os.access(inside, os.W_OK) and trusted_blobs(inside)
     except OSError:  # a read-only bundle (installed package, mounted volume): the user's cache instead
-        writable = False
-    if writable:
+        usable = False
+    if usable:
         return inside
     outside = user_cache_root() / key
     outside.mkdir(parents=True, exist_ok=True)
     return outside
 
 
+#: Beside the blobs of one cache folder: each blob this tool saw OpenVINO write, with its size and SHA-256.
+BLOB_INDEX = "blobs.json"
+
+
 def _blobs(folder: Path) -> dict[str, int]:
     """Compiled blobs in ``folder`` by name -> modification time (ns)."""
     return {p.name: p.stat().st_mtime_ns for p in folder.glob(f"*{BLOB_SUFFIX}")}
+
+
+def _blob_facts(folder: Path) -> dict[str, dict[str, object]]:
+    from .fileio import sha256_file
+
+    return {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(folder.glob(f"*{BLOB_SUFFIX}"))}
+
+
+def trusted_blobs(folder: Path) -> bool:
+    """Whether every blob in ``folder`` is one that :func:`record_blobs` recorded, unchanged (size and SHA-256).
+
+    A bundle's compiled models are not in its manifest, so this is their integrity check: a blob copied in from
+    elsewhere, cut short by a killed compile or changed since is never loaded in place of the checked graph. An
+    empty folder is trusted (nothing to load).
+    """
+    import json
+
+    if not any(folder.glob(f"*{BLOB_SUFFIX}")):
+        return True
+    try:
+        recorded = json.loads((folder / BLOB_INDEX).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(recorded, dict) and _blob_facts(folder) == recorded
+
+
+def record_blobs(folder: Path) -> None:
+    """Write ``folder``'s index of its blobs (atomically), after OpenVINO compiled into it."""
+    import json
+
+    from .fileio import write_text_atomic
+
+    write_text_atomic(folder / BLOB_INDEX, json.dumps(_blob_facts(folder), indent=1) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------------- runner
@@ -232,6 +276,8 @@ class OpenVinoRunner(Runner):
         compiled = core.compile_model(model, DEVICE, config)
         self.compile_seconds = time.perf_counter() - start
         self.cache_hit = bool(before) and self.cache_dir is not None and _blobs(self.cache_dir) == before
+        if self.cache_dir is not None and not self.cache_hit:
+            record_blobs(self.cache_dir)
         got = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
         want = str(getattr(ov.Type, OV_PRECISIONS[self.precision]))
         devices = list(compiled.get_property("EXECUTION_DEVICES"))

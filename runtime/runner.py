@@ -158,7 +158,7 @@ class Runner(abc.ABC):
         ``Exception`` alone) as a RuntimeError that names the graph and the backend; ours pass through unchanged."""
         try:
             yield
-        except (ValueError, RuntimeError, OSError, MemoryError):
+        except (ValueError, RuntimeError, OSError, ImportError, MemoryError):
             raise
         except Exception as e:  # noqa: BLE001 - a foreign exception type, named in the message
             raise RuntimeError(f"graph {self.graph_name} {what} on {self.backend}: {type(e).__name__}: {e}") from e

@@ -19,6 +19,7 @@ import mmgen_edge
 from mmgen_edge.runtime.backend import RUNTIME_GRAPHS, BackendChoice, BackendKind, Environment, choose_backend
 from mmgen_edge.runtime.manifest import BundleError, read_manifest
 from mmgen_edge.runtime.openvino_runner import (
+    BLOB_INDEX,
     BUNDLE_CACHE_DIR,
     OpenVinoInfo,
     OpenVinoRunner,
@@ -30,6 +31,7 @@ from mmgen_edge.runtime.openvino_runner import (
     graph_sha256,
     import_openvino,
     openvino_runners,
+    trusted_blobs,
 )
 from mmgen_edge.runtime.pipeline import Pipeline
 
@@ -211,6 +213,43 @@ def test_second_open_reuses_the_compiled_model(bundle_copy, info):
     read_manifest(bundle_copy, verify="full")  # the cache beside the graphs leaves the bundle valid
     for runner in (first, second):
         runner.deactivate()
+
+
+def test_a_cache_blob_the_tool_did_not_record_or_a_linked_cache_is_never_used(bundle_copy, info, tmp_path, monkeypatch):
+    """A bundle's compiled models are outside its manifest: blobs.json records what OpenVINO wrote here, and a
+    blob copied in, cut short or changed, or a cache folder that links out of the bundle, sends the runner to the
+    user's cache instead (compiling again), never loading the blob in place of the checked graph."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user"))
+    manifest = read_manifest(bundle_copy)
+    graph = manifest.graphs["vae_decoder"]
+    key = cache_key("vae_decoder", info, "fp32", graph_sha256(manifest, graph))
+    user_folder = tmp_path / "user" / "mmgen-edge" / "openvino" / key
+
+    def open_decoder() -> OpenVinoRunner:
+        return openvino_runners(bundle_copy, manifest, ["vae_decoder"], "fp32", info)["vae_decoder"]
+
+    first = open_decoder()
+    assert first.cache_dir == bundle_copy / BUNDLE_CACHE_DIR / key and (first.cache_dir / BLOB_INDEX).is_file()
+    assert trusted_blobs(first.cache_dir)
+    first.deactivate()
+    blob = next(first.cache_dir.glob("*.blob"))
+    blob.write_bytes(blob.read_bytes() + b"tampered")  # changed after it was recorded
+    assert not trusted_blobs(first.cache_dir)
+    second = open_decoder()
+    assert second.cache_dir == user_folder and not second.cache_hit  # compiled again, in the user's cache
+    second.deactivate()
+    blob.write_bytes(blob.read_bytes()[: -len(b"tampered")])
+    (first.cache_dir / "stray.blob").write_bytes(b"copied in from elsewhere")  # not recorded
+    assert not trusted_blobs(first.cache_dir)
+    assert open_decoder().cache_dir == user_folder
+
+    linked = tmp_path / "linked"
+    shutil.copytree(bundle_copy, linked, ignore=shutil.ignore_patterns("cache"))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (linked / "cache").symlink_to(outside, target_is_directory=True)
+    runner = openvino_runners(linked, manifest, ["vae_decoder"], "fp32", info)["vae_decoder"]
+    assert runner.cache_dir == user_folder and list(outside.iterdir()) == []  # nothing written through the link
 
 
 # ------------------------------------------------------------------------------------------- the accuracy gate
