@@ -261,7 +261,10 @@ class OpenVinoRunner(Runner):
     def _activate(self) -> None:
         ov = import_openvino()
         core = openvino_core()
-        model = core.read_model(str(self.path))
+        try:
+            model = core.read_model(str(self.path))
+        except RuntimeError as e:  # OpenVINO's message names neither the graph nor the backend
+            raise RuntimeError(f"graph {self.graph_name} could not be loaded on {self.backend}: {e}") from e
         self._check_model(model)
         model.reshape({spec.name: self._partial_shape(ov, spec.shape) for spec in self.graph.inputs})
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": OV_PRECISIONS[self.precision], "PERFORMANCE_HINT": "LATENCY"}

@@ -171,3 +171,8 @@ def test_a_graph_the_backend_cannot_parse_fails_in_one_line_naming_it(runtime_bu
     assert main(["perceive", str(photo), "--bundle", str(bundle), "--backend", "ort-cpu", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mmgen-edge perceive: error: graph vae_encoder could not be loaded") and "Traceback" not in err
+    import json
+
+    assert main(["doctor", "--bundle", str(bundle), "--json"]) == 1  # doctor opens a named bundle's graphs too
+    report = json.loads(capsys.readouterr().out)["bundle"]
+    assert report["loads"] is False and "graph vae_encoder could not be loaded" in report["problem"]

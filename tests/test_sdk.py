@@ -169,6 +169,7 @@ def test_cli_perceive_generate_doctor(tiny_bundle, tmp_path, capsys):
     # a CPU-only machine: ORT CPU, or OpenVINO where the openvino extra is installed (auto prefers it on CPUs)
     cpu_backends = {"ort-cpu"} if importlib.util.find_spec("openvino") is None else {"openvino-fp32", "openvino-bf16"}
     assert doctor["bundle"]["backend"] in cpu_backends and "CPUExecutionProvider" in doctor["onnxruntime_providers"]
+    assert doctor["bundle"]["loads"] is True and "problem" not in doctor["bundle"]
     assert cli_main(["perceive", str(tmp_path / "missing.png"), "--bundle", str(tiny_bundle)]) == 2
     assert "does not exist" in capsys.readouterr().err
 

@@ -11,6 +11,19 @@ from typing import Any
 
 from mmgen_edge import __version__
 
+def _open_problem(bundle: Path, manifest: object, choice: object) -> str | None:
+    """None when every runtime graph of ``bundle`` opens on ``choice``'s backend, else why one does not."""
+    from mmgen_edge.runtime.backend import open_runners
+
+    try:
+        runners = open_runners(bundle, manifest, choice)  # type: ignore[arg-type]
+    except (ValueError, RuntimeError, OSError, ImportError) as e:
+        return str(e)
+    for runner in runners.values():
+        runner.deactivate()
+    return None
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from mmgen_edge.runtime.backend import choose_backend, detect_environment
     from mmgen_edge.runtime.manifest import read_manifest
@@ -48,6 +61,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             "why": choice.reason,
             "rejected": list(choice.rejected),
         }
+        if args.bundle:  # a named bundle is also opened on its backend, as load() would: a graph the backend cannot
+            problem = _open_problem(bundle, manifest, choice)  # parse is found here, not at the first frame
+            report["bundle"]["loads"] = problem is None  # type: ignore[index]
+            if problem is not None:
+                report["bundle"]["problem"] = problem  # type: ignore[index]
     if args.json:
         print(json.dumps(report, indent=2))
     else:
