@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import onnx
@@ -40,6 +40,7 @@ from mmgen_edge.runtime.manifest import (
     TensorSpec,
     VaeInfo,
     file_entry,
+    graph_metadata,
     write_manifest,
 )
 from mmgen_edge.runtime.sampler import SamplerConfig
@@ -146,8 +147,9 @@ def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     return wrapper.model
 
 
-def finalize_onnx(traced: Path, path: Path, precision: Precision) -> str | None:
-    """Load the traced graph, convert precision, and save it as ``path`` (external data above the threshold).
+def finalize_onnx(traced: Path, path: Path, precision: Precision, metadata: Mapping[str, str] | None = None) -> str | None:
+    """Load the traced graph, convert precision, add ``metadata`` (ONNX ``metadata_props``), and save it as ``path``
+    (external data above the threshold).
 
     ``traced`` sits in a scratch folder of its own: above 2 GB the exporter writes one external file per tensor
     there. Returns the external data file's name, or None when the weights are inside the .onnx file.
@@ -155,6 +157,8 @@ def finalize_onnx(traced: Path, path: Path, precision: Precision) -> str | None:
     model = onnx.load(str(traced))
     if precision == Precision.FP16:
         model = convert_to_fp16(model)
+    if metadata:
+        onnx.helper.set_model_props(model, dict(metadata))
     size = sum(init.ByteSize() for init in model.graph.initializer)
     external = f"{path.name}.data" if size > EXTERNAL_DATA_THRESHOLD else None
     if external:
@@ -178,14 +182,16 @@ def tensor_specs(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, 
 
 
 def export_graph(
-    module: nn.Module, args: tuple[torch.Tensor, ...], name: str, bundle: Path, precision: Precision, opset: int
+    module: nn.Module, args: tuple[torch.Tensor, ...], name: str, bundle: Path, precision: Precision, opset: int,
+    metadata: Mapping[str, str] | None = None,
 ) -> GraphEntry:
-    """Trace ``module`` as graph ``name`` into ``bundle/NAME.onnx`` (precision converted) and describe it."""
+    """Trace ``module`` as graph ``name`` into ``bundle/NAME.onnx`` (precision converted, ``metadata`` added: see
+    ``runtime.manifest.graph_metadata``) and describe it."""
     scratch = bundle / ".trace" / name
     scratch.mkdir(parents=True)
     trace_to_onnx(module, args, name, scratch / f"{name}.onnx", opset)
     path = bundle / f"{name}.onnx"
-    external = finalize_onnx(scratch / f"{name}.onnx", path, precision)
+    external = finalize_onnx(scratch / f"{name}.onnx", path, precision, metadata)
     shutil.rmtree(bundle / ".trace")
     inputs, outputs = tensor_specs(path)
     return GraphEntry(file=path.name, external_data=external, inputs=inputs, outputs=outputs, precision=precision)
@@ -298,7 +304,7 @@ def export_bundle(
     with atomic_directory(out, overwrite=overwrite, protect=inputs_used) as tmp:
         for name in tqdm(graphs, desc="export graphs", unit="graph", disable=not progress):
             module, args = jobs[name]()
-            entries[name] = export_graph(module, args, name, tmp, precision, opset)
+            entries[name] = export_graph(module, args, name, tmp, precision, opset, graph_metadata(cfg, name))
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
         manifest = Manifest(
             model=cfg,

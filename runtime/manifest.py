@@ -12,6 +12,7 @@ import enum
 import json
 import os
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -258,6 +259,33 @@ class Manifest(BaseModel):
             if entry.path == path:
                 return entry
         raise KeyError(f"{path} is not listed in the manifest")
+
+
+#: ONNX metadata key of the graphs that embed the class label: the rows of their label table (classes + the null
+#: label). Written at export and compared with ``model.num_classes`` when a runner opens the graph, so an edited
+#: class count is refused instead of silently sampling another class as "unconditional".
+LABEL_ROWS_KEY = "mmgen_edge.label_rows"
+#: The graphs that embed the class label.
+LABELLED_GRAPHS = ("conditioning", "denoiser")
+
+
+def graph_metadata(model: ModelConfig, graph_name: str) -> dict[str, str]:
+    """The ONNX metadata that export writes into graph ``graph_name`` and the runtime checks (see LABEL_ROWS_KEY)."""
+    return {LABEL_ROWS_KEY: str(model.num_classes + 1)} if graph_name in LABELLED_GRAPHS else {}
+
+
+def metadata_problems(model: ModelConfig, graph_name: str, live: Mapping[str, str] | None) -> list[str]:
+    """Where a graph's own metadata (``live``; None or a missing key: not recorded, nothing to check) disagrees
+    with what the manifest's ``model`` implies."""
+    if not live:
+        return []
+    problems = []
+    for key, want in graph_metadata(model, graph_name).items():
+        got = live.get(key)
+        if got is not None and got != want:
+            problems.append(f"graph {graph_name} records {key} = {got} (its label table), but the manifest's "
+                            f"model.num_classes {model.num_classes} needs {want} (classes + the null label)")  # fmt: skip
+    return problems
 
 
 #: Graph tensors whose trailing dims (after the batch) follow from the manifest: "latents" is the joint latent of

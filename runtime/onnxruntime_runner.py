@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .manifest import DimRange, GraphEntry, TensorSpec
-from .runner import INPUT, OUTPUT, Runner, check_live_io
+from .runner import EDITED_MANIFEST_HINT, INPUT, OUTPUT, Runner, check_live_io  # noqa: F401 - re-exported
 from .thread_choice import ThreadChoice, available_cpus, choose_threads
 
 CPU = "CPUExecutionProvider"
@@ -24,7 +24,6 @@ CPU = "CPUExecutionProvider"
 SPINNING_KEY = "session.intra_op.allow_spinning"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
-EDITED_MANIFEST_HINT = "the manifest was edited or the graph file replaced: re-export the bundle"
 #: ONNX Runtime's tensor element types -> numpy dtype names (those our graphs can carry at their I/O).
 ORT_TO_NUMPY = {"float": "float32", "float16": "float16", "double": "float64", "int64": "int64", "int32": "int32",
                 "int8": "int8", "uint8": "uint8", "bool": "bool"}  # fmt: skip
@@ -173,6 +172,9 @@ class OnnxRuntimeRunner(Runner):
         if choice.threads == 1:
             self.session = one_thread[0]
         self.thread_choice = choice
+
+    def metadata(self) -> Mapping[str, str] | None:
+        return None if self.session is None else dict(self.session.get_modelmeta().custom_metadata_map)
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [spec.name for spec in self.graph.outputs]

@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .manifest import DimRange, GraphEntry, Manifest, Precision
+from .manifest import LABEL_ROWS_KEY, DimRange, GraphEntry, Manifest, Precision
 from .onnxruntime_runner import EDITED_MANIFEST_HINT
 from .runner import INPUT, OUTPUT, Runner, activate_runners, check_live_io
 
@@ -257,6 +257,7 @@ class OpenVinoRunner(Runner):
         self.compiled: Any = None
         self.request: Any = None
         self.int8_layers = 0  # INT8 graphs: MatMuls / convolutions OpenVINO runs in int8 (set by activate)
+        self._metadata: dict[str, str] | None = None
 
     def _activate(self) -> None:
         ov = import_openvino()
@@ -266,6 +267,8 @@ class OpenVinoRunner(Runner):
         except RuntimeError as e:  # OpenVINO's message names neither the graph nor the backend
             raise RuntimeError(f"graph {self.graph_name} could not be loaded on {self.backend}: {e}") from e
         self._check_model(model)
+        self._metadata = {key: model.get_rt_info(["framework", key]).astype(str) for key in (LABEL_ROWS_KEY,)
+                          if model.has_rt_info(["framework", key])}  # ONNX metadata_props, as OpenVINO keeps them
         model.reshape({spec.name: self._partial_shape(ov, spec.shape) for spec in self.graph.inputs})
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": OV_PRECISIONS[self.precision], "PERFORMANCE_HINT": "LATENCY"}
         if self.threads:
@@ -326,6 +329,9 @@ class OpenVinoRunner(Runner):
             else:
                 dims.append(ov.Dimension())
         return ov.PartialShape(dims)
+
+    def metadata(self) -> Mapping[str, str] | None:
+        return self._metadata
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self.request.infer(dict(feeds), share_inputs=False, share_outputs=False)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .manifest import BundleError, DimRange, GraphEntry, Manifest
+from .manifest import BundleError, DimRange, GraphEntry, Manifest, metadata_problems
 
 INPUT, OUTPUT = "input", "output"
 #: A live graph dimension: an int when fixed; -1, None or a symbol name when dynamic.
@@ -114,6 +114,10 @@ def check_live_io(
         )
 
 
+#: What a graph that disagrees with its manifest tells the user.
+EDITED_MANIFEST_HINT = "the manifest was edited or the graph file replaced: re-export the bundle"
+
+
 class Runner(abc.ABC):
     """One graph on one backend. Use as a context manager or call activate()/deactivate()."""
 
@@ -143,6 +147,10 @@ class Runner(abc.ABC):
         if self.active:
             self._deactivate()
             self.active = False
+
+    def metadata(self) -> Mapping[str, str] | None:
+        """The graph's own metadata (ONNX ``metadata_props``) where the backend exposes it, else None."""
+        return None
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph; returns the outputs by name. Inputs are checked against the manifest first."""
@@ -222,6 +230,9 @@ def activate_runners(
             runner = make(name, manifest.graphs[name])
             runner.activate()
             runners[name] = runner
+            problems = metadata_problems(manifest.model, name, runner.metadata())
+            if problems:
+                raise BundleError("; ".join(problems) + f": {EDITED_MANIFEST_HINT}")
     except BaseException:
         for runner in runners.values():
             runner.deactivate()

@@ -176,3 +176,24 @@ def test_a_graph_the_backend_cannot_parse_fails_in_one_line_naming_it(runtime_bu
     assert main(["doctor", "--bundle", str(bundle), "--json"]) == 1  # doctor opens a named bundle's graphs too
     report = json.loads(capsys.readouterr().out)["bundle"]
     assert report["loads"] is False and "graph vae_encoder could not be loaded" in report["problem"]
+
+
+@pytest.mark.parametrize("backend", ["ort-cpu", "openvino-fp32"])
+def test_an_edited_class_count_is_refused_by_the_graphs_label_table(tiny_bundle, tmp_path, backend):
+    """The conditioning graph records its label table's rows (classes + the null label): a manifest whose
+    num_classes was edited would sample another class as "unconditional", or fail inside the backend; it is refused
+    at load, naming both numbers."""
+    import importlib.util
+
+    import mmgen_edge
+    from mmgen_edge.runtime.manifest import LABEL_ROWS_KEY
+
+    if backend.startswith("openvino") and importlib.util.find_spec("openvino") is None:
+        pytest.skip("the openvino extra is not installed")
+    classes = read_manifest(tiny_bundle, verify="none").model.num_classes
+    with mmgen_edge.load(tiny_bundle, backend=backend) as model:  # the export recorded it and it agrees
+        assert model.pipeline.runners["conditioning"].metadata()[LABEL_ROWS_KEY] == str(classes + 1)
+    for edited in (classes - 1, classes + 5):
+        bundle = edited_bundle(tiny_bundle, tmp_path / f"b{edited}", lambda raw: raw["model"].update(num_classes=edited))
+        with pytest.raises(BundleError, match=rf"records {LABEL_ROWS_KEY} = {classes + 1} .* model.num_classes {edited} needs {edited + 1}"):
+            mmgen_edge.load(bundle, backend=backend)

@@ -238,11 +238,11 @@ def test_interrupted_export_never_leaves_a_bundle_that_loads(tiny_model_dir, tin
     calls = {"n": 0}
     real = ox.finalize_onnx
 
-    def crash_on_third(traced, path, precision):
+    def crash_on_third(traced, path, precision, metadata=None):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real(traced, path, precision)
+        return real(traced, path, precision, metadata)
 
     monkeypatch.setattr(ox, "finalize_onnx", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
