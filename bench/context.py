@@ -52,7 +52,8 @@ def release(ctx: Context, label: str | None = None) -> None:
 
 
 def open_models(ctx: Context) -> dict[str, Any]:
-    """Open every bundle with the SDK (same threads as torch); returns the per-bundle facts for the JSON."""
+    """Open every bundle with the SDK (``settings.runtime_threads``: N with ``--threads N``, as torch; None by
+    default, each session's own choice); returns the per-bundle facts for the JSON."""
     import mmgen_edge
     from mmgen_edge.runtime.manifest import read_manifest
 

@@ -328,7 +328,7 @@ def export_bundle(
             dims={
                 BATCH_DIM: DimRange(min=1, opt=1, max=max_batch),
                 MODULATION_DIM: DimRange(min=1, opt=1, max=2 * max_batch),
-                DECODE_DIM: DimRange(min=1, opt=3, max=cfg.num_modalities * max_batch),
+                DECODE_DIM: DimRange(min=1, opt=min(3, cfg.num_modalities * max_batch), max=cfg.num_modalities * max_batch),
             },
             opset=opset,
             graphs=entries,

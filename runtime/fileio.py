@@ -105,10 +105,9 @@ def written_by_us(directory: Path) -> bool:
     return _legacy_output(directory) and all(_legacy_member(p) for p in directory.iterdir())
 
 
-#: What an output written before the marker could hold (graphs, weights, configs, engine and compile caches, a
-#: model repository's entry ``model.py``), at any depth up to ``_LEGACY_DEPTH`` folders down.
-_LEGACY_SUFFIXES = (".onnx", ".data", ".plan", ".engine", ".json", ".safetensors", ".pbtxt", ".blob")
-_LEGACY_NAMES = ("model.py",)
+#: What an output written before the marker could hold (graphs, weights, configs, engines), at any depth up to
+#: ``_LEGACY_DEPTH`` folders down.
+_LEGACY_SUFFIXES = (".onnx", ".data", ".plan", ".engine", ".json", ".safetensors", ".pbtxt")
 _LEGACY_DEPTH = 4
 
 
@@ -122,7 +121,7 @@ def _legacy_member(path: Path, depth: int = 0) -> bool:
         return False
     if path.is_dir():
         return depth < _LEGACY_DEPTH and all(_legacy_member(p, depth + 1) for p in path.iterdir())
-    return path.name.endswith(_LEGACY_SUFFIXES) or path.name in _LEGACY_NAMES
+    return path.name.endswith(_LEGACY_SUFFIXES)
 
 
 def file_in_the_way(path: Path) -> Path | None:

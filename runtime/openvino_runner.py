@@ -12,9 +12,10 @@ AMX); elsewhere the plugin emulates it, slower than fp32, so :func:`openvino_run
 the emulation (accuracy checks on machines without bf16).
 
 Compiled models are cached (OpenVINO's ``CACHE_DIR``) in one folder per key, ``cache/openvino/KEY`` inside the bundle,
-or under the user's cache directory when the bundle is read-only, reached through a link, or holds blobs this tool
-did not record (each folder's ``blobs.json`` has the size and SHA-256 of the blobs OpenVINO wrote: a blob copied in
-or cut short is never loaded in place of the checked graph). The key names the graph, the OpenVINO version,
+or under the user's cache directory when the bundle is read-only or reached through a link. Each folder's
+``blobs.json`` records the size and time of the blobs OpenVINO wrote; a blob it does not record as it is (left by a
+killed compile, changed, copied in alone) is deleted and compiled again, never loaded in place of the checked
+graph. The key names the graph, the OpenVINO version,
 the device, the precision and the graph's SHA-256 (as TensorRT engines are keyed by TensorRT version and GPU), so
 a stale blob is never in the folder that a new version, device, precision or graph reads.
 """
@@ -147,25 +148,23 @@ def user_cache_root() -> Path:
 
 def cache_directory(bundle: Path, key: str) -> Path:
     """``BUNDLE/cache/openvino/KEY`` (created), or the user cache's ``KEY`` folder when the bundle's cannot be used:
-    the bundle is read-only, a folder on the way is a link (the cache would be written outside the bundle), or the
-    folder holds blobs that this tool did not record (:func:`trusted_blobs`)."""
+    the bundle is read-only, or a folder on the way is a link (the cache would be written outside the bundle).
+    Either way the folder holds only blobs its index records (:func:`drop_unrecorded_blobs`)."""
     inside = bundle / BUNDLE_CACHE_DIR / key
     usable = False
     try:
-        linked = any(p.is_symlink() for p in (bundle / "cache", bundle / BUNDLE_CACHE_DIR, inside))
-        if not linked:
+        if not any(p.is_symlink() for p in (bundle / "cache", bundle / BUNDLE_CACHE_DIR, inside)):
             inside.mkdir(parents=True, exist_ok=True)
-            usable = os.access(inside, os.W_OK) and trusted_blobs(inside)
+            usable = os.access(inside, os.W_OK)
     except OSError:  # a read-only bundle (installed package, mounted volume): the user's cache instead
         usable = False
-    if usable:
-        return inside
-    outside = user_cache_root() / key
-    outside.mkdir(parents=True, exist_ok=True)
-    return outside
+    folder = inside if usable else user_cache_root() / key
+    folder.mkdir(parents=True, exist_ok=True)
+    drop_unrecorded_blobs(folder)
+    return folder
 
 
-#: Beside the blobs of one cache folder: each blob this tool saw OpenVINO write, with its size and SHA-256.
+#: Beside the blobs of one cache folder: each blob this tool saw OpenVINO write, with its size and modification time.
 BLOB_INDEX = "blobs.json"
 
 
@@ -174,28 +173,36 @@ def _blobs(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in folder.glob(f"*{BLOB_SUFFIX}")}
 
 
-def _blob_facts(folder: Path) -> dict[str, dict[str, object]]:
-    from .fileio import sha256_file
+def _blob_facts(folder: Path) -> dict[str, dict[str, int]]:
+    return {p.name: {"bytes": (st := p.stat()).st_size, "mtime_ns": st.st_mtime_ns}
+            for p in sorted(folder.glob(f"*{BLOB_SUFFIX}"))}  # fmt: skip
 
-    return {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(folder.glob(f"*{BLOB_SUFFIX}"))}
 
-
-def trusted_blobs(folder: Path) -> bool:
-    """Whether every blob in ``folder`` is one that :func:`record_blobs` recorded, unchanged (size and SHA-256).
-
-    A bundle's compiled models are not in its manifest, so this is their integrity check: a blob copied in from
-    elsewhere, cut short by a killed compile or changed since is never loaded in place of the checked graph. An
-    empty folder is trusted (nothing to load).
-    """
+def _recorded(folder: Path) -> dict[str, object]:
     import json
 
-    if not any(folder.glob(f"*{BLOB_SUFFIX}")):
-        return True
     try:
         recorded = json.loads((folder / BLOB_INDEX).read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(recorded, dict) and _blob_facts(folder) == recorded
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def drop_unrecorded_blobs(folder: Path) -> list[str]:
+    """Delete the blobs of ``folder`` (one of this tool's keyed cache folders) that its index does not record as they
+    are (size and modification time); returns their names.
+
+    A bundle's compiled models are not in its manifest. This keeps what OpenVINO would load from a blob in step
+    with what this tool saw it write: a blob left by a compile that was killed, changed since, or copied in alone is
+    removed (OpenVINO compiles again) instead of loaded in place of the checked graph. It guards against stale
+    and partial blobs, not against a deliberately forged cache (which could forge the index too).
+    """
+    recorded, dropped = _recorded(folder), []
+    for name, facts in _blob_facts(folder).items():
+        if recorded.get(name) != facts:
+            (folder / name).unlink(missing_ok=True)
+            dropped.append(name)
+    return dropped
 
 
 def record_blobs(folder: Path) -> None:

@@ -114,6 +114,8 @@ def check_live_io(
         )
 
 
+#: Modules whose exception types ``Runner._backend_errors`` names as a backend failure.
+BACKEND_MODULES = ("onnxruntime", "openvino", "tensorrt", "cuda")
 #: What a graph that disagrees with its manifest tells the user.
 EDITED_MANIFEST_HINT = "the manifest was edited or the graph file replaced: re-export the bundle"
 
@@ -162,13 +164,14 @@ class Runner(abc.ABC):
 
     @contextlib.contextmanager
     def _backend_errors(self, what: str) -> Iterator[None]:
-        """Re-raise a backend's own exception type (ONNX Runtime's ``InvalidProtobuf``, ``Fail``, ... derive from
-        ``Exception`` alone) as a RuntimeError that names the graph and the backend; ours pass through unchanged."""
+        """Re-raise an exception of a backend's own type (ONNX Runtime's ``InvalidProtobuf``, ``Fail``, ... derive
+        from ``Exception`` alone) as a RuntimeError naming the graph and the backend. Everything else passes through
+        unchanged: our own errors, and bugs (a KeyError in this package keeps its traceback)."""
         try:
             yield
-        except (ValueError, RuntimeError, OSError, ImportError, MemoryError):
-            raise
-        except Exception as e:  # noqa: BLE001 - a foreign exception type, named in the message
+        except Exception as e:
+            if not type(e).__module__.startswith(BACKEND_MODULES):
+                raise
             raise RuntimeError(f"graph {self.graph_name} {what} on {self.backend}: {type(e).__name__}: {e}") from e
 
     def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> None:

@@ -118,7 +118,7 @@ def test_generation_samples_start_at_first_seed(demo_model, tmp_path):
         np.testing.assert_array_equal(grid[label * size : (label + 1) * size, :size], expected)
     other = demo_model.generate(class_label=0, steps=1, seed=0).rgb
     assert np.abs(grid[:size, :size].astype(int) - other).mean() > 1  # another seed, another sample
-    for bad in (-1, True, 2**63 - 1, 1.5):
+    for bad in (-1, True, 2**63 - 1, 1.5, "7"):
         with pytest.raises(ValueError, match="first_seed"):
             evaluate_generation(demo_model, tmp_path, per_class=1, steps=1, first_seed=bad)
 

@@ -174,8 +174,8 @@ def test_overwrite_recognises_old_outputs_by_structure_not_by_a_mention(tmp_path
     (old_bundle / "manifest.json").write_text(json.dumps({"schema_version": 1, "graphs": {}, "files": [], "model": {}, "provenance": {}}))
     (old_bundle / "denoiser_cached.onnx").write_bytes(b"graph")
     check_output_directory(old_bundle, overwrite=True)
-    (old_bundle / "cache" / "openvino" / "k").mkdir(parents=True)  # its compile cache is part of it
-    (old_bundle / "cache" / "openvino" / "k" / "1.blob").write_bytes(b"blob")
+    (old_bundle / "cache" / "engines").mkdir(parents=True)  # a folder of what it writes is part of it
+    (old_bundle / "cache" / "engines" / "denoiser.plan").write_bytes(b"engine")
     check_output_directory(old_bundle, overwrite=True)
     for user_thing in ("photos/holiday.jpg", ".git/HEAD", "cache/notes.txt"):  # a folder is looked into, not trusted
         path = old_bundle / user_thing

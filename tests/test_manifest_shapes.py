@@ -123,8 +123,8 @@ def _graph_with_input(raw: dict) -> dict:
         (lambda raw: raw["graphs"]["vae_encoder"].update(external_data="/etc/passwd"), "must be a plain relative path inside the bundle"),
         (lambda raw: raw["graphs"]["vae_encoder"].update(external_data="weights.data"),
          "vae_encoder's external data names 'weights.data', which is not listed"),
-        (lambda raw: raw["dims"].pop("V"), "dims lacks 'V'"),
-        (lambda raw: raw["dims"]["N"].update(min=8, opt=4, max=2), "needs min <= opt <= max, got min 8, opt 4, max 2"),
+        (lambda raw: raw["dims"].pop("V"), "vae_decoder tensor latent uses dimension 'V', which dims does not declare"),
+        (lambda raw: raw["dims"]["N"].update(min=8, opt=4, max=2), "needs min <= max, got min 8, max 2"),
         (lambda raw: raw["dims"]["N"].update(max=2**40), f"dims 'N' max {2**40} is above the limit 1024"),
         (lambda raw: raw["dims"]["B"].update(max=10**6), "dims 'B' max 1000000 is above the limit 2048"),
         (lambda raw: _graph_with_input(raw)["inputs"][0].update(shape=["Q", 4]), "uses dimension 'Q', which dims does not declare"),
@@ -197,3 +197,12 @@ def test_an_edited_class_count_is_refused_by_the_graphs_label_table(tiny_bundle,
         bundle = edited_bundle(tiny_bundle, tmp_path / f"b{edited}", lambda raw: raw["model"].update(num_classes=edited))
         with pytest.raises(BundleError, match=rf"records {LABEL_ROWS_KEY} = {classes + 1} .* model.num_classes {edited} needs {edited + 1}"):
             mmgen_edge.load(bundle, backend=backend)
+
+
+def test_an_opt_outside_its_range_is_clamped_not_refused():
+    """opt is a tuning hint: bundles of 1- and 2-modality models carry V's opt 3 above a max of 2 (export wrote
+    opt 3 whatever the max); they still load, with opt clamped into min..max."""
+    from mmgen_edge.runtime.manifest import DimRange
+
+    assert DimRange(min=1, opt=3, max=2) == DimRange(min=1, opt=2, max=2)
+    assert DimRange(min=4, opt=1, max=8).opt == 4 and DimRange(min=1, opt=5, max=8).opt == 5

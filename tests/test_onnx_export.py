@@ -372,3 +372,21 @@ def test_sigterm_during_export_leaves_no_temporary(tiny_model_dir, tiny_vae_dir,
     err = process.communicate(timeout=60)[1].decode()
     assert process.returncode == 143, err
     assert list(tmp_path.iterdir()) == [], list(tmp_path.iterdir())
+
+
+def test_a_two_modality_model_exports_and_loads_at_max_batch_1(tiny_vae_dir, tmp_path):
+    """V (images through the decoder) is at most modalities x max batch = 2 here: the exported range stays ordered."""
+    import mmgen_edge
+    from mmgen_edge.config import ModelConfig
+    from mmgen_edge.export.model import MMGen
+    from mmgen_edge.export.model_dir import save_model_dir
+
+    cfg = ModelConfig(depth=1, hidden_size=32, num_heads=2, patch_size=2, resolution=32, projector_dim=None, z_dim=None,
+                      modalities=("rgb", "depth"))  # fmt: skip
+    torch.manual_seed(0)
+    save_model_dir(tmp_path / "m", cfg, MMGen(cfg).state_dict())
+    manifest = export_bundle(tmp_path / "m", tiny_vae_dir, tmp_path / "b", max_batch=1)
+    assert (manifest.dims["V"].min, manifest.dims["V"].opt, manifest.dims["V"].max) == (1, 2, 2)
+    with mmgen_edge.load(tmp_path / "b", backend="ort-cpu") as model:
+        depth = model.perceive(np.zeros((32, 32, 3), np.uint8), tasks=("depth",), steps=1).depth
+    assert depth.shape == (32, 32) and np.isfinite(depth).all()

@@ -28,10 +28,10 @@ from mmgen_edge.runtime.openvino_runner import (
     cache_key,
     check_precision,
     detect_openvino,
+    drop_unrecorded_blobs,
     graph_sha256,
     import_openvino,
     openvino_runners,
-    trusted_blobs,
 )
 from mmgen_edge.runtime.pipeline import Pipeline
 
@@ -215,41 +215,44 @@ def test_second_open_reuses_the_compiled_model(bundle_copy, info):
         runner.deactivate()
 
 
-def test_a_cache_blob_the_tool_did_not_record_or_a_linked_cache_is_never_used(bundle_copy, info, tmp_path, monkeypatch):
-    """A bundle's compiled models are outside its manifest: blobs.json records what OpenVINO wrote here, and a
-    blob copied in, cut short or changed, or a cache folder that links out of the bundle, sends the runner to the
-    user's cache instead (compiling again), never loading the blob in place of the checked graph."""
+def test_a_cache_blob_the_tool_did_not_record_is_replaced_and_a_linked_cache_is_never_used(bundle_copy, info, tmp_path, monkeypatch):
+    """A bundle's compiled models are outside its manifest: blobs.json records what OpenVINO wrote here, and a blob
+    it does not record as it is (changed, left by a killed compile, copied in alone) is deleted and compiled again in
+    the same folder, never loaded in place of the checked graph. A cache folder that links out of the bundle sends
+    the runner to the user's cache, with nothing written through the link."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user"))
     manifest = read_manifest(bundle_copy)
     graph = manifest.graphs["vae_decoder"]
     key = cache_key("vae_decoder", info, "fp32", graph_sha256(manifest, graph))
-    user_folder = tmp_path / "user" / "mmgen-edge" / "openvino" / key
+    folder = bundle_copy / BUNDLE_CACHE_DIR / key
 
-    def open_decoder() -> OpenVinoRunner:
-        return openvino_runners(bundle_copy, manifest, ["vae_decoder"], "fp32", info)["vae_decoder"]
+    def open_decoder(bundle: Path = bundle_copy) -> OpenVinoRunner:
+        runner = openvino_runners(bundle, manifest, ["vae_decoder"], "fp32", info)["vae_decoder"]
+        runner.deactivate()
+        return runner
 
     first = open_decoder()
-    assert first.cache_dir == bundle_copy / BUNDLE_CACHE_DIR / key and (first.cache_dir / BLOB_INDEX).is_file()
-    assert trusted_blobs(first.cache_dir)
-    first.deactivate()
-    blob = next(first.cache_dir.glob("*.blob"))
-    blob.write_bytes(blob.read_bytes() + b"tampered")  # changed after it was recorded
-    assert not trusted_blobs(first.cache_dir)
+    assert first.cache_dir == folder and (folder / BLOB_INDEX).is_file() and drop_unrecorded_blobs(folder) == []
+    blob = next(folder.glob("*.blob"))
+    compiled = blob.read_bytes()
+    blob.write_bytes(compiled + b"tampered")  # changed after it was recorded
+    (folder / "stray.blob").write_bytes(b"copied in from elsewhere")  # never recorded
     second = open_decoder()
-    assert second.cache_dir == user_folder and not second.cache_hit  # compiled again, in the user's cache
-    second.deactivate()
-    blob.write_bytes(blob.read_bytes()[: -len(b"tampered")])
-    (first.cache_dir / "stray.blob").write_bytes(b"copied in from elsewhere")  # not recorded
-    assert not trusted_blobs(first.cache_dir)
-    assert open_decoder().cache_dir == user_folder
+    assert second.cache_dir == folder and not second.cache_hit  # compiled again, in place
+    assert sorted(p.name for p in folder.glob("*.blob")) == [blob.name] and blob.read_bytes() != compiled + b"tampered"
+    assert open_decoder().cache_hit  # and recorded again
+
+    (folder / BLOB_INDEX).unlink()  # a compile killed before it recorded: its blob is not trusted
+    assert drop_unrecorded_blobs(folder) == [blob.name] and not blob.exists()
 
     linked = tmp_path / "linked"
     shutil.copytree(bundle_copy, linked, ignore=shutil.ignore_patterns("cache"))
     outside = tmp_path / "outside"
     outside.mkdir()
     (linked / "cache").symlink_to(outside, target_is_directory=True)
-    runner = openvino_runners(linked, manifest, ["vae_decoder"], "fp32", info)["vae_decoder"]
-    assert runner.cache_dir == user_folder and list(outside.iterdir()) == []  # nothing written through the link
+    runner = open_decoder(linked)
+    assert runner.cache_dir == tmp_path / "user" / "mmgen-edge" / "openvino" / key and list(outside.iterdir()) == []
+
 
 
 # ------------------------------------------------------------------------------------------- the accuracy gate

@@ -243,11 +243,10 @@ def evaluate_generation(
         shows their class's number of objects, ``counting.count_objects``), ``fidelity_per_class`` ({class name:
         fraction of its ``per_class`` samples}), ``cfg_scale`` and ``steps`` (what the samples used).
     """
+    from mmgen_edge.runtime.sampler import check_integer
     from mmgen_edge.sdk.protocol import MAX_SEED
 
-    last_seed = first_seed + 1000 * (model.num_classes - 1) + per_class - 1
-    if isinstance(first_seed, bool) or not isinstance(first_seed, int) or first_seed < 0 or last_seed > MAX_SEED:
-        raise ValueError(f"first_seed must be an integer >= 0 whose samples' seeds stay <= {MAX_SEED}, got {first_seed!r}")
+    check_integer(first_seed, "first_seed", 0, MAX_SEED - 1000 * (model.num_classes - 1) - max(per_class - 1, 0))
     cfg_scale = model.guidance(cfg_scale)
     rows, items, fidelity = [], [], {}
     for label in range(model.num_classes):

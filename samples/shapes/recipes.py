@@ -126,7 +126,7 @@ GENERATION_RECIPE = replace(PALETTE_VAE_RECIPE, condition_fraction=0.4, lr=5e-5,
 #: did not lift the class fidelity (5c) nor did more sampling steps (K = 8 and 16 no better than 4): the 6 x 192
 #: model looks full. ``--init`` a 6-block model: the three new blocks start as identities (adaLN-Zero, see
 #: ``train.deepened_state_dict``), so training starts from 5b's exact function. Joint generation keeps 5c's share
-#: (60 %), a higher peak lr than 5c's for the new blocks, new draws. Tried, stopped at step 2000 of 3600 and not
+#: (60 %), a higher peak lr than 5c's for the new blocks, new draws. Tried, stopped after step 2250 of 3600 and not
 #: shipped: class fidelity on the selection seeds 0.552 against 5b's 0.573 at step 2000 (0.556 at 1000), perception
 #: unchanged, and a 1.5x slower step (README).
 DEEP_RECIPE = replace(GENERATION_RECIPE, depth=9, lr=1e-4, warmup=100, steps=3600, draw_seed=5)
