@@ -104,7 +104,8 @@ def sample(
     cond_index = cfg.modality_index(condition_modality) if condition_modality is not None else None
     y = labels if labels is not None else torch.full((n,), cfg.null_label, dtype=torch.long)
     task = torch.full((n,), 0 if cond_index is None else cond_index + 1, dtype=torch.long)
-    x = prepare_latents(noise, condition, cond_index, config.condition_t)
+    x = prepare_latents(maths.scale_start_noise(noise, config, condition is not None), condition, cond_index,
+                        config.condition_t)  # fmt: skip
 
     schedule = config.timesteps()
     if step_noise is None:  # Euler-Maruyama draws one z per noisy step; the ODE samplers none

@@ -164,6 +164,16 @@ def guidance_scale(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be in 0..{MAX_CFG_SCALE:g}, got {text!r}") from None
 
 
+def noise_scale(text: str) -> float:
+    """An argparse ``type=`` for ``SamplerConfig.noise_scale``: a number in (0, MAX_NOISE_SCALE]."""
+    from mmgen_edge.runtime.sampler import MAX_NOISE_SCALE  # imported when parsing: --help stays light
+
+    value = finite_float(text)
+    if not 0.0 < value <= MAX_NOISE_SCALE:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, {MAX_NOISE_SCALE:g}], got {text!r}")
+    return value
+
+
 def step_list(text: str) -> tuple[int, ...]:
     """An argparse ``type=`` for comma-separated sampler step counts (``"1,2,4"``), each as :func:`step_count`."""
     parts = [part.strip() for part in text.split(",") if part.strip()]

@@ -107,7 +107,7 @@ class DenoisingLoop:
         n = noise.shape[0]
         labels = np.full(n, model.null_label, np.int64) if labels is None else labels.astype(np.int64)
         task = np.full(n, 0 if condition_index is None else condition_index + 1, np.int64)
-        x = noise.astype(np.float32, copy=True)
+        x = maths.scale_start_noise(noise.astype(np.float32, copy=True), config, condition is not None)
         if condition is not None:
             if condition_index is None:
                 raise ValueError("condition_index is required with a condition latent")

@@ -27,9 +27,11 @@ MANIFEST_FILE = "manifest.json"
 #: The schema this version writes. 2 added ``sampler.cfg_scale`` (the default guidance); a schema-1 manifest reads
 #: as schema 2 with guidance 1 (no guidance, what every bundle did then). 3 added ``model.mask_palette`` (the fixed
 #: colours a model paints segments with); a schema-1 or -2 manifest reads as schema 3 without one (random colours).
-#: Each bump makes an older mmgen-edge say "upgrade mmgen-edge" instead of failing on a field it does not know.
-SCHEMA_VERSION = 3
-READABLE_SCHEMA_VERSIONS = (1, 2, 3)
+#: 4 added ``sampler.noise_scale`` (class generation's starting-noise scale); older manifests read with 1 (the
+#: release's). Each bump makes an older mmgen-edge say "upgrade mmgen-edge" instead of failing on a field it does
+#: not know.
+SCHEMA_VERSION = 4
+READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4)
 FORMAT_NAME = "mmgen-edge-bundle"
 
 

@@ -32,6 +32,8 @@ RELEASE_SDE_T_LAST = 0.04
 MAX_STEPS = 250
 #: The largest classifier-free guidance scale a request or a bundle may give (1 = no guidance).
 MAX_CFG_SCALE = 100.0
+#: Largest ``SamplerConfig.noise_scale``.
+MAX_NOISE_SCALE = 2.0
 
 
 def check_integer(value: object, name: str, low: int, high: int | None = None) -> int:
@@ -79,6 +81,12 @@ class SamplerConfig(BaseModel):
         description="Default classifier-free guidance scale of generation (1 = none; the guidance acts on the class "
                     "label, so it changes class-conditioned samples); a request's own cfg_scale overrides it.",
     )  # fmt: skip
+    noise_scale: float = Field(
+        1.0, gt=0.0, le=MAX_NOISE_SCALE,
+        description="Class generation (no condition map): the sampler scales the starting noise (drawn from the "
+                    "seed, or given) by this, sampling at a lower temperature: < 1 trades diversity for fidelity; "
+                    "1 = the release. Perception and conditioned generation are unchanged.",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _check(self) -> "SamplerConfig":
@@ -117,6 +125,12 @@ def step_timesteps(
             raise ValueError(f"condition_index {condition_index} outside 0..{num_modalities - 1}")
         out[:, condition_index] = condition_t
     return out
+
+
+def scale_start_noise(noise: Array, config: SamplerConfig, conditioned: bool) -> Array:
+    """The starting latents of class generation: ``noise`` times ``config.noise_scale`` (a new array); a
+    conditioned sample's noise as it is (its condition slot's noise level is the release's t_b)."""
+    return noise if conditioned or config.noise_scale == 1.0 else noise * config.noise_scale
 
 
 def set_condition_slot(x: Array, noise: Array, condition: Array, condition_index: int, condition_t: float) -> Array:

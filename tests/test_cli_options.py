@@ -15,6 +15,8 @@ from mmgen_edge.runtime.sampler import MAX_STEPS
 #: (argv before the bad option, option, bad value, what the message says)
 BAD_OPTIONS = [
     (["export", "m", "--vae", "v", "--out", "o"], "--max-batch", "0", "must be an integer in 1..1024, got 0"),
+    (["export", "m", "--vae", "v", "--out", "o"], "--noise-scale", "0", "must be a number in (0, 2], got '0'"),
+    (["export", "m", "--vae", "v", "--out", "o"], "--noise-scale", "nan", "must be a finite number, got 'nan'"),
     (["export", "m", "--vae", "v", "--out", "o"], "--steps", "0", f"steps must be in 1..{MAX_STEPS}, got 0"),
     (["export", "m", "--vae", "v", "--out", "o"], "--steps", str(MAX_STEPS + 1), f"steps must be in 1..{MAX_STEPS}, got {MAX_STEPS + 1}"),
     (["export", "m", "--vae", "v", "--out", "o"], "--max-batch", "two", "must be an integer in 1..1024, got 'two'"),

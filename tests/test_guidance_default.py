@@ -78,7 +78,7 @@ def test_a_schema_1_bundle_reads_as_the_current_schema_without_guidance(runtime_
         raw["model"].pop("mask_palette", None)
 
     manifest = read_manifest(edited_bundle(runtime_bundle, tmp_path / "v1", as_schema_1), verify="size")
-    assert SCHEMA_VERSION == 3 and manifest.schema_version == 3 and manifest.sampler.cfg_scale == 1.0
+    assert manifest.schema_version == SCHEMA_VERSION and manifest.sampler.cfg_scale == 1.0
 
 
 def test_a_served_request_without_a_scale_gets_the_bundles_default(runtime_bundle, tmp_path):
@@ -93,3 +93,45 @@ def test_a_served_request_without_a_scale_gets_the_bundles_default(runtime_bundl
         assert handler.parse_generate({"class_label": label}).cfg_scale == 2.5
         given = handler.parse_generate({"class_label": label, "cfg_scale": np.array([[1.0]], np.float32)})
         assert given.cfg_scale == 1.0
+
+
+def test_schema_4_adds_the_noise_scale_and_older_manifests_read_without_it(runtime_bundle, tmp_path, monkeypatch):
+    """A schema-3 manifest has no sampler.noise_scale: it reads with 1 (what it sampled with). A manifest that has one
+    tells a schema-3 reader to upgrade instead of failing on an unknown field."""
+    from mmgen_edge.runtime import manifest as manifest_module
+    from mmgen_edge.runtime.manifest import BundleError
+
+    def as_schema_3(raw):
+        raw["schema_version"] = 3
+        raw["sampler"].pop("noise_scale", None)
+
+    old = read_manifest(edited_bundle(runtime_bundle, tmp_path / "v3", as_schema_3), verify="size")
+    assert old.schema_version == 4 and old.sampler.noise_scale == 1.0
+    scaled = edited_bundle(runtime_bundle, tmp_path / "v4", lambda raw: raw["sampler"].update(noise_scale=0.8))
+    assert read_manifest(scaled, verify="size").sampler.noise_scale == 0.8
+    for bad in (0, -0.5, 2.5, "nan"):
+        with pytest.raises(BundleError, match="noise_scale"):
+            read_manifest(edited_bundle(runtime_bundle, tmp_path / f"bad{bad}", lambda raw: raw["sampler"].update(noise_scale=bad)), verify="size")
+    monkeypatch.setattr(manifest_module, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(manifest_module, "READABLE_SCHEMA_VERSIONS", (1, 2, 3))
+    with pytest.raises(BundleError, match="schema_version 4; .* reads 1, 2, 3: upgrade mmgen-edge"):
+        read_manifest(scaled, verify="size")
+
+
+def test_the_noise_scale_scales_class_samples_start_and_nothing_else(runtime_bundle, tmp_path):
+    """sampler.noise_scale s: a class sample from seed k is the unscaled bundle's sample from s x (seed k's noise);
+    perception and depth-conditioned generation are the same as without it."""
+    scaled = edited_bundle(runtime_bundle, tmp_path / "s", lambda raw: raw["sampler"].update(noise_scale=0.8))
+    image = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    with mmgen_edge.load(runtime_bundle, backend="ort-cpu", verify="none") as plain, \
+            mmgen_edge.load(scaled, backend="ort-cpu", verify="none") as model:  # fmt: skip
+        noise = np.random.default_rng(7).standard_normal(plain.latent_shape(1), dtype=np.float32)
+        ours = model.generate(class_label=1, seed=7, return_latents=True)
+        reference = plain.generate(class_label=1, noise=0.8 * noise[0], return_latents=True)
+        np.testing.assert_allclose(ours.latents, reference.latents, rtol=0, atol=1e-5)
+        assert np.abs(ours.latents - plain.generate(class_label=1, seed=7, return_latents=True).latents).max() > 1e-3
+        depth = np.linspace(1, 3, 40 * 40, dtype=np.float32).reshape(40, 40)
+        for a, b in ((model.perceive(image, seed=3, return_latents=True), plain.perceive(image, seed=3, return_latents=True)),
+                     (model.generate(condition={"depth": depth}, seed=3, return_latents=True),
+                      plain.generate(condition={"depth": depth}, seed=3, return_latents=True))):  # fmt: skip
+            np.testing.assert_array_equal(a.latents, b.latents)

@@ -105,12 +105,13 @@ def test_backend_choice_order_and_reasons(manifest):
 
 
 @pytest.mark.parametrize(
-    "kind, condition, cfg",
-    [("euler", "rgb", 1.0), ("euler", None, 2.0), ("heun", "depth", 1.0), ("euler_maruyama", "rgb", 1.5)],
+    "kind, condition, cfg, noise_scale",
+    [("euler", "rgb", 1.0, 1.0), ("euler", None, 2.0, 1.0), ("heun", "depth", 1.0, 1.0), ("euler_maruyama", "rgb", 1.5, 1.0),
+     ("euler", None, 3.0, 0.8), ("euler", "depth", 1.0, 0.8)],
 )
-def test_loop_equals_the_pytorch_reference(tiny_model_dir, manifest, runners, kind, condition, cfg):
+def test_loop_equals_the_pytorch_reference(tiny_model_dir, manifest, runners, kind, condition, cfg, noise_scale):
     model = load_model(tiny_model_dir)
-    config = SamplerConfig(kind=kind, num_steps=4)
+    config = SamplerConfig(kind=kind, num_steps=4, noise_scale=noise_scale)
     g = torch.Generator().manual_seed(3)
     noise = torch.randn(2, 16, 4, 4, generator=g)
     cond = torch.randn(2, 4, 4, 4, generator=g) if condition else None

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mmgen_edge.cli import bounded_int, guidance_scale, nonnegative_int, positive_int, step_count
+from mmgen_edge.cli import bounded_int, guidance_scale, noise_scale, nonnegative_int, positive_int, step_count
 from mmgen_edge.runtime.manifest import MAX_BATCH
 
 #: Exit status when the gate refused a student VAE (as ``calibrate``'s; 2 is the CLI's usage / input error status).
@@ -40,7 +40,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             args.out,
             precision=args.precision,
             max_batch=args.max_batch,
-            sampler=SamplerConfig(kind=args.sampler, num_steps=args.steps, cfg_scale=args.cfg_scale),
+            sampler=SamplerConfig(kind=args.sampler, num_steps=args.steps, cfg_scale=args.cfg_scale,
+                                  noise_scale=args.noise_scale),
             overwrite=args.overwrite,
             graphs=ALL_GRAPHS if args.with_denoiser else DEFAULT_GRAPHS,
             progress=interactive,
@@ -58,7 +59,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"bundle       {args.out} ({len(manifest.files)} files, {total / 1e6:,.1f} MB, {manifest.precision.value})")
     print(f"model        {manifest.model.name}, {manifest.model.resolution} px, modalities {', '.join(manifest.modalities)}")
     print(f"sampler      {manifest.sampler.kind.value}, {manifest.sampler.num_steps} steps, guidance "
-          f"{manifest.sampler.cfg_scale:g}; batch 1..{manifest.max_batch}")
+          f"{manifest.sampler.cfg_scale:g}, noise scale {manifest.sampler.noise_scale:g}; batch 1..{manifest.max_batch}")
     for name, graph in manifest.graphs.items():
         ins = ", ".join(f"{s.name}{list(s.shape)}" for s in graph.inputs)
         print(f"graph        {name}: {ins}")
@@ -112,6 +113,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--cfg-scale", type=guidance_scale, default=1.0,
                    help="default classifier-free guidance of generation, 0..100 (default: 1, none); requests may "
                         "give their own")  # fmt: skip
+    p.add_argument("--noise-scale", type=noise_scale, default=1.0,
+                   help="class generation starts from seed noise times this, in (0, 2] (default: 1, the release's; "
+                        "< 1 samples at a lower temperature: less diverse, more faithful class samples)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--with-denoiser", action="store_true",
                    help="also export the self-contained `denoiser` graph (a whole sampler step; the runtime and "
