@@ -122,8 +122,9 @@ def test_the_noise_scale_scales_class_samples_start_and_nothing_else(runtime_bun
     """sampler.noise_scale s: a class sample from seed k is the unscaled bundle's sample from s x (seed k's noise);
     perception and depth-conditioned generation are the same as without it."""
     scaled = edited_bundle(runtime_bundle, tmp_path / "s", lambda raw: raw["sampler"].update(noise_scale=0.8))
+    unscaled = edited_bundle(runtime_bundle, tmp_path / "u", lambda raw: raw["sampler"].update(noise_scale=1.0))
     image = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
-    with mmgen_edge.load(runtime_bundle, backend="ort-cpu", verify="none") as plain, \
+    with mmgen_edge.load(unscaled, backend="ort-cpu", verify="none") as plain, \
             mmgen_edge.load(scaled, backend="ort-cpu", verify="none") as model:  # fmt: skip
         noise = np.random.default_rng(7).standard_normal(plain.latent_shape(1), dtype=np.float32)
         ours = model.generate(class_label=1, seed=7, return_latents=True)
