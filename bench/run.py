@@ -21,7 +21,8 @@ Ratios are speedups: ``A_vs_B`` = time(B) / time(A), so > 1 means A is faster. C
 are timed round-robin (``harness.measure_interleaved``) in the same process, so a background job slows them alike.
 Threads (``--threads``): by default PyTorch runs on every CPU this process may use and each runtime session takes
 ``load()``'s own choice (``runtime.thread_choice``: a short ONNX Runtime CPU session may run faster on one thread),
-so the figures are what a user of ``load()`` gets; ``--threads N`` puts PyTorch and every session on N. Goals (``goals`` in the JSON) are reported with pass/fail, never asserted.
+so the figures are what a user of ``load()`` gets; ``--threads N`` puts PyTorch and every session on N.
+Goals (``goals`` in the JSON) are reported with pass/fail, never asserted.
 
 Cases
 -----
@@ -97,6 +98,7 @@ from .report import (
 )
 from .roofline import add_rooflines, this_cpu_peaks
 from .settings import (
+    AUTO_THREADS,
     CASES,
     COMPILE_TIMEOUT_S,
     DEFAULT_EVAL_SCENES,
@@ -104,7 +106,6 @@ from .settings import (
     DEFAULT_RUNS,
     DEFAULT_STREAM_FRAMES,
     DEFAULT_WARMUP,
-    AUTO_THREADS,
     bench_threads,
     default_threads,
     parse_case_list,

@@ -306,6 +306,7 @@ def export_bundle(
             module, args = jobs[name]()
             entries[name] = export_graph(module, args, name, tmp, precision, opset, graph_metadata(cfg, name))
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
+        decode_max = cfg.num_modalities * max_batch  # one image per modality per sample
         manifest = Manifest(
             model=cfg,
             latent=LatentInfo(
@@ -328,7 +329,7 @@ def export_bundle(
             dims={
                 BATCH_DIM: DimRange(min=1, opt=1, max=max_batch),
                 MODULATION_DIM: DimRange(min=1, opt=1, max=2 * max_batch),
-                DECODE_DIM: DimRange(min=1, opt=min(3, cfg.num_modalities * max_batch), max=cfg.num_modalities * max_batch),
+                DECODE_DIM: DimRange(min=1, opt=min(3, decode_max), max=decode_max),
             },
             opset=opset,
             graphs=entries,

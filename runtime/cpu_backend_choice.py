@@ -25,7 +25,7 @@ from pathlib import Path
 from .backend import OPENVINO_PRECISIONS, BackendChoice, BackendKind
 from .manifest import Manifest
 from .onnxruntime_runner import profile_feeds
-from .runner import Runner
+from .runner import Runner, deactivate_runners
 from .thread_choice import available_cpus
 
 #: An OpenVINO frame at least this long keeps OpenVINO without a comparison.
@@ -132,8 +132,7 @@ def measured_cpu_choice(
     ort_runners: dict[str, Runner] = {}
 
     def close(runners: Mapping[str, Runner]) -> None:
-        for runner in runners.values():
-            runner.deactivate()
+        deactivate_runners(runners.values())
 
     ort_call: list[Callable[[], None]] = []
 

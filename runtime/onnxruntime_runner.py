@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .manifest import DimRange, GraphEntry, TensorSpec
-from .runner import EDITED_MANIFEST_HINT, INPUT, OUTPUT, Runner, check_live_io  # noqa: F401 - re-exported
+from .runner import EDITED_MANIFEST_HINT, INPUT, OUTPUT, Runner, check_live_io
 from .thread_choice import ThreadChoice, available_cpus, choose_threads
 
 CPU = "CPUExecutionProvider"

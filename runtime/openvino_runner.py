@@ -37,8 +37,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .manifest import LABEL_ROWS_KEY, DimRange, GraphEntry, Manifest, Precision
-from .onnxruntime_runner import EDITED_MANIFEST_HINT
-from .runner import INPUT, OUTPUT, Runner, activate_runners, check_live_io
+from .runner import EDITED_MANIFEST_HINT, INPUT, OUTPUT, Runner, activate_runners, check_live_io
 
 OPENVINO_EXTRA_HINT = "install the openvino extra: pip install 'mmgen-edge[openvino]'"
 DEVICE = "CPU"
@@ -168,12 +167,8 @@ def cache_directory(bundle: Path, key: str) -> Path:
 BLOB_INDEX = "blobs.json"
 
 
-def _blobs(folder: Path) -> dict[str, int]:
-    """Compiled blobs in ``folder`` by name -> modification time (ns)."""
-    return {p.name: p.stat().st_mtime_ns for p in folder.glob(f"*{BLOB_SUFFIX}")}
-
-
 def _blob_facts(folder: Path) -> dict[str, dict[str, int]]:
+    """Compiled blobs in ``folder`` by name -> their size and modification time (ns)."""
     return {p.name: {"bytes": (st := p.stat()).st_size, "mtime_ns": st.st_mtime_ns}
             for p in sorted(folder.glob(f"*{BLOB_SUFFIX}"))}  # fmt: skip
 
@@ -280,15 +275,15 @@ class OpenVinoRunner(Runner):
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": OV_PRECISIONS[self.precision], "PERFORMANCE_HINT": "LATENCY"}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
-        before: dict[str, int] = {}
+        before: dict[str, dict[str, int]] = {}
         if self.cache:
             self.cache_dir = cache_directory(self.bundle, self.key)
             config["CACHE_DIR"] = str(self.cache_dir)
-            before = _blobs(self.cache_dir)
+            before = _blob_facts(self.cache_dir)
         start = time.perf_counter()
         compiled = core.compile_model(model, DEVICE, config)
         self.compile_seconds = time.perf_counter() - start
-        self.cache_hit = bool(before) and self.cache_dir is not None and _blobs(self.cache_dir) == before
+        self.cache_hit = bool(before) and self.cache_dir is not None and _blob_facts(self.cache_dir) == before
         if self.cache_dir is not None and not self.cache_hit:
             record_blobs(self.cache_dir)
         got = str(compiled.get_property("INFERENCE_PRECISION_HINT"))

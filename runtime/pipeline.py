@@ -23,7 +23,7 @@ from .cpu_backend_choice import measured_cpu_choice, remembered_choice
 from .loop import DenoisingLoop
 from .manifest import BATCH_DIM, DECODE_DIM, Manifest, read_manifest
 from .onnxruntime_runner import CPU
-from .runner import Runner
+from .runner import Runner, deactivate_runners
 from .sampler import SamplerConfig
 
 
@@ -119,8 +119,7 @@ class Pipeline:
         self.close()
 
     def close(self) -> None:
-        for runner in self.runners.values():
-            runner.deactivate()
+        deactivate_runners(self.runners.values())
 
     @property
     def resolution(self) -> int:

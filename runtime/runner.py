@@ -216,6 +216,12 @@ class Runner(abc.ABC):
     def _deactivate(self) -> None: ...
 
 
+def deactivate_runners(runners: Iterable["Runner"]) -> None:
+    """Deactivate every runner (each is a no-op when already inactive)."""
+    for runner in runners:
+        runner.deactivate()
+
+
 def activate_runners(
     manifest: Manifest, graphs: Iterable[str], make: Callable[[str, GraphEntry], "Runner"]
 ) -> dict[str, "Runner"]:
@@ -237,7 +243,6 @@ def activate_runners(
             if problems:
                 raise BundleError("; ".join(problems) + f": {EDITED_MANIFEST_HINT}")
     except BaseException:
-        for runner in runners.values():
-            runner.deactivate()
+        deactivate_runners(runners.values())
         raise
     return runners

@@ -128,8 +128,8 @@ def step_timesteps(
 
 
 def scale_start_noise(noise: Array, config: SamplerConfig, conditioned: bool) -> Array:
-    """The starting latents of class generation: ``noise`` times ``config.noise_scale`` (a new array); a
-    conditioned sample's noise as it is (its condition slot's noise level is the release's t_b)."""
+    """The starting latents of class generation: ``noise`` times ``config.noise_scale`` (a new array unless the
+    scale is 1); a conditioned sample's noise as it is (its condition slot's noise level is the release's t_b)."""
     return noise if conditioned or config.noise_scale == 1.0 else noise * config.noise_scale
 
 

@@ -11,16 +11,17 @@ from typing import Any
 
 from mmgen_edge import __version__
 
+
 def _open_problem(bundle: Path, manifest: object, choice: object) -> str | None:
     """None when every runtime graph of ``bundle`` opens on ``choice``'s backend, else why one does not."""
     from mmgen_edge.runtime.backend import open_runners
+    from mmgen_edge.runtime.runner import deactivate_runners
 
     try:
         runners = open_runners(bundle, manifest, choice)  # type: ignore[arg-type]
     except (ValueError, RuntimeError, OSError, ImportError) as e:
         return str(e)
-    for runner in runners.values():
-        runner.deactivate()
+    deactivate_runners(runners.values())
     return None
 
 

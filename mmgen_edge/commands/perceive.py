@@ -120,7 +120,6 @@ def cmd_perceive(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from mmgen_edge.sdk.images import load_image
-
     from mmgen_edge.sdk.protocol import MAX_SEED
 
     if (args.condition is None) != (args.condition_image is None):

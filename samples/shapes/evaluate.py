@@ -252,8 +252,7 @@ def evaluate_generation(
     for label in range(model.num_classes):
         tiles, hits = [], 0
         for j in range(per_class):
-            g = model.generate(class_label=label, steps=steps, seed=first_seed + label * 1000 + j,
-                           cfg_scale=cfg_scale)
+            g = model.generate(class_label=label, steps=steps, seed=first_seed + label * 1000 + j, cfg_scale=cfg_scale)
             tiles += [g.rgb, processors.colourise_depth(g.depth), processors.colourise_normals(g.normals),
                       processors.colourise_segmentation(g.segmentation.labels)]  # fmt: skip
             perceived = model.perceive(g.rgb, tasks=("depth",), steps=steps, seed=0)
