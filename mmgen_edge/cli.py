@@ -174,6 +174,16 @@ def noise_scale(text: str) -> float:
     return value
 
 
+def video_fps(text: str) -> float:
+    """An argparse ``type=`` for the frame rate of a written video: a number in (0, ``sdk.stream.MAX_VIDEO_FPS``]."""
+    from mmgen_edge.sdk.stream import MAX_VIDEO_FPS  # imported when parsing: --help stays light
+
+    value = positive_float(text)
+    if value > MAX_VIDEO_FPS:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, {MAX_VIDEO_FPS:g}], got {text!r}")
+    return value
+
+
 def step_list(text: str) -> tuple[int, ...]:
     """An argparse ``type=`` for comma-separated sampler step counts (``"1,2,4"``), each as :func:`step_count`."""
     parts = [part.strip() for part in text.split(",") if part.strip()]
@@ -185,10 +195,36 @@ def step_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{e} (in {text!r})") from None
 
 
+#: Distributions whose import name is not their project name (the rest: "-" read as "_").
+MODULE_OF_DISTRIBUTION = {"cuda-python": "cuda", "nvidia-pytriton": "pytriton"}
+
+
+def modules_of_extra(extra: str) -> frozenset[str]:
+    """Top-level modules the installed package's ``extra`` provides, read from its metadata (pyproject's lists);
+    empty when the metadata cannot be read."""
+    import importlib.metadata
+    import re
+
+    try:
+        requirements = importlib.metadata.requires("mmgen-edge") or []
+    except importlib.metadata.PackageNotFoundError:
+        return frozenset()
+    modules = set()
+    for requirement in requirements:
+        name, _, marker = requirement.partition(";")
+        if re.search(rf"extra\s*==\s*[\"']{re.escape(extra)}[\"']", marker):
+            dist = re.split(r"[\[<>=!~ ]", name.strip(), maxsplit=1)[0].lower()
+            modules.add(MODULE_OF_DISTRIBUTION.get(dist, dist.replace("-", "_")))
+    return frozenset(modules)
+
+
 def missing_extra_message(error: ModuleNotFoundError, command: str) -> str | None:
-    """The install hint for a module that an extra provides, or None when ``error`` is not about an extra."""
+    """The install hint for a module that an extra provides, or None when ``error`` is not about an extra: the
+    command's own extra when it provides the module (``build`` needs onnx from ``tensorrt``, not ``export``),
+    else the extra that provides it."""
     root = (error.name or "").split(".")[0]
-    extra = EXTRA_OF_PACKAGE.get(root)
+    own = COMMANDS[command].extra if command in COMMANDS else None
+    extra = own if own and root in modules_of_extra(own) else EXTRA_OF_PACKAGE.get(root)
     if extra is None:
         return None
     torch_first = " (install torch first: pip install torch==2.13.0 for the CPU build)" if extra == "export" else ""
@@ -275,13 +311,12 @@ def _exit_on_sigterm() -> None:
 
 def describe_error(error: Exception) -> str:
     """One readable line per problem; pydantic's validation errors become ``field: message (got value)``."""
-    errors = getattr(error, "errors", None)
-    if type(error).__name__ == "ValidationError" and callable(errors):
-        parts = []
-        for item in errors():
-            field = ".".join(str(x) for x in item.get("loc", ())) or "value"
-            parts.append(f"{field}: {item.get('msg', 'invalid')} (got {item.get('input')!r})")
-        return "; ".join(parts)
+    from pydantic import ValidationError
+
+    from mmgen_edge.runtime.manifest import describe_validation_error
+
+    if isinstance(error, ValidationError):
+        return describe_validation_error(error)
     return str(error)
 
 

@@ -362,6 +362,23 @@ def check_bundle_path(path: str) -> None:
 VERIFY_MODES = ("full", "size", "none")
 
 
+#: Longest shown value of a field that failed validation (a whole section would flood the one-line error).
+MAX_SHOWN_VALUE = 60
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """pydantic's errors as one line: ``field: message (got value)`` per problem, joined by "; ", values shortened."""
+    parts = []
+    for item in error.errors():
+        field = ".".join(str(x) for x in item.get("loc", ())) or "value"
+        shown = repr(item.get("input"))
+        if len(shown) > MAX_SHOWN_VALUE:
+            shown = shown[: MAX_SHOWN_VALUE - 3] + "..."
+        message = " ".join(str(item.get("msg", "invalid")).split())
+        parts.append(f"{field}: {message} (got {shown})")
+    return "; ".join(parts)
+
+
 class BundleError(ValueError):
     """The bundle is missing, incomplete, tampered with or of an unsupported version; the message says which."""
 
@@ -378,7 +395,11 @@ def read_manifest(bundle: str | os.PathLike[str], verify: Literal["full", "size"
     if not path.is_file():
         hint = " (an interrupted export leaves no manifest)" if bundle.is_dir() else ""
         raise FileNotFoundError(f"{bundle} is not an mmgen-edge bundle: {MANIFEST_FILE} is missing{hint}")
-    manifest = parse_manifest(path.read_text(), str(path))
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BundleError(f"{path} is not UTF-8 text (byte {e.start}): not a manifest mmgen-edge wrote") from None
+    manifest = parse_manifest(text, str(path))
     if verify != "none":
         verify_files(bundle, manifest, hashes=verify == "full")
     return manifest
@@ -407,7 +428,7 @@ def parse_manifest(text: str, source: str) -> Manifest:
     try:  # strict: a bool, a float or a string where the schema has an integer is an edit, not a value
         manifest = Manifest.model_validate_json(text, strict=True)
     except ValidationError as e:
-        raise BundleError(f"{source} is not a valid manifest: {e}") from None
+        raise BundleError(f"{source} is not a valid manifest: {describe_validation_error(e)}") from None
     if manifest.schema_version != SCHEMA_VERSION:
         manifest = manifest.model_copy(update={"schema_version": SCHEMA_VERSION})
     return manifest

@@ -46,7 +46,10 @@ def check_seed(seed: object) -> int | None:
 
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "samples" / "shapes" / "bundle"
-BUNDLE_HINT = "create it with `mmgen-edge demo` (or `mmgen-edge export samples/shapes/weights/mmgen --vae samples/shapes/weights/vae --out samples/shapes/bundle`)"
+BUNDLE_HINT = (
+    "name a bundle (load(bundle=DIR), the CLI's --bundle DIR, or MMGEN_EDGE_BUNDLE=DIR), or create the demo bundle "
+    "with `mmgen-edge demo` (needs the export extra: pip install 'mmgen-edge[export]')"
+)
 
 
 def default_bundle() -> Path:

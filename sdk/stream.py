@@ -54,6 +54,9 @@ from .results import PerceptionResult
 
 #: Default tasks of a stream.
 DEFAULT_TASKS = PERCEPTION_TASKS
+#: Highest frame rate :func:`write_video` records (high-speed cameras reach ~1000; beyond, containers' time bases
+#: overflow).
+MAX_VIDEO_FPS = 1000.0
 #: Codec of :func:`write_video`.
 VIDEO_FOURCC = "mp4v"
 
@@ -285,8 +288,8 @@ def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike[str], fps:
     (:func:`~mmgen_edge.runtime.fileio.atomic_file`): an error or interruption never leaves a half-written
     ``path``, and an existing ``path`` stays as it was.
     """
-    if not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    if not (math.isfinite(fps) and 0 < fps <= MAX_VIDEO_FPS):
+        raise ValueError(f"fps must be a number in (0, {MAX_VIDEO_FPS:g}], got {fps!r}")
     writer: cv2.VideoWriter | None = None
     size: tuple[int, int] | None = None
     count = 0

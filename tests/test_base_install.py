@@ -182,11 +182,23 @@ def test_cli_names_the_missing_extra(tmp_path, monkeypatch, capsys):
     assert "pip install 'mmgen-edge[export]'" in err and "Traceback" not in err
 
 
+def test_a_missing_module_names_the_commands_own_extra_when_it_provides_it():
+    """``build`` needs onnx, which its tensorrt extra lists: the hint names that extra (installing export would pull
+    torch and diffusers for nothing); a module outside the command's extra names the extra providing it."""
+    assert {"tensorrt", "cuda", "onnx"} <= cli.modules_of_extra("tensorrt")
+    onnx_missing = ModuleNotFoundError("No module named 'onnx'", name="onnx")
+    assert "pip install 'mmgen-edge[tensorrt]'" in cli.missing_extra_message(onnx_missing, "build")
+    assert "pip install 'mmgen-edge[export]'" in cli.missing_extra_message(onnx_missing, "calibrate")
+    matplotlib_missing = ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+    assert "pip install 'mmgen-edge[dev]'" in cli.missing_extra_message(matplotlib_missing, "bench")
+    assert cli.missing_extra_message(ModuleNotFoundError("x", name="yaml"), "build") is None
+
+
 @pytest.mark.skipif(not BASE_INSTALL, reason="the real missing extras exist only in the base-install venv")
 @pytest.mark.parametrize(
     "args, extra",
     [(["convert", "x.pt", "--out", "m"], "export"), (["export", "m", "--vae", "v", "--out", "b"], "export"),
-     (["calibrate", "b", "--data", "demo:2", "--out", "c"], "export"), (["serve"], "serve")],
+     (["calibrate", "b", "--data", "demo:2", "--out", "c"], "export"), (["serve"], "serve"), (["build", "b"], "tensorrt")],
 )  # fmt: skip
 def test_cli_on_the_base_install_names_each_missing_extra(args, extra):
     done = run_cli(*args)
@@ -368,3 +380,19 @@ def test_cpu_sessions_do_not_busy_wait_between_calls(runtime_bundle):
     assert set(sessions) == {"vae_encoder", "conditioning", "denoiser_cached", "vae_decoder"}
     for name, session in sessions.items():
         assert session.get_session_options().get_session_config_entry(SPINNING_KEY) == "0", name
+
+
+def test_a_missing_default_bundle_names_the_ways_to_give_one(tmp_path, monkeypatch):
+    """Without a bundle (a base install away from a clone), the error names --bundle / MMGEN_EDGE_BUNDLE first and
+    says the demo bundle needs the export extra; a named bundle that is missing gets no such advice."""
+    import mmgen_edge
+
+    monkeypatch.setenv("MMGEN_EDGE_BUNDLE", str(tmp_path / "nothing"))
+    with pytest.raises(FileNotFoundError) as info:
+        mmgen_edge.load()
+    message = str(info.value)
+    assert f"no bundle at {tmp_path / 'nothing'}" in message
+    assert "--bundle DIR" in message and "MMGEN_EDGE_BUNDLE=DIR" in message and "mmgen-edge[export]" in message
+    with pytest.raises(FileNotFoundError) as info:
+        mmgen_edge.load(tmp_path / "named")
+    assert "--bundle" not in str(info.value)

@@ -36,6 +36,7 @@ BAD_OPTIONS = [
     (["generate"], "--steps", "0", "steps must be in 1.."),
     (["stream", "clip.mp4"], "--fps", "0", "must be a finite number > 0, got '0'"),
     (["stream", "clip.mp4"], "--fps", "inf", "must be a finite number > 0, got 'inf'"),
+    (["stream", "clip.mp4"], "--fps", "1e9", "must be a number in (0, 1000], got '1e9'"),
     (["stream", "clip.mp4"], "--max-frames", "0", "must be an integer >= 1, got 0"),
     (["stream", "clip.mp4"], "--seed", "-1", "must be an integer in 0.."),
     (["eval"], "--scenes", "0", "must be an integer >= 1, got 0"),
@@ -149,3 +150,29 @@ def test_the_cli_seed_bound_is_the_sdk_bound_and_generate_checks_its_last_seed_f
     assert main(["generate", "--seed", str(MAX_SEED), "--num", "2", "--out", str(out)]) == 2
     assert f"needs seeds up to {MAX_SEED + 1}" in capsys.readouterr().err
     assert not out.exists()  # refused before any sample was written
+
+
+def test_stream_show_without_a_gui_opencv_fails_before_the_model_loads(monkeypatch, capsys, tmp_path):
+    """The base install's opencv-python-headless cannot open a window: ``--show`` says so in one line (exit 2) before
+    any model or source opens, instead of a cv2.error traceback at the first frame; a GUI build whose window cannot
+    open (no display) is refused the same way."""
+    import cv2
+
+    from mmgen_edge.commands import perceive
+
+    opened = []
+    monkeypatch.setattr(perceive, "_open_model", lambda args: opened.append(args))
+    monkeypatch.setattr(cv2, "getBuildInformation", lambda: "  Video I/O:\n  GUI:                           NONE\n")
+    assert main(["stream", str(tmp_path / "clip.mp4"), "--show"]) == 2
+    err = capsys.readouterr().err
+    assert "--show needs an OpenCV build with a GUI" in err and "pip install opencv-python" in err, err
+    assert "Traceback" not in err and opened == []
+
+    def no_display(title):
+        raise cv2.error("Can't initialize GTK backend")
+
+    monkeypatch.setattr(cv2, "getBuildInformation", lambda: "  GUI:                           GTK3\n")
+    monkeypatch.setattr(cv2, "namedWindow", no_display)
+    assert main(["stream", str(tmp_path / "clip.mp4"), "--show"]) == 2
+    err = capsys.readouterr().err
+    assert "--show cannot open a window here" in err and "GTK" in err and opened == [], err

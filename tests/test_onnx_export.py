@@ -232,6 +232,27 @@ def test_an_edited_manifest_value_of_the_wrong_type_is_refused_by_name(tiny_bund
         read_manifest(copy, verify="none")
 
 
+def test_an_invalid_manifest_is_refused_in_one_line_naming_each_field(tiny_bundle, tmp_path):
+    """pydantic's own text is a block per error with a URL; the refusal is one line, each field and value shown
+    (a whole section shortened), and a manifest that is not UTF-8 is named as such."""
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_bundle, copy)
+    raw = json.loads((copy / "manifest.json").read_text())
+    raw["model"]["resolution"] = "128"
+    raw["sampler"]["num_steps"] = 4.0
+    raw["comment"] = "x" * 500
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError) as info:
+        read_manifest(copy, verify="none")
+    message = str(info.value)
+    assert "\n" not in message and "pydantic.dev" not in message and len(message) < 600, message
+    for field in ("model.resolution", "sampler.num_steps", "comment: Extra inputs are not permitted"):
+        assert field in message, message
+    (copy / "manifest.json").write_bytes(b"\xff\xfe{}")
+    with pytest.raises(BundleError, match=r"manifest.json is not UTF-8 text"):
+        read_manifest(copy, verify="none")
+
+
 def test_interrupted_export_never_leaves_a_bundle_that_loads(tiny_model_dir, tiny_vae_dir, tmp_path, monkeypatch):
     import mmgen_edge.export.onnx_export as ox
 

@@ -260,6 +260,9 @@ def test_write_video_rejects_bad_input(tmp_path: Path) -> None:
         write_video([], tmp_path / "empty.mp4", FILE_FPS)
     with pytest.raises(ValueError, match="fps"):
         write_video([frame(0)], tmp_path / "x.mp4", 0)
+    with pytest.raises(ValueError, match=r"fps must be a number in \(0, 1000\]"):
+        write_video([frame(0)], tmp_path / "x.mp4", 1e9)
+    assert not (tmp_path / "x.mp4").exists()
     with pytest.raises(ValueError, match="frame 1"):
         write_video([frame(0), np.zeros((SIZE * 2, SIZE, 3), np.uint8)], tmp_path / "sizes.mp4", FILE_FPS)
 

@@ -13,7 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mmgen_edge.cli import (
-    backend_name, guidance_scale, nonnegative_int, positive_float, positive_int, sample_count, seed_value, step_count,
+    backend_name, guidance_scale, nonnegative_int, positive_int, sample_count, seed_value, step_count, video_fps,
 )
 from mmgen_edge.runtime.modalities import CONDITION_TASKS
 
@@ -145,6 +145,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Title of the ``stream --show`` window.
+WINDOW_TITLE = "mmgen-edge"
 #: Containers ``write_video`` (OpenCV, ``mp4v``) writes and reads back; WebM needs another codec.
 STREAM_OUT_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".mpg")
 
@@ -159,6 +161,25 @@ def check_video_output(out: str, sources: list[str]) -> None:
             raise ValueError(f"--out {out} is the source video {source}: writing it would destroy the input")
 
 
+def check_window_support() -> None:
+    """``stream --show``: OpenCV can open a window here, checked before the model loads (the base install's
+    ``opencv-python-headless`` has no GUI, and a GUI build without a display fails at the first frame otherwise)."""
+    import cv2
+
+    gui = next((line.split(":", 1)[1].strip() for line in cv2.getBuildInformation().splitlines()
+                if line.strip().startswith("GUI:")), "")  # fmt: skip
+    if gui.upper() == "NONE":
+        raise ValueError(
+            "--show needs an OpenCV build with a GUI, and this one has none (opencv-python-headless): "
+            "pip uninstall opencv-python-headless && pip install opencv-python, or write a video with --out"
+        )
+    try:
+        cv2.namedWindow(WINDOW_TITLE)
+    except cv2.error as e:
+        detail = " ".join(str(e).split())[:160]
+        raise RuntimeError(f"--show cannot open a window here (no display?): {detail}; write a video with --out") from None
+
+
 def cmd_stream(args: argparse.Namespace) -> int:
     """Perceive the sources; with ``--out`` each tile is written as it comes (memory stays flat however long)."""
     from mmgen_edge.sdk.stream import write_video
@@ -167,6 +188,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     if args.out:
         check_video_output(args.out, [s for s in sources if isinstance(s, str)])
+    if args.show:
+        check_window_support()
     latencies: list[float] = []
     with _open_model(args) as model:
         stream = model.stream(sources, tasks=tasks, steps=args.steps, seed=args.seed,
@@ -212,7 +235,7 @@ def _stream_tiles(
         latencies.append(item.latency)
         bar.update(1)
         if show:
-            cv2.imshow("mmgen-edge", cv2.cvtColor(tile, cv2.COLOR_RGB2BGR))
+            cv2.imshow(WINDOW_TITLE, cv2.cvtColor(tile, cv2.COLOR_RGB2BGR))
             if cv2.waitKey(1) & 0xFF == ord("q"):
                 return
         yield tile
@@ -260,7 +283,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--seed", type=seed_value, default=0)
     p.add_argument("--realtime", choices=["on", "off"], help="latest-frame policy (default: on for cameras/URLs, off for files)")
     p.add_argument("--out", help="write an .mp4 of input | maps side by side")
-    p.add_argument("--fps", type=positive_float, default=15.0, help="frame rate of --out")
+    p.add_argument("--fps", type=video_fps, default=15.0, help="frame rate of --out")
     p.add_argument("--show", action="store_true", help="show a window (q quits); needs a GUI build of OpenCV")
     p.add_argument("--max-frames", type=positive_int, help="stop after this many frames")
     p.add_argument("--json", action="store_true")
