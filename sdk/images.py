@@ -34,8 +34,12 @@ def check_input_size(width: int, height: int, name: str = "image") -> None:
         )
 
 
-def header_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the file's header without decoding the pixels; None if Pillow cannot identify it."""
+def header_size(path: Path, name: str = "image") -> tuple[int, int] | None:
+    """(width, height) from the file's header without decoding the pixels; None if Pillow cannot identify it.
+
+    Raises:
+        ValueError: the header declares more pixels than Pillow opens at all (a decompression bomb), with its words.
+    """
     import warnings
 
     from PIL import Image, UnidentifiedImageError
@@ -45,8 +49,10 @@ def header_size(path: Path) -> tuple[int, int] | None:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 return im.size
-    except Image.DecompressionBombError:
-        return (MAX_INPUT_PIXELS + 1, 1)  # Pillow refused it for its size: far over our limit too
+    except Image.DecompressionBombError as e:  # Pillow refused it for its size: far over our limit too
+        raise ValueError(
+            f"{name} {path}: over the limit of {MAX_INPUT_PIXELS / 1e6:.1f} megapixels (4096x4096): Pillow says {e}"
+        ) from None
     except (UnidentifiedImageError, OSError):
         return None
 
@@ -57,7 +63,7 @@ def load_image(image: str | os.PathLike[str] | np.ndarray, name: str = "image") 
         path = Path(image)
         if not path.is_file():
             raise FileNotFoundError(f"{name}: {path} does not exist")
-        size = header_size(path)
+        size = header_size(path, name)
         if size is not None:
             check_input_size(*size, name=f"{name} {path}")
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)

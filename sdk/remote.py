@@ -15,6 +15,7 @@ its batched ``perceive([...])`` sends one request per image concurrently.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +59,18 @@ from .results import GenerationResult, PerceptionResult
 
 DEFAULT_URL = "grpc://127.0.0.1:8001"
 CONNECT_TIMEOUT_S = 5.0
+#: Longest ``timeout`` / ``connect_timeout`` (a day): the request deadline goes to Triton in whole microseconds.
+MAX_TIMEOUT_S = 86_400.0
+
+
+def check_timeout(value: object, name: str) -> float:
+    """``value`` as seconds: a finite real number in (0, MAX_TIMEOUT_S] (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number of seconds, got {value!r}")
+    seconds = float(value)
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT_S):
+        raise ValueError(f"{name} must be in (0, {MAX_TIMEOUT_S:g}] seconds, got {value!r}")
+    return seconds
 
 
 class RemoteError(RuntimeError):
@@ -109,8 +122,8 @@ class RemoteModel(Model):
         parsed = urlparse(url if "://" in url else f"grpc://{url}")
         if parsed.scheme not in ("grpc", "http") or not parsed.hostname or not parsed.port:
             raise ValueError(f"url must look like grpc://host:port or http://host:port, got {url!r}")
-        if not (timeout > 0 and connect_timeout > 0):
-            raise ValueError(f"timeout and connect_timeout must be > 0 seconds, got {timeout} and {connect_timeout}")
+        timeout = check_timeout(timeout, "timeout")
+        connect_timeout = check_timeout(connect_timeout, "connect_timeout")
         self.url = url
         self.timeout = timeout
         self.connect_timeout = min(connect_timeout, timeout)

@@ -314,6 +314,14 @@ def test_oversized_images_are_refused_from_the_header(tmp_path):
     tracemalloc.stop()
     with pytest.raises(ValueError, match="resize it first"):
         load_image(np.zeros((4097, 4096, 3), np.uint8))
+    # beyond what Pillow opens at all: the header's own size is named, not a made-up one
+    huge = tmp_path / "huge.png"
+    header = (100_000).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
+    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b""))
+    with pytest.raises(ValueError) as info:
+        load_image(huge, name="condition")
+    assert f"condition {huge}: over the limit of 16.8 megapixels" in str(info.value)
+    assert "Image size (10000000000 pixels)" in str(info.value) and "16777217" not in str(info.value)
     assert load_image(np.zeros((4096, 4096), np.uint8)).shape == (4096, 4096, 3)
     assert MAX_INPUT_PIXELS == 4096 * 4096
 

@@ -241,6 +241,18 @@ def test_the_remote_client_bounds_the_seed_like_the_local_model():
             RemoteModel._sampling(None, bad, None)
 
 
+def test_the_remote_client_bounds_its_timeouts_before_it_connects():
+    """inf overflowed the microsecond deadline (OverflowError) and 1e300 reached Triton as a garbled value."""
+    from mmgen_edge.sdk.remote import MAX_TIMEOUT_S, RemoteModel, check_timeout
+
+    assert check_timeout(MAX_TIMEOUT_S, "timeout") == MAX_TIMEOUT_S and check_timeout(np.float32(0.5), "t") == 0.5
+    for bad in (float("inf"), float("nan"), 1e300, MAX_TIMEOUT_S * 2, 0, -1.0, True, "60"):
+        with pytest.raises(ValueError, match=r"timeout must be"):
+            RemoteModel("grpc://127.0.0.1:1", timeout=bad)
+        with pytest.raises(ValueError, match=r"connect_timeout must be"):
+            RemoteModel("grpc://127.0.0.1:1", connect_timeout=bad)
+
+
 def test_a_condition_that_is_not_a_mapping_and_noise_that_is_not_real_are_refused_by_name():
     from mmgen_edge.sdk.api import generation_request, noise_array
 
