@@ -1,6 +1,6 @@
 """``mmgen-edge serve`` and ``mmgen-edge triton-repo``.
 
-    mmgen-edge serve [BUNDLE] [--host 127.0.0.1] [--http-port 8000] [--grpc-port 8001] [--metrics-port 8002]
+    mmgen-edge serve [BUNDLE] [--host 127.0.0.1] [--http] [--http-port 8000] [--grpc-port 8001] [--metrics-port 8002]
         [--backend auto] [--instances 1] [--front-instances N] [--max-queue-delay-us 2000] [--max-queue-size 256]
         [--threads N] [--steps K] [--access-token TOKEN]
     mmgen-edge triton-repo BUNDLE --out REPO [--instances 1] [--front-instances N] [--max-queue-delay-us 2000]
@@ -40,7 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server import ACCESS_TOKEN_ENV, Server, ServerOptions, exposure_warning, serve
 
     options = ServerOptions(
-        host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+        host=args.host, http=args.http, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         backend=args.backend, instances=args.instances, front_instances=args.front_instances,
         max_queue_delay_us=args.max_queue_delay_us,
         max_queue_size=args.max_queue_size, threads=args.threads, steps=args.steps,
@@ -55,8 +55,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         urls = server.bind_urls()
         banner = (
             f"mmgen-edge serve: {bundle} ({backend}, {options.instances} instance(s), {server.front_instances} requests "
-            f"at once per model) ready at {urls['grpc']} (gRPC) "
-            f"and {urls['http']} (HTTP), metrics at {urls['metrics']}; Ctrl-C or SIGTERM stops"
+            f"at once per model) ready at {urls['grpc']} (gRPC)"
+            + (f" and {urls['http']} (HTTP)" if "http" in urls else "")
+            + f", metrics at {urls['metrics']}; Ctrl-C or SIGTERM stops"
         )
         lines = [banner]
         if exposure_warning(options.host):
@@ -103,7 +104,13 @@ def add_parsers(subparsers: Any) -> None:
         help="address to bind (default: 127.0.0.1). Inference is unauthenticated: any other address exposes it "
         "(a warning says so); put an authenticating proxy in front to expose it",
     )
-    p.add_argument("--http-port", type=port, default=8000)
+    p.add_argument(
+        "--http",
+        action="store_true",
+        help="serve Triton's HTTP/REST front end too, on --http-port (off by default: in the bundled Triton a "
+        "malformed HTTP request can stop the server; gRPC refuses it). Trusted clients or a bounding proxy only",
+    )
+    p.add_argument("--http-port", type=port, default=8000, help="port of the HTTP front end (with --http)")
     p.add_argument("--grpc-port", type=port, default=8001)
     p.add_argument("--metrics-port", type=port, default=8002)
     p.add_argument("--backend", type=backend_name, default="auto", help="auto, tensorrt, ort-tensorrt, ort-cuda, ort-cpu, openvino, openvino-fp32 or openvino-bf16")

@@ -76,6 +76,7 @@ FRONT_MAX_BATCH_SIZE = 1
 @dataclass(frozen=True)
 class ServerOptions:
     host: str = LOOPBACK  # 0.0.0.0 exposes the server to the network
+    http: bool = False  # Triton's HTTP/REST front end too (HTTP_WARNING); gRPC always
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
@@ -94,9 +95,10 @@ class ServerOptions:
             port = getattr(self, name)
             if not 0 < port < 65536:
                 raise ValueError(f"{name.replace('_', ' ')} must be in 1..65535, got {port}")
-        ports = [self.http_port, self.grpc_port, self.metrics_port]
-        if len(set(ports)) != 3:
-            raise ValueError(f"the HTTP, gRPC and metrics ports must differ, got {ports}")
+        ports = [*([self.http_port] if self.http else []), self.grpc_port, self.metrics_port]
+        if len(set(ports)) != len(ports):
+            names = "the HTTP, gRPC and metrics ports" if self.http else "the gRPC and metrics ports"
+            raise ValueError(f"{names} must differ, got {ports}")
         if self.instances < 1:
             raise ValueError(f"instances must be >= 1, got {self.instances}")
         if self.front_instances is not None and self.front_instances < 1:
@@ -126,6 +128,27 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # a host name: it may resolve to anything
+
+
+#: Why Triton's HTTP front end is opt-in (``--http``): in the Triton release PyTriton 0.7 bundles (2.51), a request
+#: can end the whole server before any mmgen-edge code sees it, and gRPC refuses the same requests cleanly.
+HTTP_WARNING = (
+    "Triton's HTTP front end is on: in this Triton release a malformed HTTP request can stop the whole server (a "
+    "declared tensor shape it allocates before checking, JSON nested ~200 000 deep) and a gzip body is inflated "
+    "without a limit; serve HTTP only to trusted clients or behind a proxy that bounds bodies and refuses "
+    "Content-Encoding (gRPC, always on, refuses these requests)"
+)
+
+
+def triton_endpoints(o: ServerOptions) -> dict[str, object]:
+    """``TritonConfig`` fields for where Triton listens: gRPC and metrics always, HTTP only with ``o.http``."""
+    endpoints: dict[str, object] = {
+        "allow_http": o.http, "grpc_address": o.host, "grpc_port": o.grpc_port,
+        "metrics_address": o.host, "metrics_port": o.metrics_port,
+    }  # fmt: skip
+    if o.http:
+        endpoints.update(http_address=o.host, http_port=o.http_port)
+    return endpoints
 
 
 def exposure_warning(host: str) -> str | None:
@@ -208,17 +231,18 @@ class Server:
         self.access_token: str | None = None  # the token in use for the admin endpoints, once started
 
     def bind_urls(self) -> dict[str, str]:
-        """Where Triton listens, as bound (``0.0.0.0`` stays ``0.0.0.0``): ``grpc``, ``http``, ``metrics``."""
+        """Where Triton listens, as bound (``0.0.0.0`` stays ``0.0.0.0``): ``grpc``, ``metrics``, and ``http`` when on."""
         o = self.options
         host = f"[{o.host}]" if ":" in o.host else o.host
-        return {
-            "grpc": f"grpc://{host}:{o.grpc_port}",
-            "http": f"http://{host}:{o.http_port}",
-            "metrics": f"http://{host}:{o.metrics_port}/metrics",
-        }
+        urls = {"grpc": f"grpc://{host}:{o.grpc_port}", "metrics": f"http://{host}:{o.metrics_port}/metrics"}
+        if o.http:
+            urls["http"] = f"http://{host}:{o.http_port}"
+        return urls
 
     @property
     def http_url(self) -> str:
+        if not self.options.http:
+            raise RuntimeError("this server has no HTTP front end: start it with http=True (CLI: --http)")
         return f"http://{self._client_host}:{self.options.http_port}"
 
     @property
@@ -242,10 +266,10 @@ class Server:
         from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy
 
         o = self.options
-        check_ports_free(o.host, (o.http_port, o.grpc_port, o.metrics_port))
-        warning = exposure_warning(o.host)
-        if warning:
-            LOG.warning(warning)
+        check_ports_free(o.host, (*((o.http_port,) if o.http else ()), o.grpc_port, o.metrics_port))
+        for warning in (exposure_warning(o.host), HTTP_WARNING if o.http else None):
+            if warning:
+                LOG.warning(warning)
         self._models = [
             load(self.bundle, backend=o.backend, steps=o.steps, threads=o.threads, verify=o.verify if i == 0 else "none")
             for i in range(o.instances)
@@ -253,10 +277,7 @@ class Server:
         self.handlers = handlers = [RequestHandler(m) for m in self._models]
         specs = model_specs(self._models[0].manifest)
         _prepare_environment()
-        config = triton_module.TritonConfig(
-            http_address=o.host, http_port=o.http_port, grpc_address=o.host, grpc_port=o.grpc_port,
-            metrics_address=o.host, metrics_port=o.metrics_port, log_verbose=0,
-        )  # fmt: skip
+        config = triton_module.TritonConfig(**triton_endpoints(o), log_verbose=0)
         security = triton_module.TritonSecurityConfig(access_token=o.access_token, restricted_endpoints=list(PROTECTED_ENDPOINTS))
         self.access_token = security.access_token
         self._triton = triton_module.Triton(config=config, security_config=security)
@@ -294,7 +315,7 @@ class Server:
             self.stop()
             raise
         urls = self.bind_urls()
-        LOG.info("serving %s on %s (gRPC) and %s (HTTP)", self.bundle, urls["grpc"], urls["http"])
+        LOG.info("serving %s on %s (gRPC)%s", self.bundle, urls["grpc"], f" and {urls['http']} (HTTP)" if o.http else "")
 
     def _guard_children(self) -> None:
         if self._watchdog is not None:

@@ -53,7 +53,7 @@ ACCESS_TOKEN = "test-token-0123456789abcdef"
 def server(tiny_bundle):
     http, grpc, metrics = free_ports(3)
     with Server(
-        tiny_bundle, http_port=http, grpc_port=grpc, metrics_port=metrics, max_queue_delay_us=BATCH_WINDOW_US, threads=1,
+        tiny_bundle, http=True, http_port=http, grpc_port=grpc, metrics_port=metrics, max_queue_delay_us=BATCH_WINDOW_US, threads=1,
         access_token=ACCESS_TOKEN, backend="ort-cpu",  # the `local` reference's backend (auto is bf16 on AMX CPUs)
     ) as s:  # fmt: skip
         yield s
@@ -171,6 +171,8 @@ def test_cli_serve_shuts_down_on_sigterm_and_leaves_no_process(tiny_bundle, tmp_
         with connect(f"grpc://127.0.0.1:{grpc}", timeout=REQUEST_TIMEOUT_S, connect_timeout=REQUEST_TIMEOUT_S) as model:
             assert model.perceive(image(1), seed=1).depth.shape == (40, 56)
         assert len(session_processes(process.pid)) >= 2, "expected the CLI and its tritonserver"
+        with pytest.raises(ConnectionRefusedError):  # HTTP is opt-in (--http): nothing listens on --http-port
+            socket.create_connection(("127.0.0.1", http), timeout=5).close()
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=REQUEST_TIMEOUT_S) == 0
         deadline = time.monotonic() + 10
@@ -180,6 +182,7 @@ def test_cli_serve_shuts_down_on_sigterm_and_leaves_no_process(tiny_bundle, tmp_
     finally:
         output = kill_session_and_read(process, log)
     assert "ready at grpc://127.0.0.1" in output and "stopped" in output, output[-2000:]
+    assert "(HTTP)" not in output and "HTTP front end is on" not in output, output[-2000:]
 
 
 def test_a_taken_port_is_named_before_anything_starts(tiny_bundle):
@@ -192,8 +195,11 @@ def test_a_taken_port_is_named_before_anything_starts(tiny_bundle):
 
 
 def test_server_options_are_checked(tiny_bundle):
-    with pytest.raises(ValueError, match="ports must differ"):
-        Server(tiny_bundle, http_port=9000, grpc_port=9000)
+    with pytest.raises(ValueError, match="the HTTP, gRPC and metrics ports must differ"):
+        Server(tiny_bundle, http=True, http_port=9000, grpc_port=9000)
+    Server(tiny_bundle, http_port=9000, grpc_port=9000, metrics_port=9002)  # no HTTP: its port is not used
+    with pytest.raises(ValueError, match="the gRPC and metrics ports must differ"):
+        Server(tiny_bundle, grpc_port=9000, metrics_port=9000)
     with pytest.raises(ValueError, match="instances"):
         Server(tiny_bundle, instances=0)
     with pytest.raises(ValueError, match="front_instances must be >= 1, got 0"):
