@@ -45,7 +45,7 @@ Triton error for its request alone, an execute whose requests were all refused a
 
 import triton_python_backend_utils as pb_utils  # type: ignore
 
-from mmgen_edge.serve.pytriton_errors import batch_refusal
+from mmgen_edge.serve.pytriton_errors import batch_refusal, missing_outputs_error
 
 from . import pytriton_model as _pytriton
 
@@ -60,6 +60,10 @@ def _response_or_error(response, requested_output_names, model_outputs):
     if data is not None and set(data) == {{"{ERROR_OUTPUT}"}}:
         value = data["{ERROR_OUTPUT}"].reshape(-1)[0]
         message = bytes(value).decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        if message:
+            return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+    if data is not None:
+        message = missing_outputs_error(data, requested_output_names, model_outputs)
         if message:
             return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
     return _build_response(response, requested_output_names, model_outputs)
@@ -108,6 +112,22 @@ class TritonPythonModel(_pytriton.TritonPythonModel):
 """
 exec(compile(_FAILING_MODEL, "mmgen-edge", "exec"), globals())
 '''
+
+
+def missing_outputs_error(data: Any, requested: Any, model_outputs: Any) -> str | None:
+    """Why a request that named its outputs gets fewer than it named (PyTriton drops the missing ones silently and
+    answers 200), or None. Triton asks for every output when a request names none, and such a request gets what its
+    tasks produce; so only a request naming a strict subset of the model's outputs is checked."""
+    named = set(requested or ())
+    if not named or not model_outputs or named >= set(model_outputs):
+        return None
+    missing = sorted(named - set(data))
+    if not missing:
+        return None
+    return (
+        f"requested output(s) {', '.join(missing)} are not produced by this request: ask for their tasks "
+        "(perceive: tasks; generate: every modality is produced)"
+    )
 
 
 def batch_refusal(responses: Sequence[Any]) -> str | None:

@@ -65,9 +65,9 @@ def text_input(value: bytes) -> np.ndarray:
     return np.array([[value]], dtype=np.object_)
 
 
-def raw_infer(client, model: str, request: dict[str, np.ndarray], timeout_s: float):
-    """One request through a tritonclient gRPC client as is (no SDK checks): the result, or the
-    InferenceServerException (status and message)."""
+def raw_infer(client, model: str, request: dict[str, np.ndarray], timeout_s: float, outputs: list[str] | None = None):
+    """One request through a tritonclient gRPC client as is (no SDK checks), naming ``outputs`` if given: the
+    result, or the InferenceServerException (status and message)."""
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
@@ -78,7 +78,8 @@ def raw_infer(client, model: str, request: dict[str, np.ndarray], timeout_s: flo
         tensor.set_data_from_numpy(array)
         tensors.append(tensor)
     try:
-        return client.infer(model, tensors, client_timeout=timeout_s)
+        named = [grpcclient.InferRequestedOutput(name) for name in outputs] if outputs else None
+        return client.infer(model, tensors, outputs=named, client_timeout=timeout_s)
     except InferenceServerException as e:
         return e
 

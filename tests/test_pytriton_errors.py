@@ -37,9 +37,11 @@ def _wrap_response(response, requested_output_names, model_outputs):
 
 class TritonPythonModel:
     responses = []
+    requested = None  # the output names each request asks for (Triton: every output when it names none)
+    model_outputs = None
 
     def execute(self, requests):
-        return [_wrap_response(r, None, None) for r in self.responses]
+        return [_wrap_response(r, self.requested, self.model_outputs) for r in self.responses]
 '''
 
 
@@ -108,6 +110,22 @@ def test_a_refused_request_fails_its_execute_with_its_message(wrapper):
     pytriton.TritonPythonModel.responses = [served]
     (response,) = model.TritonPythonModel().execute(["one request"])
     assert not response.has_error() and response.output_tensors() == [served]
+
+
+def test_a_request_naming_an_output_its_tasks_do_not_produce_is_refused(wrapper):
+    """PyTriton answered 200 with the named output missing; now the request fails naming it. A request naming no
+    output (Triton then asks for all) gets what its tasks produce."""
+    model, pytriton, pb = wrapper
+    outputs = {name: {"data_type": "TYPE_UINT8"} for name in ("image_depth", "image_normal", "latents", "info", "error")}
+    depth_only = Response({"image_depth": np.zeros((1, 2)), "latents": np.zeros((1, 2)), "info": _error("{}"), "error": _error("")})
+    pytriton.TritonPythonModel.responses, pytriton.TritonPythonModel.model_outputs = [depth_only], outputs
+    pytriton.TritonPythonModel.requested = ["image_normal"]
+    with pytest.raises(pb.TritonModelException, match=r"requested output\(s\) image_normal are not produced"):
+        model.TritonPythonModel().execute(["one request"])
+    for requested in (list(outputs), ["image_depth", "info"]):  # all (named or not), or a subset that is produced
+        pytriton.TritonPythonModel.requested = requested
+        (response,) = model.TritonPythonModel().execute(["one request"])
+        assert not response.has_error()
 
 
 def test_instances_wait_longer_for_the_first_ones_settings(wrapper):

@@ -260,8 +260,8 @@ def _raw_client(server):
     return grpcclient.InferenceServerClient(f"127.0.0.1:{server.options.grpc_port}")
 
 
-def _raw_infer(client, model: str, request: dict[str, np.ndarray]):
-    return raw_infer(client, model, request, REQUEST_TIMEOUT_S)
+def _raw_infer(client, model: str, request: dict[str, np.ndarray], outputs: list[str] | None = None):
+    return raw_infer(client, model, request, REQUEST_TIMEOUT_S, outputs)
 
 
 def _counters(server, model: str) -> dict[str, float]:
@@ -402,6 +402,15 @@ def test_refused_requests_on_their_own_are_triton_failures(server, local):
         assert "Traceback" not in message and "model.py" not in message and "/tmp" not in message, message
     assert not isinstance(served, Exception), served
     assert counted == want, counted
+    client = _raw_client(server)
+    try:  # naming an output its tasks do not produce: refused by name (PyTriton answered 200 without it)
+        depth = {"image": image(11, r, r)[None], "tasks": np.array([[b"depth"]], np.object_)}
+        unmade = _raw_infer(client, "mmgen_perceive", depth, outputs=["image_normal"])
+        made = _raw_infer(client, "mmgen_perceive", depth, outputs=["image_depth"])
+    finally:
+        client.close()
+    assert isinstance(unmade, Exception) and "requested output(s) image_normal are not produced" in unmade.message()
+    assert not isinstance(made, Exception) and made.as_numpy("image_depth").shape == (1, r, r, 3)
     assert refusal_reason(outcomes[0].message()) == "steps must be in 1..250 (or 0 for the default), got 10000"
     with connect(server.grpc_url, timeout=REQUEST_TIMEOUT_S) as model:  # the SDK shows the reason alone
         # (the SDK checks steps itself before sending: this is what a request from an older client meets)
