@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import os
 import shutil
 import stat
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -68,6 +70,7 @@ def link_or_copy(source: Path, target: Path) -> bool:
 #: Written into every directory that :func:`atomic_directory` produces: ``overwrite`` may replace only such a
 #: directory (or an empty one), never a folder of unrelated files.
 OUTPUT_MARKER = ".mmgen-edge-output"
+OUTPUT_MARKER_TEXT = "written by mmgen-edge; --overwrite may replace this directory\n"
 def _json_object(path: Path) -> dict:
     """The JSON object in ``path`` (at most 1 MiB), or {} when it is missing, too large or not an object."""
     import json
@@ -174,16 +177,24 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(target: Path) -> list[Path]:
-    """Remove ``.NAME.tmp-PID`` / ``.NAME.old-PID`` beside ``target`` left by a killed process; returns them."""
+    """Remove ``.NAME.tmp-PID`` / ``.NAME.old-PID`` beside ``target`` left by a killed process; returns them.
+
+    Only folders that are ours: named exactly so (``NAME`` taken literally, not as a glob pattern), of a process
+    that is gone, holding :data:`OUTPUT_MARKER` (written when :func:`atomic_directory` creates its temporary, and in
+    every output it replaces). A user's folder that only looks like one, or a link, is left alone.
+    """
     removed = []
-    for path in target.parent.glob(f".{target.name}.*-*"):
-        kind, _, pid = path.name[len(target.name) + 2 :].partition("-")
-        if kind in ("tmp", "old") and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            if path.is_symlink():  # rmtree refuses links; remove the link, never what it points to
-                path.unlink()
-            else:
-                shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+    prefix = f".{target.name}."
+    for path in target.parent.glob(f"{glob.escape(prefix)}*-*"):
+        if not path.name.startswith(prefix):
+            continue
+        kind, _, pid = path.name[len(prefix) :].partition("-")
+        if not (kind in ("tmp", "old") and pid.isascii() and pid.isdigit()) or int(pid) == os.getpid():
+            continue
+        if path.is_symlink() or not path.is_dir() or not (path / OUTPUT_MARKER).is_file() or _pid_alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
     return removed
 
 
@@ -208,8 +219,9 @@ def atomic_directory(
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
+        (tmp / OUTPUT_MARKER).write_text(OUTPUT_MARKER_TEXT)  # from the start: a killed run's temporary is ours
         yield tmp
-        (tmp / OUTPUT_MARKER).write_text("written by mmgen-edge; --overwrite may replace this directory\n")
+        (tmp / OUTPUT_MARKER).write_text(OUTPUT_MARKER_TEXT)
         for item in tmp.rglob("*"):  # make the data durable before it becomes visible
             if not item.is_file():
                 continue
@@ -230,9 +242,11 @@ def atomic_directory(
 
 @contextlib.contextmanager
 def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``target`` (``.NAME.tmp-PID.EXT``); on success it replaces ``target`` by rename.
+    """Yield a temporary path beside ``target``; on success it replaces ``target`` by rename.
 
-    The temporary keeps ``target``'s extension, so writers that pick the format from the name (OpenCV's
+    The temporary is ``target``'s name inside a private folder made beside it (``.NAME.tmp-PID-RANDOM/``, created
+    exclusively, mode 0700): a link planted at a predictable name cannot redirect the write outside the output
+    folder. It keeps ``target``'s name and extension, so writers that pick the format from the name (OpenCV's
     ``imwrite`` / ``VideoWriter``, ``np.savez``) write the right one. On any error the temporary is removed and
     ``target`` is left as it was, so a reader never sees a half-written file. The parent directory is created.
 
@@ -244,17 +258,17 @@ def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")
+    private = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    tmp = private / target.name
     try:
         yield tmp
-        if not tmp.is_file():
+        if tmp.is_symlink() or not tmp.is_file():
             raise FileNotFoundError(f"nothing was written for {target} (expected the temporary file {tmp})")
         with open(tmp, "rb") as f:  # durable before it becomes visible
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def write_text_atomic(target: str | os.PathLike[str], text: str) -> Path:

@@ -63,15 +63,38 @@ def test_temporaries_of_a_killed_run_are_removed(tmp_path):
     for path in stale:
         path.mkdir()
         (path / "big.onnx").write_bytes(b"0" * 1024)
+        (path / OUTPUT_MARKER).write_text("ours")  # atomic_directory writes it when it creates the temporary
     alive = tmp_path / f".bundle.tmp-{os.getppid()}"  # a live process's temporary is left alone
     alive.mkdir()
+    (alive / OUTPUT_MARKER).write_text("ours")
     unrelated = tmp_path / ".other.tmp-1"
     unrelated.mkdir()
+    lookalike = tmp_path / f".bundle.old-{pid + 1}"  # a user's folder named like one, without the marker: kept
+    lookalike.mkdir()
+    (lookalike / "notes.txt").write_text("keep")
     assert sorted(remove_stale_temporaries(target)) == sorted(stale)
-    assert alive.exists() and unrelated.exists()
+    assert alive.exists() and unrelated.exists() and (lookalike / "notes.txt").exists()
     with atomic_directory(target) as tmp:
+        assert (tmp / OUTPUT_MARKER).is_file()  # from the start, so a killed run's temporary is recognised
         (tmp / "manifest.json").write_text("{}")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, unrelated.name, "bundle"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, unrelated.name, lookalike.name, "bundle"])
+
+
+def test_an_output_name_with_glob_characters_removes_only_its_own_temporaries(tmp_path):
+    """``--out 'tr3/*'`` made the cleanup's pattern match every dot-folder of the parent (user folders removed)."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    others = [tmp_path / f".a.tmp-{pid}", tmp_path / f".notes.old-{pid}"]
+    for path in others:
+        path.mkdir()
+        (path / OUTPUT_MARKER).write_text("even ours, but another output's")
+    for name in ("*", "?????", "[an]*"):
+        assert remove_stale_temporaries(tmp_path / name) == []
+    assert all(path.exists() for path in others)
+    own = tmp_path / f".*.tmp-{pid}"
+    own.mkdir()
+    (own / OUTPUT_MARKER).write_text("ours")
+    assert remove_stale_temporaries(tmp_path / "*") == [own]
 
 
 def test_atomic_directory_makes_every_file_as_readable_as_the_folder(tmp_path):
@@ -100,11 +123,29 @@ def test_atomic_file_renames_on_success_and_keeps_the_extension(tmp_path):
 
     target = tmp_path / "sub" / "report.json"
     with atomic_file(target) as tmp:
-        assert tmp.parent == target.parent and tmp.name == f".report.tmp-{os.getpid()}.json" and not target.exists()
+        assert tmp.parent.parent == target.parent and tmp.name == "report.json" and not target.exists()
+        assert tmp.parent.name.startswith(f".report.json.tmp-{os.getpid()}-") and not tmp.exists()
         tmp.write_text("{}")
     assert target.read_text() == "{}"
     assert write_text_atomic(target, '{"a": 1}') == target and target.read_text() == '{"a": 1}'
     assert [p.name for p in target.parent.iterdir()] == ["report.json"]
+
+
+def test_a_link_planted_at_a_temporary_name_is_never_written_through(tmp_path):
+    """The temporary was ``.NAME.tmp-PID.EXT``: a link planted there for a likely PID made the write land outside
+    the output folder. Now it is made in a private folder created exclusively with a random name."""
+    from mmgen_edge.runtime.fileio import atomic_file
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    for pid in range(os.getpid() - 2, os.getpid() + 3):  # the old names, for nearby PIDs
+        (out / f".depth.tmp-{pid}.png").symlink_to(victim)
+    with atomic_file(out / "depth.png") as tmp:
+        tmp.write_bytes(b"png")
+    assert victim.read_text() == "precious" and (out / "depth.png").read_bytes() == b"png"
+    assert not (out / "depth.png").is_symlink()
 
 
 def test_atomic_file_leaves_the_target_as_it_was_on_error(tmp_path):
@@ -209,9 +250,9 @@ def test_an_output_that_is_a_link_or_lies_under_a_file_is_refused_before_any_wor
     with pytest.raises(FileExistsError, match="afile is a file"):
         check_output_directory(tmp_path / "afile" / "sub", overwrite=False)
 
-    # a stale temporary that is a link (left by an old run) is removed, never what it points to
+    # a link named like a stale temporary is not ours (mmgen-edge makes none): left alone, never followed
     stale = tmp_path / f".ours.old-{2**22 + 12345}"
     stale.symlink_to(ours, target_is_directory=True)
     with atomic_directory(tmp_path / "ours", overwrite=True) as tmp:
         (tmp / "b.txt").write_text("2")
-    assert not stale.is_symlink() and (ours / "b.txt").is_file()
+    assert stale.is_symlink() and (ours / "b.txt").is_file()
