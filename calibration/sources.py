@@ -64,7 +64,7 @@ def iter_calibration_images(spec: str, limit: int, demo_size: int = DEFAULT_DEMO
 def parse_demo_spec(spec: str) -> int:
     """The N of ``demo:N`` (a positive integer), with a clear error otherwise."""
     count = spec[len(DEMO_PREFIX) :].strip()
-    if not count.isdigit() or int(count) < 1:
+    if not (count.isascii() and count.isdigit()) or int(count) < 1:
         raise CalibrationSourceError(f"bad calibration spec {spec!r}: expected demo:N with N a positive integer")
     return int(count)
 
@@ -90,10 +90,13 @@ def _folder_images(folder: Path, limit: int) -> Iterator[np.ndarray]:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise CalibrationSourceError(f"{path} is not an image OpenCV can read")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    """One RGB image, through the SDK's reader: its size checked from the header before it is decoded."""
+    from mmgen_edge.sdk.images import load_image
+
+    try:
+        return load_image(path, name="calibration image")
+    except ValueError as e:
+        raise CalibrationSourceError(str(e)) from None
 
 
 def frame_stride(frame_count: int, limit: int) -> int:
@@ -103,10 +106,16 @@ def frame_stride(frame_count: int, limit: int) -> int:
 
 def _video_frames(path: Path, limit: int) -> Iterator[np.ndarray]:
     """Stream ``limit`` frames spread evenly over the video; only the kept frames are decoded into arrays."""
+    from mmgen_edge.sdk.images import check_input_size, check_video_size
+
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise CalibrationSourceError(f"{path} is not a video OpenCV can open")
     try:
+        try:
+            check_video_size(capture, f"video {path}")
+        except ValueError as e:
+            raise CalibrationSourceError(str(e)) from None
         stride = frame_stride(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), limit)
         kept = index = 0
         while kept < limit:
@@ -118,6 +127,10 @@ def _video_frames(path: Path, limit: int) -> Iterator[np.ndarray]:
                 if not ok:
                     break
                 kept += 1
+                try:
+                    check_input_size(bgr.shape[1], bgr.shape[0], f"video {path} frame {index}")
+                except ValueError as e:
+                    raise CalibrationSourceError(str(e)) from None
                 yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             index += 1
         if kept == 0:

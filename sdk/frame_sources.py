@@ -44,7 +44,7 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 import numpy as np
 
-from .images import load_image
+from .images import check_video_size, load_image
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,11 @@ def _open_capture(target: int | str, name: str) -> cv2.VideoCapture:
     if not capture.isOpened():
         capture.release()
         raise ValueError(f"{name} could not be opened by OpenCV")
+    try:
+        check_video_size(capture, name)
+    except ValueError:
+        capture.release()
+        raise
     return capture
 
 

@@ -1,6 +1,8 @@
 """Images for the SDK: validation of inputs with clear errors, loading, the resize policy, and writing.
 
-Accepted images: a path (read with OpenCV, converted to RGB), or a numpy array (H, W, 3) in RGB order, either
+Accepted images: a path to a PNG, JPEG, BMP, TIFF, WebP, GIF or PPM/PGM file (its size read from the header by
+Pillow and checked before OpenCV decodes it; other formats are refused, as their size cannot be checked first),
+converted to RGB, or a numpy array (H, W, 3) in RGB order, either
 uint8 or float in [0, 1]. Grey (H, W) arrays are copied to three channels.
 
 Resize policy ("stretch"): the image is resized to the model's square resolution without cropping, so every
@@ -34,6 +36,18 @@ def check_input_size(width: int, height: int, name: str = "image") -> None:
         )
 
 
+def check_video_size(capture: cv2.VideoCapture, name: str) -> None:
+    """Refuse an opened capture whose frames are over :data:`MAX_INPUT_PIXELS` before its first frame is decoded
+    (a 16384 x 16384 stream would allocate 0.8 GB a frame); sizes OpenCV does not know (0) are checked per frame."""
+    width, height = (capture.get(p) for p in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT))
+    if all(np.isfinite(v) and v > 0 for v in (width, height)):
+        check_input_size(int(width), int(height), name)
+
+
+#: Image formats whose headers Pillow reads (and so the pixel limit is checked before decoding).
+READ_FORMATS = "PNG, JPEG, BMP, TIFF, WebP, GIF, PPM/PGM"
+
+
 def header_size(path: Path, name: str = "image") -> tuple[int, int] | None:
     """(width, height) from the file's header without decoding the pixels; None if Pillow cannot identify it.
 
@@ -64,8 +78,12 @@ def load_image(image: str | os.PathLike[str] | np.ndarray, name: str = "image") 
         if not path.is_file():
             raise FileNotFoundError(f"{name}: {path} does not exist")
         size = header_size(path, name)
-        if size is not None:
-            check_input_size(*size, name=f"{name} {path}")
+        if size is None:  # OpenCV would decode it whatever its size (its own limit is 2**30 pixels)
+            raise ValueError(
+                f"{name}: {path} is not an image whose header can be read ({READ_FORMATS}); "
+                "convert it, or load it yourself and pass the array"
+            )
+        check_input_size(*size, name=f"{name} {path}")
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is None:
             raise ValueError(f"{name}: {path} is not an image OpenCV can read")

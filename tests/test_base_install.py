@@ -404,3 +404,71 @@ def test_a_missing_default_bundle_names_the_ways_to_give_one(tmp_path, monkeypat
     with pytest.raises(FileNotFoundError) as info:
         mmgen_edge.load(tmp_path / "named")
     assert "--bundle" not in str(info.value)
+
+
+class _HugeCapture:
+    """A cv2.VideoCapture stand-in whose stream announces 20000 x 20000 frames; decoding one fails the test."""
+
+    released = False
+
+    def __init__(self, target):
+        self.target = target
+
+    def isOpened(self):
+        return True
+
+    def get(self, prop):
+        import cv2
+
+        return {cv2.CAP_PROP_FRAME_WIDTH: 20000.0, cv2.CAP_PROP_FRAME_HEIGHT: 20000.0}.get(prop, 0.0)
+
+    def read(self):
+        raise AssertionError("a frame was decoded before the size was checked")
+
+    grab = read
+
+    def release(self):
+        type(self).released = True
+
+
+def test_every_image_and_video_reader_checks_the_size_before_decoding(tmp_path, monkeypatch):
+    """The header check failed open: a format Pillow cannot read (Radiance HDR) was decoded by OpenCV whatever its
+    size (4 GB for 16384 x 16384), calibration / distillation / gate folders read files with no check at all, and
+    video frames were decoded before any size check."""
+    import zlib
+
+    import cv2
+
+    from mmgen_edge.calibration import sources
+    from mmgen_edge.sdk import frame_sources
+    from mmgen_edge.sdk.images import load_image
+
+    hdr = tmp_path / "scene.hdr"
+    assert cv2.imwrite(str(hdr), np.ones((8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match=r"is not an image whose header can be read \(PNG, JPEG"):
+        load_image(hdr)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    header = (20000).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
+    (folder / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b""))
+    with pytest.raises(sources.CalibrationSourceError, match="calibration image .*bomb.png.*over the limit of 16.8"):
+        next(sources.iter_calibration_images(str(folder), limit=4))
+
+    video = tmp_path / "drive.mp4"
+    video.write_bytes(b"not decoded")
+    monkeypatch.setattr(sources.cv2, "VideoCapture", _HugeCapture)
+    with pytest.raises(sources.CalibrationSourceError, match=r"video .*drive.mp4: 20000x20000 is 400.0 megapixels"):
+        next(sources.iter_calibration_images(str(video), limit=4))
+    assert _HugeCapture.released
+    _HugeCapture.released = False
+    monkeypatch.setattr(frame_sources.cv2, "VideoCapture", _HugeCapture)
+    with pytest.raises(ValueError, match=r"drive.mp4: 20000x20000 is 400.0 megapixels"):
+        frame_sources._open_capture(str(video), f"video file {video}")
+    assert _HugeCapture.released
+
+    with pytest.raises(sources.CalibrationSourceError, match="expected demo:N"):
+        next(sources.iter_calibration_images("demo:\u00b2", limit=4))  # a Unicode digit int() refuses

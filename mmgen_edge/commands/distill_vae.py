@@ -25,7 +25,7 @@ EXIT_UNFINISHED = 4
 def block_list(text: str) -> tuple[int, ...]:
     """``"3,3,3,1"``: blocks per stage, 1..6 stages of 0..8 blocks."""
     parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not 1 <= len(parts) <= 6 or not all(p.isdigit() and int(p) <= 8 for p in parts):
+    if not 1 <= len(parts) <= 6 or not all(p.isascii() and p.isdigit() and int(p) <= 8 for p in parts):
         raise argparse.ArgumentTypeError(f"must be 1..6 comma-separated block counts of 0..8, got {text!r}")
     return tuple(int(p) for p in parts)
 

@@ -184,7 +184,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     """Perceive the sources; with ``--out`` each tile is written as it comes (memory stays flat however long)."""
     from mmgen_edge.sdk.stream import write_video
 
-    sources: list[object] = [int(s) if s.isdigit() else s for s in args.sources]
+    sources: list[object] = [int(s) if s.isascii() and s.isdigit() else s for s in args.sources]
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     if args.out:
         check_video_output(args.out, [s for s in sources if isinstance(s, str)])
