@@ -175,12 +175,13 @@ def noise_scale(text: str) -> float:
 
 
 def video_fps(text: str) -> float:
-    """An argparse ``type=`` for the frame rate of a written video: a number in (0, ``sdk.stream.MAX_VIDEO_FPS``]."""
-    from mmgen_edge.sdk.stream import MAX_VIDEO_FPS  # imported when parsing: --help stays light
+    """An argparse ``type=`` for the frame rate of a written video: a number in ``sdk.stream``'s
+    [MIN_VIDEO_FPS, MAX_VIDEO_FPS]."""
+    from mmgen_edge.sdk.stream import MAX_VIDEO_FPS, MIN_VIDEO_FPS  # imported when parsing: --help stays light
 
     value = positive_float(text)
-    if value > MAX_VIDEO_FPS:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, {MAX_VIDEO_FPS:g}], got {text!r}")
+    if not MIN_VIDEO_FPS <= value <= MAX_VIDEO_FPS:
+        raise argparse.ArgumentTypeError(f"must be a number in [{MIN_VIDEO_FPS:g}, {MAX_VIDEO_FPS:g}], got {text!r}")
     return value
 
 

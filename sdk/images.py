@@ -27,12 +27,14 @@ from mmgen_edge.runtime.fileio import atomic_file
 MAX_INPUT_PIXELS = 4096 * 4096
 
 
-def check_input_size(width: int, height: int, name: str = "image") -> None:
-    """Refuse an image over :data:`MAX_INPUT_PIXELS` with a message that says what to do."""
-    if width * height > MAX_INPUT_PIXELS:
+def check_input_size(width: int, height: int, name: str = "image", limit: int = MAX_INPUT_PIXELS) -> None:
+    """Refuse an image over ``limit`` pixels (:data:`MAX_INPUT_PIXELS`: 4096x4096) saying what to do."""
+    if width * height > limit:
+        bound = f"{limit / 1e6:.1f} (4096x4096)" if limit == MAX_INPUT_PIXELS else f"{limit / 1e6:.1f} megapixels"
+        why = " (the model sees it at its own resolution)" if limit == MAX_INPUT_PIXELS else ""
         raise ValueError(
-            f"{name}: {width}x{height} is {width * height / 1e6:.1f} megapixels, over the limit of "
-            f"{MAX_INPUT_PIXELS / 1e6:.1f} (4096x4096); resize it first (the model sees it at its own resolution)"
+            f"{name}: {width}x{height} is {width * height / 1e6:.1f} megapixels, over the limit of {bound}; "
+            f"resize it first{why}"
         )
 
 
@@ -71,8 +73,11 @@ def header_size(path: Path, name: str = "image") -> tuple[int, int] | None:
         return None
 
 
-def load_image(image: str | os.PathLike[str] | np.ndarray, name: str = "image") -> np.ndarray:
-    """Validate and return an RGB uint8 image (H, W, 3)."""
+def load_image(
+    image: str | os.PathLike[str] | np.ndarray, name: str = "image", limit: int = MAX_INPUT_PIXELS
+) -> np.ndarray:
+    """Validate and return an RGB uint8 image (H, W, 3): an array of at most ``limit`` pixels, a file of at most
+    :data:`MAX_INPUT_PIXELS` (files are model inputs)."""
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
@@ -94,7 +99,7 @@ def load_image(image: str | os.PathLike[str] | np.ndarray, name: str = "image") 
     if image.size == 0:
         raise ValueError(f"{name}: the array is empty (shape {image.shape})")
     if image.ndim in (2, 3):
-        check_input_size(image.shape[1], image.shape[0], name)
+        check_input_size(image.shape[1], image.shape[0], name, limit)
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     if image.ndim != 3 or image.shape[2] != 3:

@@ -37,7 +37,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,6 +57,10 @@ DEFAULT_TASKS = PERCEPTION_TASKS
 #: Highest frame rate :func:`write_video` records (high-speed cameras reach ~1000; beyond, containers' time bases
 #: overflow).
 MAX_VIDEO_FPS = 1000.0
+#: Lowest frame rate :func:`write_video` records (OpenCV's mp4 writer opens from ~0.005 up; one frame in 100 s).
+MIN_VIDEO_FPS = 0.01
+#: Longest side of a frame :func:`write_video` writes (the mp4v encoder opens up to 8191; a multiple of 16 below).
+MAX_VIDEO_SIDE = 8176
 #: Codec of :func:`write_video`.
 VIDEO_FOURCC = "mp4v"
 
@@ -288,15 +292,20 @@ def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike[str], fps:
     (:func:`~mmgen_edge.runtime.fileio.atomic_file`): an error or interruption never leaves a half-written
     ``path``, and an existing ``path`` stays as it was.
     """
-    if not (math.isfinite(fps) and 0 < fps <= MAX_VIDEO_FPS):
-        raise ValueError(f"fps must be a number in (0, {MAX_VIDEO_FPS:g}], got {fps!r}")
+    if not (math.isfinite(fps) and MIN_VIDEO_FPS <= fps <= MAX_VIDEO_FPS):
+        raise ValueError(f"fps must be a number in [{MIN_VIDEO_FPS:g}, {MAX_VIDEO_FPS:g}], got {fps!r}")
     writer: cv2.VideoWriter | None = None
     size: tuple[int, int] | None = None
     count = 0
     with atomic_file(path) as tmp:
         try:
             for frame in frames:
-                image = load_image(frame, f"frame {count}")
+                image = load_image(frame, f"frame {count}", MAX_VIDEO_SIDE**2)
+                if max(image.shape[:2]) > MAX_VIDEO_SIDE:
+                    raise ValueError(
+                        f"frame {count} is {image.shape[1]}x{image.shape[0]}: the {VIDEO_FOURCC} encoder takes sides "
+                        f"up to {MAX_VIDEO_SIDE}; scale frames down first (fit_video_frames)"
+                    )
                 if writer is None:
                     size = (image.shape[1], image.shape[0])
                     writer = _open_writer(tmp, fps, size, shown=Path(path))
@@ -312,6 +321,27 @@ def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike[str], fps:
     return count
 
 
+def fit_video_frames(frames: Iterable[np.ndarray], max_side: int = MAX_VIDEO_SIDE) -> Iterator[np.ndarray]:
+    """The frames on one canvas that :func:`write_video` can write: the first frame's size, scaled down to
+    ``max_side`` if longer; every frame scaled into it with its aspect kept, centred on black (sources of several
+    sizes, or input | maps tiles of a large camera, would otherwise end the video half-way or not start it)."""
+    size: tuple[int, int] | None = None
+    for frame in frames:
+        height, width = frame.shape[:2]
+        if size is None:
+            shrink = min(1.0, max_side / max(width, height))
+            size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
+        if (width, height) == size:
+            yield frame
+            continue
+        scale = min(size[0] / width, size[1] / height)
+        w, h = max(1, min(size[0], round(width * scale))), max(1, min(size[1], round(height * scale)))
+        canvas = np.zeros((size[1], size[0], 3), np.uint8)
+        x, y = (size[0] - w) // 2, (size[1] - h) // 2
+        canvas[y : y + h, x : x + w] = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
+        yield canvas
+
+
 def _open_writer(path: Path, fps: float, size: tuple[int, int], shown: Path) -> cv2.VideoWriter:
     """A VideoWriter on ``path`` (the temporary); errors name ``shown`` (the target)."""
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*VIDEO_FOURCC), float(fps), size)
@@ -325,6 +355,7 @@ __all__ = [
     "Stream",
     "StreamFrame",
     "StreamStats",
+    "fit_video_frames",
     "stream_frames",
     "write_video",
 ]

@@ -36,7 +36,8 @@ BAD_OPTIONS = [
     (["generate"], "--steps", "0", "steps must be in 1.."),
     (["stream", "clip.mp4"], "--fps", "0", "must be a finite number > 0, got '0'"),
     (["stream", "clip.mp4"], "--fps", "inf", "must be a finite number > 0, got 'inf'"),
-    (["stream", "clip.mp4"], "--fps", "1e9", "must be a number in (0, 1000], got '1e9'"),
+    (["stream", "clip.mp4"], "--fps", "1e9", "must be a number in [0.01, 1000], got '1e9'"),
+    (["stream", "clip.mp4"], "--fps", "0.001", "must be a number in [0.01, 1000], got '0.001'"),
     (["stream", "clip.mp4"], "--max-frames", "0", "must be an integer >= 1, got 0"),
     (["stream", "clip.mp4"], "--seed", "-1", "must be an integer in 0.."),
     (["eval"], "--scenes", "0", "must be an integer >= 1, got 0"),
@@ -176,3 +177,10 @@ def test_stream_show_without_a_gui_opencv_fails_before_the_model_loads(monkeypat
     assert main(["stream", str(tmp_path / "clip.mp4"), "--show"]) == 2
     err = capsys.readouterr().err
     assert "--show cannot open a window here" in err and "GTK" in err and opened == [], err
+
+
+def test_stream_out_that_is_a_folder_is_refused_before_streaming(tmp_path, capsys):
+    folder = tmp_path / "clip.mp4"
+    folder.mkdir()
+    assert main(["stream", str(tmp_path / "in.mp4"), "--out", str(folder)]) == 2
+    assert f"--out {folder} is a folder" in capsys.readouterr().err

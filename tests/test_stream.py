@@ -260,8 +260,9 @@ def test_write_video_rejects_bad_input(tmp_path: Path) -> None:
         write_video([], tmp_path / "empty.mp4", FILE_FPS)
     with pytest.raises(ValueError, match="fps"):
         write_video([frame(0)], tmp_path / "x.mp4", 0)
-    with pytest.raises(ValueError, match=r"fps must be a number in \(0, 1000\]"):
-        write_video([frame(0)], tmp_path / "x.mp4", 1e9)
+    for fps in (1e9, 0.001):
+        with pytest.raises(ValueError, match=r"fps must be a number in \[0.01, 1000\]"):
+            write_video([frame(0)], tmp_path / "x.mp4", fps)
     assert not (tmp_path / "x.mp4").exists()
     with pytest.raises(ValueError, match="frame 1"):
         write_video([frame(0), np.zeros((SIZE * 2, SIZE, 3), np.uint8)], tmp_path / "sizes.mp4", FILE_FPS)
@@ -304,3 +305,23 @@ def test_sized_and_unsized_iterables_report_what_they_announce() -> None:
     assert len(collect(listed)) == len(collect(generated)) == 3
     assert listed.stats.expected == [3] and generated.stats.expected == [None]
     assert listed.stats.warnings == generated.stats.warnings == []
+
+
+def test_fit_video_frames_puts_every_frame_on_one_writable_canvas(tmp_path: Path) -> None:
+    """stream --out wrote one video from sources of several sizes (it stopped half-way at the first other size) and
+    refused a 4096x2160 camera's input | maps tiles (16384 wide: over both the input limit and the encoder's)."""
+    from mmgen_edge.sdk.stream import MAX_VIDEO_SIDE, fit_video_frames
+
+    wide = np.full((40, 16384, 3), 200, np.uint8)
+    with pytest.raises(ValueError, match=f"encoder takes sides up to {MAX_VIDEO_SIDE}"):
+        write_video([wide], tmp_path / "wide.mp4", FILE_FPS)
+    first, small, tall = wide, np.full((20, 100, 3), 90, np.uint8), np.full((400, 40, 3), 250, np.uint8)
+    fitted = list(fit_video_frames([first, small, tall]))
+    canvas = (round(40 * MAX_VIDEO_SIDE / 16384), MAX_VIDEO_SIDE, 3)
+    assert [f.shape for f in fitted] == [canvas] * 3
+    assert fitted[0].min() == 200  # the first fills the canvas
+    column = fitted[2][:, :, 0].max(axis=0)  # the tall one: scaled into the height, centred, black beside
+    assert column[0] == 0 and column[MAX_VIDEO_SIDE // 2] == 250
+    assert write_video(fitted, tmp_path / "fitted.mp4", FILE_FPS) == 3
+    same = [frame(0), frame(1)]
+    assert all(a is b for a, b in zip(fit_video_frames(same), same))  # one size: passed through untouched

@@ -154,6 +154,8 @@ STREAM_OUT_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".mpg")
 def check_video_output(out: str, sources: list[str]) -> None:
     """``stream --out``: a video file name (by extension) that is none of the sources, checked before streaming."""
     target = Path(out)
+    if target.is_dir():
+        raise ValueError(f"--out {out} is a folder: give a video file name ({', '.join(STREAM_OUT_EXTENSIONS)})")
     if target.suffix.lower() not in STREAM_OUT_EXTENSIONS:
         raise ValueError(f"--out {out}: give a video file name ({', '.join(STREAM_OUT_EXTENSIONS)})")
     for source in sources:
@@ -182,7 +184,7 @@ def check_window_support() -> None:
 
 def cmd_stream(args: argparse.Namespace) -> int:
     """Perceive the sources; with ``--out`` each tile is written as it comes (memory stays flat however long)."""
-    from mmgen_edge.sdk.stream import write_video
+    from mmgen_edge.sdk.stream import fit_video_frames, write_video
 
     sources: list[object] = [int(s) if s.isascii() and s.isdigit() else s for s in args.sources]
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
@@ -198,7 +200,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
             bar = tqdm(desc="stream", unit="frame", disable=args.json or not sys.stderr.isatty())
             tiles = _stream_tiles(stream, latencies, bar, args.show, args.max_frames)
             if args.out:
-                write_video(tiles, args.out, fps=args.fps)
+                write_video(fit_video_frames(tiles), args.out, fps=args.fps)
             else:
                 for _ in tiles:
                     pass
