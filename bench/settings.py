@@ -64,10 +64,16 @@ class Settings:
 
 
 def parse_int_list(text: str) -> tuple[int, ...]:
-    """``"1,4"`` -> ``(1, 4)``; raises ``argparse.ArgumentTypeError`` unless all are positive integers."""
-    values = tuple(int(v) for v in text.split(",") if v.strip())
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of positive integers, got {text!r}")
+    """``"1,4"`` -> ``(1, 4)``; raises ``argparse.ArgumentTypeError`` unless all are integers in 1..MAX_BATCH (a
+    bundle's largest possible batch: larger ones were rendered and only then skipped)."""
+    from mmgen_edge.runtime.manifest import MAX_BATCH
+
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1 or max(values) > MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of integers in 1..{MAX_BATCH}, got {text!r}")
     return values
 
 

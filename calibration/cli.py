@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from mmgen_edge.cli import nonnegative_int, positive_int, step_count, step_list, thread_count
+from mmgen_edge.cli import nonnegative_int, positive_int, scene_count, step_count, step_list, thread_count
 
 #: Exit status when the gate refused the INT8 bundle (2 is the CLI's usage / input error status).
 EXIT_GATE_REFUSED = 3
@@ -46,7 +46,7 @@ def add_parsers(subparsers: Any) -> argparse.ArgumentParser:
                    help="gate: largest allowed delta1 drop, normal-error rise (deg), mIoU drop; object_depth, "
                         "object_normal, object_miou: the same on the object pixels (defaults 0.01, 1.0, 0.02)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="write the bundle even when the gate fails")
-    p.add_argument("--eval-scenes", type=positive_int, default=DEFAULT_EVAL_SCENES,
+    p.add_argument("--eval-scenes", type=scene_count, default=DEFAULT_EVAL_SCENES,
                    help=f"held-out scenes scored by the gate (default {DEFAULT_EVAL_SCENES})")  # fmt: skip
     p.add_argument("--eval-steps", type=step_count, help="sampler steps of the evaluation (default: the manifest's)")
     p.add_argument("--target", choices=[t.value for t in Target], default=Target.TENSORRT.value,

@@ -185,6 +185,13 @@ def video_fps(text: str) -> float:
     return value
 
 
+def scene_count(text: str) -> int:
+    """An argparse ``type=`` for a number of held-out scenes: 1..``samples.shapes.evaluate.MAX_HELD_OUT_SCENES``."""
+    from mmgen_edge.samples.shapes.evaluate import MAX_HELD_OUT_SCENES  # imported when parsing: --help stays light
+
+    return bounded_int(1, MAX_HELD_OUT_SCENES)(text)
+
+
 def step_list(text: str) -> tuple[int, ...]:
     """An argparse ``type=`` for comma-separated sampler step counts (``"1,2,4"``), each as :func:`step_count`."""
     parts = [part.strip() for part in text.split(",") if part.strip()]

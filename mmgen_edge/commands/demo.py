@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from mmgen_edge.cli import (
-    backend_name, bounded_int, guidance_scale, nonnegative_int, positive_int, seed_value, step_count, step_list,
+    backend_name, bounded_int, guidance_scale, scene_count, seed_value, step_count,
+    step_list,
 )
 
 
@@ -67,9 +68,9 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("eval", help="accuracy on held-out shapes scenes for several step counts (demo model by default)")
     p.add_argument("--bundle", help="bundle to evaluate (default: the demo model's)")
     p.add_argument("--backend", type=backend_name, default="auto")
-    p.add_argument("--scenes", type=positive_int, default=200, help="held-out scenes (default: 200)")
+    p.add_argument("--scenes", type=scene_count, default=200, help="held-out scenes (default: 200)")
     p.add_argument("--steps", type=step_list, default="1,2,4,8,25", help="comma-separated step counts")
-    p.add_argument("--generation", type=nonnegative_int, default=2, help="generated samples per class for the grid (0: none)")
+    p.add_argument("--generation", type=bounded_int(0, 1000), default=2, help="generated samples per class for the grid (0: none; at most 1000)")
     p.add_argument("--cfg-scale", type=guidance_scale,
                    help="guidance of the class samples, 0..100 (default: the bundle's, as users sample)")
     p.add_argument("--generation-seed", type=bounded_int(0, 2**62), default=0,

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mmgen_edge.cli import bounded_int, guidance_scale, noise_scale, nonnegative_int, positive_int, step_count
+from mmgen_edge.cli import bounded_int, guidance_scale, noise_scale, nonnegative_int, positive_int, scene_count, step_count
 from mmgen_edge.runtime.manifest import MAX_BATCH
 
 #: Exit status when the gate refused a student VAE (as ``calibrate``'s; 2 is the CLI's usage / input error status).
@@ -126,7 +126,7 @@ def add_parsers(sub: Any) -> None:
     g.add_argument("--encoder", help="the vae_encoder from this diffusers AutoencoderTiny / AutoencoderKL directory")
     g.add_argument("--gate-data", help="score agreement with --vae's own maps on these frames (folder, video or "
                                        "demo:N) instead of held-out shapes scenes with ground truth")  # fmt: skip
-    g.add_argument("--gate-scenes", type=positive_int, default=DEFAULT_GATE_SCENES,
+    g.add_argument("--gate-scenes", type=scene_count, default=DEFAULT_GATE_SCENES,
                    help=f"held-out scenes the gate scores (default {DEFAULT_GATE_SCENES})")  # fmt: skip
     g.add_argument("--gate-frames", type=positive_int, default=DEFAULT_GATE_FRAMES,
                    help=f"frames read from --gate-data (default {DEFAULT_GATE_FRAMES})")  # fmt: skip

@@ -54,7 +54,14 @@ DEFAULT_CEILING_SCENES = 64
 COMPARE_SPEED_FRAMES = 5
 
 
+#: Most held-out scenes one evaluation renders (they are held in memory: ~0.4 MB each at 128 px).
+MAX_HELD_OUT_SCENES = 10_000
+
+
 def held_out_scenes(num: int, size: int) -> list[Scene]:
+    """The first ``num`` held-out scenes (1..MAX_HELD_OUT_SCENES), rendered at ``size``."""
+    if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or not 1 <= num <= MAX_HELD_OUT_SCENES:
+        raise ValueError(f"held-out scenes must be an integer in 1..{MAX_HELD_OUT_SCENES}, got {num!r}")
     return render_scenes(range(HELD_OUT_SEED, HELD_OUT_SEED + num), size)
 
 

@@ -125,6 +125,7 @@ PLACEMENT_U_RANGE = (0.12, 0.88)
 PLACEMENT_V_RANGE = (0.5, 0.93)
 MAX_PLACEMENT_TRIES = 200  # per object
 MAX_LAYOUT_TRIES = 64  # whole layouts (visibility check)
+MAX_VIEW_TRIES = 16  # cameras, rooms and lights, each with MAX_LAYOUT_TRIES layouts (a seed's first view almost always)
 VISIBILITY_GRID = 32
 MIN_VISIBLE_SAMPLES = 6
 
@@ -820,10 +821,16 @@ def render_scene(seed: int, size: int = 128) -> Scene:
     _check_size(size)
     rng = np.random.default_rng(int(seed))
     category = int(rng.integers(NUM_CATEGORIES))
-    camera = _sample_camera(rng)
-    room = _sample_room(rng)
-    light = _sample_light(rng)
-    objects = _sample_layout(rng, category, camera, room)
+    for view in range(MAX_VIEW_TRIES):  # a view where no layout fits draws another, from the same generator: the
+        camera = _sample_camera(rng)  # seeds that fit at once (nearly all) render as they always did
+        room = _sample_room(rng)
+        light = _sample_light(rng)
+        try:
+            objects = _sample_layout(rng, category, camera, room)
+            break
+        except RuntimeError:
+            if view == MAX_VIEW_TRIES - 1:
+                raise
     materials = _sample_materials(rng, len(objects))
 
     d = _ray_directions(camera, size)
