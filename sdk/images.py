@@ -73,6 +73,41 @@ def header_size(path: Path, name: str = "image") -> tuple[int, int] | None:
         return None
 
 
+def check_complete(path: Path, name: str = "image") -> None:
+    """Refuse a truncated JPEG (OpenCV decodes one into a half-grey image with only a libjpeg warning on stderr).
+
+    Pillow decodes the entropy-coded data at 1/8 scale (its DCT scaling), about half an OpenCV decode of the same
+    file; other formats are left to OpenCV, which refuses a truncated PNG itself.
+    """
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.format != "JPEG":
+            return
+        im.draft("RGB", (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
+        try:
+            im.load()
+        except OSError as e:
+            raise ValueError(f"{name}: {path} is a damaged JPEG ({e}); OpenCV would read it as a half-grey image") from None
+
+
+def check_image_file(path: str | os.PathLike[str], name: str = "image") -> None:
+    """What :func:`load_image` checks of a file before it decodes it: it exists, its header is readable
+    (:data:`READ_FORMATS`), its size is within :data:`MAX_INPUT_PIXELS`, and a JPEG is complete. The CLI checks every
+    input so before it loads a model or writes anything."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{name}: {path} does not exist")
+    size = header_size(path, name)
+    if size is None:  # OpenCV would decode it whatever its size (its own limit is 2**30 pixels)
+        raise ValueError(
+            f"{name}: {path} is not an image whose header can be read ({READ_FORMATS}); "
+            "convert it, or load it yourself and pass the array"
+        )
+    check_input_size(*size, name=f"{name} {path}")
+    check_complete(path, name)
+
+
 def load_image(
     image: str | os.PathLike[str] | np.ndarray, name: str = "image", limit: int = MAX_INPUT_PIXELS
 ) -> np.ndarray:
@@ -80,15 +115,7 @@ def load_image(
     :data:`MAX_INPUT_PIXELS` (files are model inputs)."""
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"{name}: {path} does not exist")
-        size = header_size(path, name)
-        if size is None:  # OpenCV would decode it whatever its size (its own limit is 2**30 pixels)
-            raise ValueError(
-                f"{name}: {path} is not an image whose header can be read ({READ_FORMATS}); "
-                "convert it, or load it yourself and pass the array"
-            )
-        check_input_size(*size, name=f"{name} {path}")
+        check_image_file(path, name)
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is None:
             raise ValueError(f"{name}: {path} is not an image OpenCV can read")

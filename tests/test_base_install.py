@@ -472,3 +472,26 @@ def test_every_image_and_video_reader_checks_the_size_before_decoding(tmp_path, 
 
     with pytest.raises(sources.CalibrationSourceError, match="expected demo:N"):
         next(sources.iter_calibration_images("demo:\u00b2", limit=4))  # a Unicode digit int() refuses
+
+
+def test_a_damaged_jpeg_is_refused_and_perceive_checks_every_input_before_writing(runtime_bundle, tmp_path, capsys):
+    """A truncated JPEG was decoded into a half-grey image (exit 0, only libjpeg's warning); and with one bad input
+    among several, perceive wrote the good ones' maps before it failed."""
+    import cv2
+
+    from mmgen_edge.cli import main
+    from mmgen_edge.sdk.images import load_image
+
+    rng = np.random.default_rng(0)
+    good = tmp_path / "good.jpg"
+    assert cv2.imwrite(str(good), cv2.GaussianBlur((rng.random((96, 128, 3)) * 255).astype(np.uint8), (5, 5), 2))
+    data = good.read_bytes()
+    damaged = tmp_path / "damaged.jpg"
+    damaged.write_bytes(data[: len(data) // 2])
+    assert load_image(good).shape == (96, 128, 3)
+    with pytest.raises(ValueError, match=r"damaged.jpg is a damaged JPEG \(image file is truncated"):
+        load_image(damaged)
+    out = tmp_path / "out"
+    assert main(["perceive", str(good), str(damaged), "--bundle", str(runtime_bundle), "--out", str(out)]) == 2
+    assert "is a damaged JPEG" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
