@@ -37,7 +37,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, load_tensors_data, save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from mmgen_edge.runtime.fileio import link_or_copy
+from mmgen_edge.runtime.fileio import OUTPUT_MARKER, link_or_copy
 from mmgen_edge.runtime.manifest import MANIFEST_FILE, Manifest, Precision, file_entry, write_manifest
 
 #: Operators whose inputs get Q/DQ pairs (what TensorRT runs in INT8; everything else stays float).
@@ -380,7 +380,9 @@ def stage_int8_bundle(
         graph = graphs[name]
         external = save_graph(path, target / graph.file)
         graphs[name] = graph.model_copy(update={"precision": Precision.INT8, "external_data": external})
-    files = sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+    files = sorted(
+        p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file() and p.name not in (MANIFEST_FILE, OUTPUT_MARKER)
+    )
     staged = manifest.model_copy(
         update={
             "precision": Precision.INT8,

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mmgen_edge.runtime.backend import RUNTIME_GRAPHS
-from mmgen_edge.runtime.fileio import atomic_directory, sha256_file, weights_sha256
+from mmgen_edge.runtime.fileio import OUTPUT_MARKER, atomic_directory, sha256_file, weights_sha256
 from mmgen_edge.runtime.manifest import (
     BATCH_DIM,
     DECODE_DIM,
@@ -305,7 +305,7 @@ def export_bundle(
         for name in tqdm(graphs, desc="export graphs", unit="graph", disable=not progress):
             module, args = jobs[name]()
             entries[name] = export_graph(module, args, name, tmp, precision, opset, graph_metadata(cfg, name))
-        files = sorted(p.name for p in tmp.iterdir() if p.is_file())
+        files = sorted(p.name for p in tmp.iterdir() if p.is_file() and p.name != OUTPUT_MARKER)
         decode_max = cfg.num_modalities * max_batch  # one image per modality per sample
         manifest = Manifest(
             model=cfg,
