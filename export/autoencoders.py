@@ -16,6 +16,8 @@ full-resolution convolutions.
 
 from __future__ import annotations
 
+import math
+
 import json
 import os
 from pathlib import Path
@@ -66,6 +68,13 @@ def load_autoencoder(directory: str | os.PathLike[str], expect: str | None = Non
     except Exception as e:  # diffusers / safetensors: missing, empty or truncated weights
         raise ValueError(f"{directory}: cannot load the {name} weights ({type(e).__name__}: {e})") from None
     check_finite(vae.state_dict(), label or f"VAE {directory}")
+    scale, shift = float(vae.config.scaling_factor), float(getattr(vae.config, "shift_factor", None) or 0.0)
+    if not (math.isfinite(scale) and scale > 0 and math.isfinite(shift)):
+        raise ValueError(
+            f"{directory}/config.json: scaling_factor must be a finite number > 0 and shift_factor finite, got "
+            f"{vae.config.scaling_factor!r} and {getattr(vae.config, 'shift_factor', None)!r} (latents would be "
+            "NaN or Inf)"
+        )
     return vae.float().eval()
 
 

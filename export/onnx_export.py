@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mmgen_edge.runtime.backend import RUNTIME_GRAPHS
-from mmgen_edge.runtime.fileio import OUTPUT_MARKER, atomic_directory, sha256_file, weights_sha256
+from mmgen_edge.runtime.fileio import OUTPUT_MARKER, atomic_directory, check_output_directory, sha256_file, weights_sha256
 from mmgen_edge.runtime.manifest import (
     BATCH_DIM,
     DECODE_DIM,
@@ -265,6 +265,8 @@ def export_bundle(
         raise ValueError(f"max_batch must be in 1..{MAX_BATCH}, got {max_batch}")
     model_dir, vae_dir = Path(model_dir), Path(vae_dir)
     students = students or StudentOptions()
+    inputs_used = (model_dir, vae_dir, *(Path(d) for d in (students.encoder, students.decoder) if d is not None))
+    check_output_directory(out, overwrite, protect=inputs_used)  # before any loading (again when writing)
     meta = read_model_dir_config(model_dir)
     if not (vae_dir / "config.json").is_file():
         raise FileNotFoundError(f"{vae_dir} is not a diffusers AutoencoderKL directory: config.json is missing")
@@ -300,7 +302,6 @@ def export_bundle(
     if unknown or not graphs:
         raise ValueError(f"unknown graphs {unknown or list(graphs)}; choose from {list(jobs)}")
     entries: dict[str, GraphEntry] = {}
-    inputs_used = (model_dir, vae_dir, *(d for d, _ in halves.values()))
     with atomic_directory(out, overwrite=overwrite, protect=inputs_used) as tmp:
         for name in tqdm(graphs, desc="export graphs", unit="graph", disable=not progress):
             module, args = jobs[name]()

@@ -71,6 +71,30 @@ def link_or_copy(source: Path, target: Path) -> bool:
 #: directory (or an empty one), never a folder of unrelated files.
 OUTPUT_MARKER = ".mmgen-edge-output"
 OUTPUT_MARKER_TEXT = "written by mmgen-edge; --overwrite may replace this directory\n"
+#: Entries mmgen-edge adds to an output after writing it: the runtime's compiled-model cache and ``build``'s engines
+#: (both inside a bundle). Anything else the marker does not list was put there by someone else.
+LATER_ENTRIES = frozenset({"cache", "engines"})
+
+
+def marker_text(entries: Iterable[str]) -> str:
+    """The marker of a finished output: who wrote it, and the top-level entries it held then (JSON)."""
+    import json
+
+    return json.dumps({"written_by": "mmgen-edge", "note": OUTPUT_MARKER_TEXT.strip(), "entries": sorted(entries)}) + "\n"
+
+
+def foreign_entries(directory: Path) -> list[str]:
+    """Top-level entries of a marked output that mmgen-edge did not write there (a user's notes, photos, ...):
+    neither listed in its marker nor one of :data:`LATER_ENTRIES` holding only what those hold. Markers written
+    before they listed entries (plain text) list nothing: such outputs are trusted as before."""
+    recorded = _json_object(directory / OUTPUT_MARKER).get("entries")
+    if not isinstance(recorded, list):
+        return []
+    known = {str(name) for name in recorded} | {OUTPUT_MARKER}
+    return sorted(
+        p.name for p in directory.iterdir()
+        if p.name not in known and not (p.name in LATER_ENTRIES and _legacy_member(p))
+    )  # fmt: skip
 def _json_object(path: Path) -> dict:
     """The JSON object in ``path`` (at most 1 MiB), or {} when it is missing, too large or not an object."""
     import json
@@ -108,9 +132,9 @@ def written_by_us(directory: Path) -> bool:
     return _legacy_output(directory) and all(_legacy_member(p) for p in directory.iterdir())
 
 
-#: What an output written before the marker could hold (graphs, weights, configs, engines), at any depth up to
-#: ``_LEGACY_DEPTH`` folders down.
-_LEGACY_SUFFIXES = (".onnx", ".data", ".plan", ".engine", ".json", ".safetensors", ".pbtxt")
+#: What an output written before the marker could hold (graphs, weights, configs, engines, OpenVINO blobs), at any
+#: depth up to ``_LEGACY_DEPTH`` folders down (also what may be added later to a marked output, LATER_ENTRIES).
+_LEGACY_SUFFIXES = (".onnx", ".data", ".plan", ".engine", ".json", ".safetensors", ".pbtxt", ".blob")
 _LEGACY_DEPTH = 4
 
 
@@ -149,13 +173,13 @@ def check_output_directory(
     blocked = file_in_the_way(target.parent)
     if blocked is not None:
         raise FileExistsError(f"{blocked} is a file, so {target} cannot be created: choose a directory path")
+    for path in protect:  # also when the output does not exist yet: an input made inside it would be lost at the end
+        if is_within(path, target):
+            raise ValueError(f"the output {target} holds the input {path}: writing it would delete the input")
     if not target.exists():
         return
     if not target.is_dir():
         raise FileExistsError(f"{target} is a file, not a directory: choose a directory path for the output")
-    for path in protect:
-        if is_within(path, target):
-            raise ValueError(f"the output {target} holds the input {path}: writing it would delete the input")
     if not overwrite:
         raise FileExistsError(f"{target} already exists (choose another path or allow overwriting)")
     if any(target.iterdir()) and not written_by_us(target):
@@ -163,6 +187,12 @@ def check_output_directory(
         raise FileExistsError(
             f"{target} holds files mmgen-edge did not write ({', '.join(names)}, ...): overwriting replaces only "
             "directories this tool wrote; choose a new or empty output directory"
+        )
+    foreign = foreign_entries(target) if (target / OUTPUT_MARKER).is_file() else []
+    if foreign:
+        raise FileExistsError(
+            f"{target} was written by mmgen-edge but now also holds {', '.join(foreign[:5])}"
+            f"{', ...' if len(foreign) > 5 else ''}, which overwriting would delete: move them out first"
         )
 
 
@@ -221,7 +251,7 @@ def atomic_directory(
     try:
         (tmp / OUTPUT_MARKER).write_text(OUTPUT_MARKER_TEXT)  # from the start: a killed run's temporary is ours
         yield tmp
-        (tmp / OUTPUT_MARKER).write_text(OUTPUT_MARKER_TEXT)
+        (tmp / OUTPUT_MARKER).write_text(marker_text(p.name for p in tmp.iterdir() if p.name != OUTPUT_MARKER))
         for item in tmp.rglob("*"):  # make the data durable before it becomes visible
             if not item.is_file():
                 continue

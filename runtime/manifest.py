@@ -75,7 +75,7 @@ class LatentInfo(BaseModel):
     channels_per_modality: int
     height: int
     width: int
-    scaling_factor: float  # latent = posterior mean * scaling_factor
+    scaling_factor: float = Field(gt=0, allow_inf_nan=False)  # latent = posterior mean * scaling_factor
     downsample: int  # image pixels per latent cell
 
 
@@ -99,7 +99,7 @@ class VaeInfo(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: str  # "sd-vae-ft-mse", "shapes-demo", ... (the diffusers directory's name when unknown)
-    scaling_factor: float
+    scaling_factor: float = Field(gt=0, allow_inf_nan=False)
     parameters: int
     weights_sha256: str | None = None  # of this VAE's weights (``runtime.fileio.weights_sha256``)
     encoder: AutoencoderPart | None = None  # None in bundles written before students existed: the VAE's own

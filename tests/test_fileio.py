@@ -256,3 +256,39 @@ def test_an_output_that_is_a_link_or_lies_under_a_file_is_refused_before_any_wor
     with atomic_directory(tmp_path / "ours", overwrite=True) as tmp:
         (tmp / "b.txt").write_text("2")
     assert stale.is_symlink() and (ours / "b.txt").is_file()
+
+
+def test_overwrite_refuses_what_a_user_added_to_an_output_and_keeps_what_mmgen_edge_adds(tmp_path):
+    """The marker made the whole folder "ours": a user's notes.txt or photos/ in an old bundle went with
+    --overwrite. The marker now lists what was written; the runtime's cache/ and build's engines/ may come later."""
+    import json
+
+    out = tmp_path / "bundle"
+    with atomic_directory(out) as tmp:
+        (tmp / "manifest.json").write_text("{}")
+        (tmp / "graph.onnx").write_bytes(b"g")
+    assert json.loads((out / OUTPUT_MARKER).read_text())["entries"] == ["graph.onnx", "manifest.json"]
+    blob = out / "cache" / "openvino" / "graph.cpu.bf16.0123" / "42.blob"
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(b"b")
+    (blob.parent / "blobs.json").write_text("{}")
+    (out / "engines").mkdir()
+    (out / "engines" / "graph.cuda.sm90.engine").write_bytes(b"e")
+    check_output_directory(out, overwrite=True)  # what mmgen-edge adds later is fine
+    (out / "notes.txt").write_text("mine")
+    (out / "cache" / "photo.jpg").write_bytes(b"mine")
+    with pytest.raises(FileExistsError, match=r"now also holds cache, notes.txt, which overwriting would delete"):
+        check_output_directory(out, overwrite=True)
+    with pytest.raises(FileExistsError):
+        with atomic_directory(out, overwrite=True):
+            raise AssertionError("the work must not start")
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / OUTPUT_MARKER).write_text("written by mmgen-edge; --overwrite may replace this directory\n")
+    check_output_directory(out, overwrite=True)  # a marker from before the entries were listed: trusted as before
+
+
+def test_an_input_inside_an_output_that_does_not_exist_yet_is_refused_before_any_work(tmp_path):
+    """distill-vae --work dv/w --out dv trained for the whole run and only then found that writing dv deletes dv/w."""
+    with pytest.raises(ValueError, match="holds the input"):
+        check_output_directory(tmp_path / "dv", overwrite=False, protect=[tmp_path / "dv" / "w"])
+    check_output_directory(tmp_path / "dv", overwrite=False, protect=[tmp_path / "w"])

@@ -253,6 +253,36 @@ def test_an_invalid_manifest_is_refused_in_one_line_naming_each_field(tiny_bundl
         read_manifest(copy, verify="none")
 
 
+@pytest.mark.parametrize("field, value", [("scaling_factor", 0.0), ("scaling_factor", -0.2), ("scaling_factor", float("nan")),
+                                          ("shift_factor", float("inf"))])
+def test_a_vae_whose_latent_scale_is_not_finite_and_positive_is_refused(tiny_vae_dir, tiny_model_dir, tmp_path, field, value):
+    """scaling_factor 0 was exported (every perceive then blamed the weights for NaN), NaN wrote a manifest that does
+    not load, and a NaN shift made the denoiser produce NaN: refused at load, naming the field, before any export."""
+    from mmgen_edge.export.autoencoders import load_autoencoder
+    from mmgen_edge.export.onnx_export import export_bundle
+
+    vae = tmp_path / "vae"
+    shutil.copytree(tiny_vae_dir, vae)
+    config = json.loads((vae / "config.json").read_text())
+    config[field] = value
+    (vae / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="scaling_factor must be a finite number > 0 and shift_factor finite"):
+        load_autoencoder(vae)
+    with pytest.raises(ValueError, match="scaling_factor must be"):
+        export_bundle(tiny_model_dir, vae, tmp_path / "b", graphs=("vae_decoder",))
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_manifest_latent_scale_must_be_finite_and_positive(tiny_bundle, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_bundle, copy)
+    raw = json.loads((copy / "manifest.json").read_text())
+    raw["latent"]["scaling_factor"] = 0.0
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match=r"latent.scaling_factor: Input should be greater than 0"):
+        read_manifest(copy, verify="none")
+
+
 def test_interrupted_export_never_leaves_a_bundle_that_loads(tiny_model_dir, tiny_vae_dir, tmp_path, monkeypatch):
     import mmgen_edge.export.onnx_export as ox
 
