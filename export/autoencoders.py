@@ -46,6 +46,36 @@ def autoencoder_class_name(directory: str | os.PathLike[str]) -> str:
     return name
 
 
+#: Bounds of the size fields of an autoencoder config, checked before diffusers builds the model from it (a config
+#: declaring ``layers_per_block: 100000`` took 100 s and 5 GB before failing): channel widths, block and layer counts,
+#: list lengths.
+MAX_CONFIG_CHANNELS = 4096
+MAX_CONFIG_COUNT = 64
+MAX_CONFIG_LIST = 16
+_CHANNEL_FIELDS = ("block_out_channels", "encoder_block_out_channels", "decoder_block_out_channels", "in_channels",
+                   "out_channels", "latent_channels", "norm_num_groups")  # fmt: skip
+_COUNT_FIELDS = ("layers_per_block", "num_encoder_blocks", "num_decoder_blocks", "upsampling_scaling_factor")
+
+
+def check_autoencoder_config(directory: str | os.PathLike[str]) -> None:
+    """Refuse a diffusers autoencoder config whose sizes are out of :data:`MAX_CONFIG_CHANNELS` /
+    :data:`MAX_CONFIG_COUNT` / :data:`MAX_CONFIG_LIST` bounds (or not positive integers), naming the field."""
+    path = Path(directory) / "config.json"
+    config = json.loads(path.read_text())
+    for fields, bound in ((_CHANNEL_FIELDS, MAX_CONFIG_CHANNELS), (_COUNT_FIELDS, MAX_CONFIG_COUNT)):
+        for field in fields:
+            if field not in config or config[field] is None:
+                continue
+            value = config[field]
+            values = value if isinstance(value, list) else [value]
+            if len(values) > MAX_CONFIG_LIST or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 < v <= bound for v in values
+            ):
+                shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+                kind = f"a list of at most {MAX_CONFIG_LIST} integers" if isinstance(value, list) else "an integer"
+                raise ValueError(f"{path}: {field} must be {kind} in 1..{bound}, got {shown}")
+
+
 def load_autoencoder(directory: str | os.PathLike[str], expect: str | None = None, label: str | None = None) -> Autoencoder:
     """Load a diffusers ``AutoencoderKL`` or ``AutoencoderTiny`` directory (fp32, eval mode).
 
@@ -63,6 +93,7 @@ def load_autoencoder(directory: str | os.PathLike[str], expect: str | None = Non
     name = autoencoder_class_name(directory)
     if expect is not None and name != expect:
         raise ValueError(f"{directory} holds a {name}, expected a {expect}")
+    check_autoencoder_config(directory)
     try:
         vae = AUTOENCODER_CLASSES[name].from_pretrained(directory, low_cpu_mem_usage=False)
     except Exception as e:  # diffusers / safetensors: missing, empty or truncated weights

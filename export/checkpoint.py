@@ -142,7 +142,11 @@ def projector_shape(state_dict: Mapping[str, torch.Tensor]) -> tuple[int, int] |
         raise CheckpointError("unsupported checkpoint: more than one REPA projector")
     if "projectors.0.0.weight" not in state_dict:
         return None
-    return int(state_dict["projectors.0.0.weight"].shape[0]), int(state_dict["projectors.0.4.weight"].shape[0])
+    shapes = {k: tuple(getattr(state_dict.get(k), "shape", ())) for k in ("projectors.0.0.weight", "projectors.0.4.weight")}
+    bad = [f"{k} {'missing' if k not in state_dict else f'has shape {s}'}" for k, s in shapes.items() if len(s) != 2]
+    if bad:
+        raise CheckpointError(f"the REPA projector is malformed: {', '.join(bad)} (expected 2-D Linear weights)")
+    return shapes["projectors.0.0.weight"][0], shapes["projectors.0.4.weight"][0]
 
 
 def architecture_from_args(args: Mapping[str, Any], projector: tuple[int, int] | None) -> ModelConfig:
@@ -173,7 +177,12 @@ def architecture_from_args(args: Mapping[str, Any], projector: tuple[int, int] |
             **overrides,
         )
     except ValueError as e:
-        raise CheckpointError(f"unsupported checkpoint args: {e}") from None
+        from pydantic import ValidationError
+
+        from mmgen_edge.runtime.manifest import describe_validation_error
+
+        detail = describe_validation_error(e) if isinstance(e, ValidationError) else str(e)
+        raise CheckpointError(f"unsupported checkpoint args: {detail}") from None
 
 
 def check_state_dict(config: ModelConfig, state_dict: Mapping[str, torch.Tensor]) -> None:

@@ -162,7 +162,13 @@ def load_model(
     weights = model_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"{model_dir} is not a model directory: {WEIGHTS_FILE} is missing")
-    state = load_file(str(weights), device=str(device))
+    try:
+        state = load_file(str(weights), device=str(device))
+    except Exception as e:  # safetensors' SafetensorError: a truncated file, a bad header
+        raise ValueError(f"{weights} is not a readable safetensors file ({type(e).__name__}: {e})") from None
+    from .checkpoint import check_state_dict  # (checkpoint imports this module)
+
+    check_state_dict(meta.model, state)  # names the first few mismatches in one line, allocating nothing
     with torch.device("meta"):
         model = MMGen(meta.model)
     model.load_state_dict(state, strict=True, assign=True)

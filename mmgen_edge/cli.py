@@ -295,6 +295,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, RuntimeError, ImportError) as e:  # OSError: files, folders, connections
         print(f"mmgen-edge {name}: error: {describe_error(e)}", file=sys.stderr)
         return EXIT_USAGE
+    except MemoryError:
+        print(f"mmgen-edge {name}: error: out of memory (an input, a model or a setting larger than this machine "
+              "holds)", file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
 
 
 #: The exit status of a command stopped by SIGTERM (128 + 15, as a shell reports it).

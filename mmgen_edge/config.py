@@ -19,6 +19,10 @@ SIZE_PRESETS: dict[str, tuple[int, int, int]] = {
     "S": (12, 384, 6),
 }
 PATCH_SIZES: tuple[int, ...] = (2, 4, 8)
+#: Most latent tokens x hidden width (the sin-cos position embedding is built at that size in float64: 2 GiB at the
+#: bound; SiT-XL/2 at 256 px is 256 x 1152). Together with the per-field bounds below, a config (or a checkpoint's
+#: args) declaring an absurd size is refused before anything is allocated.
+MAX_TOKEN_WIDTH = 2**28
 _MODEL_NAME = re.compile(r"^SiT-(XL|L|B|S)/(2|4|8)$")
 
 
@@ -28,20 +32,20 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field("custom", description='Preset name such as "SiT-XL/2", or "custom".')
-    depth: int = Field(gt=0)
-    hidden_size: int = Field(gt=0)
-    num_heads: int = Field(gt=0)
-    patch_size: int = Field(gt=0)
-    resolution: int = Field(gt=0, description="Image size in pixels (square).")
-    vae_downsample: int = Field(8, gt=0, description="Pixels per latent cell of the VAE.")
-    latent_channels: int = Field(4, gt=0, description="Latent channels per modality.")
+    depth: int = Field(gt=0, le=256)
+    hidden_size: int = Field(gt=0, le=16384)
+    num_heads: int = Field(gt=0, le=256)
+    patch_size: int = Field(gt=0, le=64)
+    resolution: int = Field(gt=0, le=8192, description="Image size in pixels (square).")
+    vae_downsample: int = Field(8, gt=0, le=64, description="Pixels per latent cell of the VAE.")
+    latent_channels: int = Field(4, gt=0, le=64, description="Latent channels per modality.")
     modalities: tuple[str, ...] = RELEASE_MODALITIES
-    num_classes: int = Field(1000, gt=0, description="Class labels; index num_classes is the null label.")
-    mlp_ratio: float = 4.0
+    num_classes: int = Field(1000, gt=0, le=2**20, description="Class labels; index num_classes is the null label.")
+    mlp_ratio: float = Field(4.0, gt=0, le=64, allow_inf_nan=False)
     qk_norm: bool = False
-    encoder_depth: int = Field(8, ge=0, description="Block after which the REPA projector reads (training only).")
-    projector_dim: int | None = Field(2048, description="REPA projector width; None when the file has no projector.")
-    z_dim: int | None = Field(768, description="REPA projector output width.")
+    encoder_depth: int = Field(8, ge=0, le=256, description="Block after which the REPA projector reads (training only).")
+    projector_dim: int | None = Field(2048, gt=0, le=65536, description="REPA projector width; None when the file has no projector.")
+    z_dim: int | None = Field(768, gt=0, le=65536, description="REPA projector output width.")
     mask_palette: tuple[tuple[StrictInt, StrictInt, StrictInt], ...] | None = Field(
         None,
         description="Mask colours the model was trained with, in paint order: the background, then the segments "
@@ -61,6 +65,11 @@ class ModelConfig(BaseModel):
             raise ValueError(f"resolution {self.resolution} is not a multiple of vae_downsample {self.vae_downsample}")
         if self.latent_size % self.patch_size:
             raise ValueError(f"latent size {self.latent_size} is not a multiple of patch_size {self.patch_size}")
+        if self.num_tokens * self.hidden_size > MAX_TOKEN_WIDTH:
+            raise ValueError(
+                f"{self.num_tokens} tokens x hidden_size {self.hidden_size} is over {MAX_TOKEN_WIDTH} (a larger "
+                "patch, a smaller resolution or a narrower model fits)"
+            )
         if len(set(self.modalities)) != len(self.modalities) or not self.modalities:
             raise ValueError(f"modalities must be distinct and non-empty, got {self.modalities}")
         unknown = [m for m in self.modalities if m not in RELEASE_MODALITIES]

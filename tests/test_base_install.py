@@ -495,3 +495,19 @@ def test_a_damaged_jpeg_is_refused_and_perceive_checks_every_input_before_writin
     assert main(["perceive", str(good), str(damaged), "--bundle", str(runtime_bundle), "--out", str(out)]) == 2
     assert "is a damaged JPEG" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_model_config_bounds_every_size_before_anything_is_built():
+    """A config (or a checkpoint's args) declaring an absurd size built numpy / torch tensors of that size first."""
+    from pydantic import ValidationError
+
+    from mmgen_edge.config import MAX_TOKEN_WIDTH, ModelConfig
+
+    xl = dict(depth=28, hidden_size=1152, num_heads=16, patch_size=2, resolution=256)
+    assert ModelConfig(**xl).num_tokens == 256
+    for field, value in (("hidden_size", 10**9), ("depth", 10**6), ("resolution", 2**16), ("num_classes", 2**40),
+                         ("mlp_ratio", float("inf")), ("mlp_ratio", 0.0), ("projector_dim", 0)):  # fmt: skip
+        with pytest.raises(ValidationError, match=field):
+            ModelConfig(**{**xl, field: value})
+    with pytest.raises(ValidationError, match=f"262144 tokens x hidden_size 1152 is over {MAX_TOKEN_WIDTH}"):
+        ModelConfig(**{**xl, "resolution": 8192})

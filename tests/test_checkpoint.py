@@ -154,6 +154,48 @@ def test_wrong_shapes_name_the_keys(tmp_path, tiny_checkpoint):
         import_checkpoint(tmp_path / "bad.pt", sha256="skip")
 
 
+def test_absurd_declared_sizes_and_a_malformed_projector_are_refused_in_one_line(tmp_path, tiny_checkpoint):
+    """hidden_size 10**9 in a 1 MB checkpoint's args took 40 s and 4 GB before a numpy traceback; a projector
+    missing its last layer or holding a scalar gave KeyError / IndexError."""
+    raw = torch.load(tiny_checkpoint[0], weights_only=False)
+    for key, value, named in (("hidden_size", 10**9, "hidden_size: Input should be less than or equal to 16384"),
+                              ("depth", 10**6, "depth: Input should be less than or equal to 256"),
+                              ("resolution", 2**16, "resolution: Input should be less than or equal to 8192")):  # fmt: skip
+        hostile = {**raw, "args": argparse.Namespace(**{**vars(raw["args"]), key: value})}
+        torch.save(hostile, tmp_path / "huge.pt")
+        with pytest.raises(CheckpointError) as info:
+            import_checkpoint(tmp_path / "huge.pt", sha256="skip")
+        assert named in str(info.value) and "\n" not in str(info.value), str(info.value)
+    for broken in ("missing", "scalar"):
+        ema = dict(raw["ema"])
+        if broken == "missing":
+            del ema["projectors.0.4.weight"]
+        else:
+            ema["projectors.0.4.weight"] = torch.tensor(1.0)
+        torch.save({**raw, "ema": ema}, tmp_path / "proj.pt")
+        with pytest.raises(CheckpointError, match="the REPA projector is malformed: projectors.0.4.weight"):
+            import_checkpoint(tmp_path / "proj.pt", sha256="skip")
+
+
+def test_a_damaged_model_directory_is_named_in_one_line(tiny_checkpoint, tmp_path):
+    """A truncated model.safetensors gave a SafetensorError traceback, mismatched weights a 12-line torch error."""
+    from safetensors.torch import load_file, save_file
+
+    model_dir = tmp_path / "m"
+    convert_checkpoint(tiny_checkpoint[0], model_dir, sha256="skip")
+    weights = model_dir / "model.safetensors"
+    state = {k: v.clone() for k, v in load_file(str(weights)).items()}  # not the mmap of a file cut below
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="model.safetensors is not a readable safetensors file"):
+        load_model(model_dir)
+    name = next(k for k in state if k.endswith("mlp.fc1.weight"))
+    save_file({**state, name: torch.zeros(3, 3)}, str(weights))
+    with pytest.raises(CheckpointError) as info:
+        load_model(model_dir)
+    assert f"{name}: (3, 3) !=" in str(info.value) and "\n" not in str(info.value)
+
+
 def test_sha256_modes(tiny_checkpoint, monkeypatch):
     path = tiny_checkpoint[0]
     digest = import_checkpoint(path).sha256

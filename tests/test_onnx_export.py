@@ -273,6 +273,24 @@ def test_a_vae_whose_latent_scale_is_not_finite_and_positive_is_refused(tiny_vae
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("layers_per_block", 100000, "layers_per_block must be an integer in 1..64, got 100000"),
+    ("block_out_channels", [16, 10**6], "block_out_channels must be a list of at most 16 integers in 1..4096"),
+    ("latent_channels", 0, "latent_channels must be an integer in 1..4096, got 0"),
+])
+def test_a_vae_config_declaring_absurd_sizes_is_refused_before_it_is_built(tiny_vae_dir, tmp_path, field, value, message):
+    """layers_per_block 100000 took 100 s and 5 GB in diffusers' from_pretrained before failing."""
+    from mmgen_edge.export.autoencoders import load_autoencoder
+
+    vae = tmp_path / "vae"
+    shutil.copytree(tiny_vae_dir, vae)
+    config = json.loads((vae / "config.json").read_text())
+    config[field] = value
+    (vae / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_autoencoder(vae)
+
+
 def test_a_manifest_latent_scale_must_be_finite_and_positive(tiny_bundle, tmp_path):
     copy = tmp_path / "b"
     shutil.copytree(tiny_bundle, copy)
