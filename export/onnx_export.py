@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 from diffusers import AutoencoderKL
@@ -133,10 +134,36 @@ def trace_to_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], graph: str,
     onnx.save_model(traced, str(path))
 
 
+#: The largest finite float16.
+FP16_MAX = 65504.0
+
+
+def check_fits_fp16(model: onnx.ModelProto) -> None:
+    """Refuse float32 weights beyond float16's range (ONNX Runtime's converter clamps them to 65504 silently, so the
+    graph would compute with other weights than the model's), naming the first few."""
+    from onnx import numpy_helper
+
+    over = []
+    for tensor in model.graph.initializer:
+        if tensor.data_type != onnx.TensorProto.FLOAT:
+            continue
+        values = numpy_helper.to_array(tensor)
+        largest = float(np.abs(values).max()) if values.size else 0.0
+        if largest > FP16_MAX:
+            over.append(f"{tensor.name} (largest |value| {largest:.4g})")
+    if over:
+        raise ValueError(
+            f"weights beyond float16's range ({FP16_MAX:g}): {', '.join(over[:5])}{', ...' if len(over) > 5 else ''}; "
+            "export them as fp32 (--precision fp32)"
+        )
+
+
 def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """fp16 weights and activations; inputs/outputs and the ops in ``FP16_KEEP_FP32_OPS`` stay fp32 (Casts inserted)."""
+    """fp16 weights and activations; inputs/outputs and the ops in ``FP16_KEEP_FP32_OPS`` stay fp32 (Casts inserted).
+    Weights beyond float16's range are refused (:func:`check_fits_fp16`), not clamped."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
+    check_fits_fp16(model)
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     converted = convert_float_to_float16(

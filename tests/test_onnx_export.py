@@ -459,3 +459,25 @@ def test_a_two_modality_model_exports_and_loads_at_max_batch_1(tiny_vae_dir, tmp
     with mmgen_edge.load(tmp_path / "b", backend="ort-cpu") as model:
         depth = model.perceive(np.zeros((32, 32, 3), np.uint8), tasks=("depth",), steps=1).depth
     assert depth.shape == (32, 32) and np.isfinite(depth).all()
+
+
+def test_fp16_export_refuses_weights_beyond_the_fp16_range():
+    """ONNX Runtime's converter clamped a weight of 1e6 to 65504 (exit 0, another model); now it is refused by name."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from mmgen_edge.export.onnx_export import convert_to_fp16
+
+    weight = np.ones((2, 2), np.float32)
+    weight[0, 1] = 1e6
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2])],
+        [numpy_helper.from_array(weight, "w")],
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"weights beyond float16's range \(65504\): w \(largest \|value\| 1e\+06\)"):
+        convert_to_fp16(helper.make_model(graph))
+    weight[0, 1] = 60000.0
+    graph.initializer[0].CopyFrom(numpy_helper.from_array(weight, "w"))
+    assert convert_to_fp16(helper.make_model(graph)).graph.initializer[0].data_type == onnx.TensorProto.FLOAT16
