@@ -207,7 +207,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(target: Path) -> list[Path]:
-    """Remove ``.NAME.tmp-PID`` / ``.NAME.old-PID`` beside ``target`` left by a killed process; returns them.
+    """Remove ``.NAME.tmp-PID`` / ``.NAME.old-PID`` beside ``target`` left by a killed process; returns them. An
+    ``.old-PID`` whose process was killed between moving the old output aside and renaming the new one in, so that
+    ``target`` is missing, is renamed back to ``target`` instead.
 
     Only folders that are ours: named exactly so (``NAME`` taken literally, not as a glob pattern), of a process
     that is gone, holding :data:`OUTPUT_MARKER` (written when :func:`atomic_directory` creates its temporary, and in
@@ -222,6 +224,9 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
         if not (kind in ("tmp", "old") and pid.isascii() and pid.isdigit()) or int(pid) == os.getpid():
             continue
         if path.is_symlink() or not path.is_dir() or not (path / OUTPUT_MARKER).is_file() or _pid_alive(int(pid)):
+            continue
+        if kind == "old" and not target.exists() and not target.is_symlink():
+            os.rename(path, target)  # killed between its two renames: the replaced output is restored, not deleted
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
@@ -248,6 +253,7 @@ def atomic_directory(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    old: Path | None = None
     try:
         (tmp / OUTPUT_MARKER).write_text(OUTPUT_MARKER_TEXT)  # from the start: a killed run's temporary is ours
         yield tmp
@@ -258,7 +264,6 @@ def atomic_directory(
             readable_like_folder(item, tmp)
             with open(item, "rb") as f:
                 os.fsync(f.fileno())
-        old = None
         if target.exists():
             old = target.parent / f".{target.name}.old-{os.getpid()}"
             os.rename(target, old)
@@ -266,6 +271,8 @@ def atomic_directory(
         if old is not None:
             shutil.rmtree(old)
     except BaseException:
+        if old is not None and old.is_dir() and not target.exists():  # stopped between the two renames: put it back
+            os.rename(old, target)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 

@@ -72,9 +72,11 @@ def test_temporaries_of_a_killed_run_are_removed(tmp_path):
     lookalike = tmp_path / f".bundle.old-{pid + 1}"  # a user's folder named like one, without the marker: kept
     lookalike.mkdir()
     (lookalike / "notes.txt").write_text("keep")
+    target.mkdir()  # the output exists, so its moved-aside old copy is not needed
+    (target / OUTPUT_MARKER).write_text("ours")
     assert sorted(remove_stale_temporaries(target)) == sorted(stale)
     assert alive.exists() and unrelated.exists() and (lookalike / "notes.txt").exists()
-    with atomic_directory(target) as tmp:
+    with atomic_directory(target, overwrite=True) as tmp:
         assert (tmp / OUTPUT_MARKER).is_file()  # from the start, so a killed run's temporary is recognised
         (tmp / "manifest.json").write_text("{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, unrelated.name, lookalike.name, "bundle"])
@@ -292,3 +294,32 @@ def test_an_input_inside_an_output_that_does_not_exist_yet_is_refused_before_any
     with pytest.raises(ValueError, match="holds the input"):
         check_output_directory(tmp_path / "dv", overwrite=False, protect=[tmp_path / "dv" / "w"])
     check_output_directory(tmp_path / "dv", overwrite=False, protect=[tmp_path / "w"])
+
+
+def test_an_overwrite_stopped_between_its_two_renames_keeps_the_old_output(tmp_path, monkeypatch):
+    """SIGTERM after the old output was moved aside left no output (and the next run deleted the moved one)."""
+    import mmgen_edge.runtime.fileio as fileio
+
+    out = tmp_path / "bundle"
+    with atomic_directory(out) as tmp:
+        (tmp / "graph.onnx").write_text("old")
+    real_rename, calls = os.rename, []
+
+    def stopped_second_time(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as the CLI's SIGTERM handler raises SystemExit here
+        real_rename(src, dst)
+
+    monkeypatch.setattr(fileio.os, "rename", stopped_second_time)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_directory(out, overwrite=True) as tmp:
+            (tmp / "graph.onnx").write_text("new")
+    monkeypatch.undo()
+    assert (out / "graph.onnx").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+    # killed outright (SIGKILL) at that moment: the next run restores the moved output instead of deleting it
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    moved = tmp_path / f".bundle.old-{int(dead.stdout)}"
+    os.rename(out, moved)
+    assert remove_stale_temporaries(out) == [] and (out / "graph.onnx").read_text() == "old" and not moved.exists()
