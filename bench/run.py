@@ -65,7 +65,6 @@ from pathlib import Path
 from typing import Any
 
 from mmgen_edge.cli import backend_name, bounded_int, nonnegative_int, positive_float, positive_int, step_list
-from mmgen_edge.samples.shapes.evaluate import MAX_HELD_OUT_SCENES
 from mmgen_edge.runtime.fileio import file_in_the_way
 
 from . import harness
@@ -115,6 +114,13 @@ from .settings import (
 )
 
 
+def eval_scene_count(text: str) -> int:
+    """An argparse ``type=`` for ``--eval-scenes``: 0 (none) .. ``MAX_HELD_OUT_SCENES`` (imported when parsing)."""
+    from mmgen_edge.samples.shapes.evaluate import MAX_HELD_OUT_SCENES
+
+    return bounded_int(0, MAX_HELD_OUT_SCENES)(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``mmgen-edge bench`` (``settings.settings_from`` turns it into Settings)."""
     p = argparse.ArgumentParser(
@@ -141,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--skip", type=parse_case_list, default=(), metavar="CASES",
         help=f"comma-separated cases not to run, reported as skipped (of {', '.join(CASES)})")
     add("--eval-json", type=Path, action="append", default=[], help="an `mmgen-edge eval --json` report (repeatable)")
-    add("--eval-scenes", type=bounded_int(0, MAX_HELD_OUT_SCENES), default=None,
+    add("--eval-scenes", type=eval_scene_count, default=None,
         help=f"without --eval-json: held-out scenes of the small SDK evaluation (default {DEFAULT_EVAL_SCENES}; 0 = none)")
     add("--compile", choices=("auto", "on", "off"), default="auto", help="try torch.compile (auto: yes unless --smoke)")
     add("--compile-timeout-s", type=positive_float, default=COMPILE_TIMEOUT_S, help="time limit of the torch.compile trial")

@@ -54,26 +54,29 @@ MAX_CONFIG_COUNT = 64
 MAX_CONFIG_LIST = 16
 _CHANNEL_FIELDS = ("block_out_channels", "encoder_block_out_channels", "decoder_block_out_channels", "in_channels",
                    "out_channels", "latent_channels", "norm_num_groups")  # fmt: skip
-_COUNT_FIELDS = ("layers_per_block", "num_encoder_blocks", "num_decoder_blocks", "upsampling_scaling_factor")
+_COUNT_FIELDS = ("layers_per_block", "upsampling_scaling_factor")
+_BLOCK_FIELDS = ("num_encoder_blocks", "num_decoder_blocks")  # 0: a stage without blocks (distill-vae allows it)
 
 
 def check_autoencoder_config(directory: str | os.PathLike[str]) -> None:
     """Refuse a diffusers autoencoder config whose sizes are out of :data:`MAX_CONFIG_CHANNELS` /
-    :data:`MAX_CONFIG_COUNT` / :data:`MAX_CONFIG_LIST` bounds (or not positive integers), naming the field."""
+    :data:`MAX_CONFIG_COUNT` / :data:`MAX_CONFIG_LIST` bounds (or not integers), naming the field."""
+    from mmgen_edge.runtime.manifest import shortened
+
     path = Path(directory) / "config.json"
     config = json.loads(path.read_text())
-    for fields, bound in ((_CHANNEL_FIELDS, MAX_CONFIG_CHANNELS), (_COUNT_FIELDS, MAX_CONFIG_COUNT)):
+    ranges = ((_CHANNEL_FIELDS, 1, MAX_CONFIG_CHANNELS), (_COUNT_FIELDS, 1, MAX_CONFIG_COUNT), (_BLOCK_FIELDS, 0, MAX_CONFIG_COUNT))
+    for fields, low, bound in ranges:
         for field in fields:
             if field not in config or config[field] is None:
                 continue
             value = config[field]
             values = value if isinstance(value, list) else [value]
             if len(values) > MAX_CONFIG_LIST or not all(
-                isinstance(v, int) and not isinstance(v, bool) and 0 < v <= bound for v in values
+                isinstance(v, int) and not isinstance(v, bool) and low <= v <= bound for v in values
             ):
-                shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
                 kind = f"a list of at most {MAX_CONFIG_LIST} integers" if isinstance(value, list) else "an integer"
-                raise ValueError(f"{path}: {field} must be {kind} in 1..{bound}, got {shown}")
+                raise ValueError(f"{path}: {field} must be {kind} in {low}..{bound}, got {shortened(repr(value))}")
 
 
 def load_autoencoder(directory: str | os.PathLike[str], expect: str | None = None, label: str | None = None) -> Autoencoder:

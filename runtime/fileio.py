@@ -206,6 +206,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def remove_output_tree(path: Path) -> None:
+    """Delete a folder of ours with its marker last, so one interrupted midway still carries the marker and the next
+    run's :func:`remove_stale_temporaries` finishes the job (``rmtree`` may list the marker first)."""
+    for item in list(path.iterdir()) if path.is_dir() and not path.is_symlink() else []:
+        if item.name == OUTPUT_MARKER:
+            continue
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)
+    (path / OUTPUT_MARKER).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
 def remove_stale_temporaries(target: Path) -> list[Path]:
     """Remove ``.NAME.tmp-PID`` / ``.NAME.old-PID`` beside ``target`` left by a killed process; returns them. An
     ``.old-PID`` whose process was killed between moving the old output aside and renaming the new one in, so that
@@ -228,7 +243,7 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
         if kind == "old" and not target.exists() and not target.is_symlink():
             os.rename(path, target)  # killed between its two renames: the replaced output is restored, not deleted
             continue
-        shutil.rmtree(path, ignore_errors=True)
+        remove_output_tree(path)
         removed.append(path)
     return removed
 
@@ -269,11 +284,14 @@ def atomic_directory(
             os.rename(target, old)
         os.rename(tmp, target)
         if old is not None:
-            shutil.rmtree(old)
+            remove_output_tree(old)
     except BaseException:
-        if old is not None and old.is_dir() and not target.exists():  # stopped between the two renames: put it back
-            os.rename(old, target)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.is_dir():
+            if target.exists():  # stopped while removing the old output: finish
+                remove_output_tree(old)
+            else:  # stopped between the two renames: put it back
+                os.rename(old, target)
+        remove_output_tree(tmp)
         raise
 
 
@@ -295,7 +313,7 @@ def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    private = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    private = Path(tempfile.mkdtemp(prefix=f".{target.name[:100]}.tmp-{os.getpid()}-", dir=target.parent))
     tmp = private / target.name
     try:
         yield tmp

@@ -366,16 +366,18 @@ VERIFY_MODES = ("full", "size", "none")
 MAX_SHOWN_VALUE = 60
 
 
+def shortened(text: str, limit: int = MAX_SHOWN_VALUE) -> str:
+    """``text`` cut to ``limit`` characters ("..." at the end when cut), for values shown in one-line errors."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def describe_validation_error(error: ValidationError) -> str:
     """pydantic's errors as one line: ``field: message (got value)`` per problem, joined by "; ", values shortened."""
     parts = []
     for item in error.errors():
         field = ".".join(str(x) for x in item.get("loc", ())) or "value"
-        shown = repr(item.get("input"))
-        if len(shown) > MAX_SHOWN_VALUE:
-            shown = shown[: MAX_SHOWN_VALUE - 3] + "..."
         message = " ".join(str(item.get("msg", "invalid")).split())
-        parts.append(f"{field}: {message} (got {shown})")
+        parts.append(f"{field}: {message} (got {shortened(repr(item.get('input')))})")
     return "; ".join(parts)
 
 

@@ -1,6 +1,6 @@
 """Images for the SDK: validation of inputs with clear errors, loading, the resize policy, and writing.
 
-Accepted images: a path to a PNG, JPEG, BMP, TIFF, WebP, GIF or PPM/PGM file (its size read from the header by
+Accepted images: a path to a PNG, JPEG, BMP, TIFF, WebP or PPM/PGM file (its size read from the header by
 Pillow and checked before OpenCV decodes it; other formats are refused, as their size cannot be checked first),
 converted to RGB, or a numpy array (H, W, 3) in RGB order, either
 uint8 or float in [0, 1]. Grey (H, W) arrays are copied to three channels.
@@ -47,7 +47,7 @@ def check_video_size(capture: cv2.VideoCapture, name: str) -> None:
 
 
 #: Image formats whose headers Pillow reads (and so the pixel limit is checked before decoding).
-READ_FORMATS = "PNG, JPEG, BMP, TIFF, WebP, GIF, PPM/PGM"
+READ_FORMATS = "PNG, JPEG, BMP, TIFF, WebP, PPM/PGM"
 
 
 def header_size(path: Path, name: str = "image") -> tuple[int, int] | None:
@@ -76,19 +76,25 @@ def header_size(path: Path, name: str = "image") -> tuple[int, int] | None:
 def check_complete(path: Path, name: str = "image") -> None:
     """Refuse a truncated JPEG (OpenCV decodes one into a half-grey image with only a libjpeg warning on stderr).
 
+    A JPEG missing only its end marker (all its data there) is refused too: Pillow cannot tell it from a truncated
+    one.
+
     Pillow decodes the entropy-coded data at 1/8 scale (its DCT scaling), about half an OpenCV decode of the same
     file; other formats are left to OpenCV, which refuses a truncated PNG itself.
     """
     from PIL import Image
 
     with Image.open(path) as im:
-        if im.format != "JPEG":
+        if im.format not in ("JPEG", "MPO"):  # MPO: a JPEG with an MPF segment (phones' Ultra HDR, cameras)
             return
         im.draft("RGB", (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
         try:
             im.load()
         except OSError as e:
-            raise ValueError(f"{name}: {path} is a damaged JPEG ({e}); OpenCV would read it as a half-grey image") from None
+            raise ValueError(
+                f"{name}: {path} is a damaged JPEG ({e}): truncated, or at least without its end marker; OpenCV would "
+                "read a truncated one with grey where the data is missing. Re-save or download it again"
+            ) from None
 
 
 def check_image_file(path: str | os.PathLike[str], name: str = "image") -> None:

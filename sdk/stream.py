@@ -326,7 +326,8 @@ def fit_video_frames(frames: Iterable[np.ndarray], max_side: int = MAX_VIDEO_SID
     ``max_side`` if longer; every frame scaled into it with its aspect kept, centred on black (sources of several
     sizes, or input | maps tiles of a large camera, would otherwise end the video half-way or not start it)."""
     size: tuple[int, int] | None = None
-    for frame in frames:
+    for count, given in enumerate(frames):
+        frame = load_image(given, f"frame {count}", MAX_VIDEO_SIDE**2)  # RGB uint8, as write_video reads it
         height, width = frame.shape[:2]
         if size is None:
             shrink = min(1.0, max_side / max(width, height))

@@ -15,7 +15,7 @@ manifest's ``max_batch``, waiting at most ``max_queue_delay_us``; one worker per
 front its own response. Triton's queue policy (``max_queue_size``, per-request timeouts) stays on the front models.
 ``mmgen_info`` (one instance, ``max_batch_size`` 1 too) answers from the manifest and needs no batcher.
 
-    with Server("samples/shapes/bundle") as server:       # 127.0.0.1, ports 8000 (HTTP), 8001 (gRPC), 8002
+    with Server("samples/shapes/bundle") as server:       # 127.0.0.1: 8001 (gRPC), 8002 (metrics); http=True: 8000
         model = mmgen_edge.sdk.remote.connect(server.grpc_url)
 
 ``serve()`` runs until SIGINT/SIGTERM, then stops Triton (in-flight requests finish), closes the batchers and

@@ -491,6 +491,18 @@ def test_a_damaged_jpeg_is_refused_and_perceive_checks_every_input_before_writin
     assert load_image(good).shape == (96, 128, 3)
     with pytest.raises(ValueError, match=r"damaged.jpg is a damaged JPEG \(image file is truncated"):
         load_image(damaged)
+    from PIL import Image
+
+    mpo = tmp_path / "phone.jpg"  # a JPEG with an MPF segment, as phones write: Pillow calls it MPO
+    frames = [Image.fromarray(load_image(good)), Image.fromarray(load_image(good)[::-1].copy())]
+    frames[0].save(mpo, format="MPO", save_all=True, append_images=frames[1:])
+    with Image.open(mpo) as im:
+        assert im.format == "MPO"
+    assert load_image(mpo).shape == (96, 128, 3)
+    cut = tmp_path / "phone_cut.jpg"
+    cut.write_bytes(mpo.read_bytes()[: mpo.stat().st_size // 3])
+    with pytest.raises(ValueError, match="is a damaged JPEG"):
+        load_image(cut)
     out = tmp_path / "out"
     assert main(["perceive", str(good), str(damaged), "--bundle", str(runtime_bundle), "--out", str(out)]) == 2
     assert "is a damaged JPEG" in capsys.readouterr().err

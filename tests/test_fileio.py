@@ -323,3 +323,41 @@ def test_an_overwrite_stopped_between_its_two_renames_keeps_the_old_output(tmp_p
     moved = tmp_path / f".bundle.old-{int(dead.stdout)}"
     os.rename(out, moved)
     assert remove_stale_temporaries(out) == [] and (out / "graph.onnx").read_text() == "old" and not moved.exists()
+
+
+def test_an_output_removed_halfway_keeps_its_marker_so_the_next_run_finishes_it(tmp_path, monkeypatch):
+    """rmtree may list the marker first: a run killed while removing a moved-aside output left gigabytes without a
+    marker, which no later run removed. The marker now goes last."""
+    from mmgen_edge.runtime import fileio
+
+    folder = tmp_path / ".bundle.old-1"
+    folder.mkdir()
+    (folder / OUTPUT_MARKER).write_text("ours")
+    for name in ("a.onnx", "b.onnx"):
+        (folder / name).write_bytes(b"x")
+    from pathlib import Path
+
+    real_unlink, seen = Path.unlink, []
+
+    def killed_at_the_second(self, missing_ok=False):
+        seen.append(self.name)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", killed_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        fileio.remove_output_tree(folder)
+    monkeypatch.undo()
+    assert (folder / OUTPUT_MARKER).is_file() and OUTPUT_MARKER not in seen
+    fileio.remove_output_tree(folder)
+    assert not folder.exists()
+
+
+def test_a_long_file_name_still_gets_a_temporary(tmp_path):
+    from mmgen_edge.runtime.fileio import atomic_file
+
+    target = tmp_path / ("x" * 240 + ".png")
+    with atomic_file(target) as tmp:
+        tmp.write_bytes(b"png")
+    assert target.read_bytes() == b"png"

@@ -291,6 +291,15 @@ def test_a_vae_config_declaring_absurd_sizes_is_refused_before_it_is_built(tiny_
         load_autoencoder(vae)
 
 
+def test_a_student_with_a_stage_of_no_blocks_still_loads(tmp_path):
+    """distill-vae allows 0 blocks in a stage (--decoder-blocks 0,3,3,1): the size bounds must accept it."""
+    from mmgen_edge.export.autoencoders import load_autoencoder
+    from mmgen_edge.export.distill_vae import StudentShape
+
+    StudentShape(decoder_blocks=(0, 3, 3, 1)).new(4).save_pretrained(tmp_path / "student")
+    assert list(load_autoencoder(tmp_path / "student").config.num_decoder_blocks) == [0, 3, 3, 1]
+
+
 def test_a_manifest_latent_scale_must_be_finite_and_positive(tiny_bundle, tmp_path):
     copy = tmp_path / "b"
     shutil.copytree(tiny_bundle, copy)

@@ -324,4 +324,7 @@ def test_fit_video_frames_puts_every_frame_on_one_writable_canvas(tmp_path: Path
     assert column[0] == 0 and column[MAX_VIDEO_SIDE // 2] == 250
     assert write_video(fitted, tmp_path / "fitted.mp4", FILE_FPS) == 3
     same = [frame(0), frame(1)]
-    assert all(a is b for a, b in zip(fit_video_frames(same), same))  # one size: passed through untouched
+    assert all(np.array_equal(a, b) for a, b in zip(fit_video_frames(same), same))  # one size: unchanged
+    grey, unit = np.full((20, 100), 90, np.uint8), np.full((10, 50, 3), 1.0, np.float32)  # what write_video accepts
+    assert [f.shape for f in fit_video_frames([frame(0), grey, unit])] == [frame(0).shape] * 3
+    assert list(fit_video_frames([np.full((20, 100, 3), 1.0, np.float32)]))[0].min() == 255
