@@ -169,6 +169,13 @@ def load_model(
     from .checkpoint import check_state_dict  # (checkpoint imports this module)
 
     check_state_dict(meta.model, state)  # names the first few mismatches in one line, allocating nothing
+    stored = meta.dtype.torch_dtype
+    other = sorted(k for k, v in state.items() if v.dtype != stored)
+    if other:  # an edited config.json (or weights swapped in): the recorded dtype is what provenance and hashes mean
+        raise ValueError(
+            f"{weights}: config.json says {meta.dtype.value}, but {len(other)} tensor(s) are stored otherwise "
+            f"({other[0]}: {state[other[0]].dtype}); convert the checkpoint again"
+        )
     with torch.device("meta"):
         model = MMGen(meta.model)
     model.load_state_dict(state, strict=True, assign=True)

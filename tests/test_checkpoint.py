@@ -189,6 +189,9 @@ def test_a_damaged_model_directory_is_named_in_one_line(tiny_checkpoint, tmp_pat
     weights.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="model.safetensors is not a readable safetensors file"):
         load_model(model_dir)
+    save_file({k: v.to(torch.bfloat16) for k, v in state.items()}, str(weights))  # relabelled: config says fp32
+    with pytest.raises(ValueError, match=r"config.json says fp32, but \d+ tensor\(s\) are stored otherwise"):
+        load_model(model_dir)
     name = next(k for k in state if k.endswith("mlp.fc1.weight"))
     save_file({**state, name: torch.zeros(3, 3)}, str(weights))
     with pytest.raises(CheckpointError) as info:
