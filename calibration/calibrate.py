@@ -210,12 +210,17 @@ def _apply_gate(report: CalibrationReport, thresholds: GateThresholds, force: bo
     return failures
 
 
-def _check_inputs(bundle: Path, manifest: Manifest, out: Path, overwrite: bool, graphs: Sequence[str]) -> None:
+def _check_inputs(
+    bundle: Path, manifest: Manifest, out: Path, overwrite: bool, graphs: Sequence[str], data: str | None = None
+) -> None:
     if manifest.precision != Precision.FP32:
         raise ValueError(f"{bundle} is a {manifest.precision.value} bundle; calibrate an fp32 bundle")
     if out.resolve() == bundle.resolve():
         raise ValueError("--out must differ from the FP32 bundle")
-    check_output_directory(out, overwrite, protect=(bundle,))  # before any work
+    from .sources import data_path
+
+    images = data_path(data) if data is not None else None
+    check_output_directory(out, overwrite, protect=(bundle, *((images,) if images else ())))  # before any work
     missing = [g for g in graphs if g not in manifest.graphs]
     if missing:
         raise ValueError(f"the bundle has no {missing} graph(s) to quantize (it has {sorted(manifest.graphs)})")
@@ -292,7 +297,7 @@ def calibrate_bundle(
     settings = CalibrationSettings(Method(method), None if exclude is None else tuple(exclude), tuple(op_types),
                                    (DENOISER_GRAPH, *quantize_vae), target_, CpuScheme(cpu_scheme))  # fmt: skip
     isa = detect_cpu_isa()
-    _check_inputs(bundle, manifest, out, overwrite, settings.graphs)
+    _check_inputs(bundle, manifest, out, overwrite, settings.graphs, data)
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if eval_scenes < 0 or (eval_scenes == 0 and not force):

@@ -61,6 +61,12 @@ def iter_calibration_images(spec: str, limit: int, demo_size: int = DEFAULT_DEMO
         yield _read_image(path)
 
 
+def data_path(spec: object) -> Path | None:
+    """The file or folder a data spec names (None for ``demo:N``): outputs must never hold it (``protect``)."""
+    text = str(spec).strip()
+    return None if not text or text.startswith(DEMO_PREFIX) else Path(text).expanduser()
+
+
 def parse_demo_spec(spec: str) -> int:
     """The N of ``demo:N`` (a positive integer), with a clear error otherwise."""
     count = spec[len(DEMO_PREFIX) :].strip()

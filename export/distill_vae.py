@@ -255,7 +255,9 @@ def distill_vae(
 
     say = log or (lambda message: None)
     teacher_dir, out, work = Path(teacher_dir), Path(out), Path(work)
-    inputs = (teacher_dir, work, *(p for p in (init, settings.bundle) if p is not None))
+    from mmgen_edge.calibration.sources import data_path
+
+    inputs = (teacher_dir, work, *(p for p in (init, settings.bundle, data_path(settings.data)) if p is not None))
     check_output_directory(out, overwrite, protect=inputs)
     teacher = load_autoencoder(teacher_dir, expect="AutoencoderKL", label=f"teacher VAE {teacher_dir}")
     torch.manual_seed(settings.seed)

@@ -127,7 +127,8 @@ def step_count(text: str) -> int:
     try:
         return check_steps(int(text))
     except ValueError as e:  # int() of a non-number, or out of range
-        message = str(e) if text.strip().lstrip("+-").isdigit() else f"steps must be an integer, got {text!r}"
+        digits = text.strip().lstrip("+-")
+        message = str(e) if digits.isascii() and digits.isdigit() else f"steps must be an integer, got {text!r}"
         raise argparse.ArgumentTypeError(message) from None
 
 

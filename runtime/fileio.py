@@ -173,6 +173,7 @@ def check_output_directory(
     blocked = file_in_the_way(target.parent)
     if blocked is not None:
         raise FileExistsError(f"{blocked} is a file, so {target} cannot be created: choose a directory path")
+    remove_stale_temporaries(target)  # first: an output a killed run had moved aside is back before it is judged
     for path in protect:  # also when the output does not exist yet: an input made inside it would be lost at the end
         if is_within(path, target):
             raise ValueError(f"the output {target} holds the input {path}: writing it would delete the input")

@@ -54,7 +54,7 @@ BUNDLE_HINT = (
 
 def default_bundle() -> Path:
     """The demo model's bundle (``MMGEN_EDGE_BUNDLE`` overrides)."""
-    return Path(os.environ.get("MMGEN_EDGE_BUNDLE", DEFAULT_BUNDLE))
+    return Path(os.environ.get("MMGEN_EDGE_BUNDLE", "").strip() or DEFAULT_BUNDLE)  # empty: unset, not "."
 
 
 def load(

@@ -99,9 +99,10 @@ def check_complete(path: Path, name: str = "image") -> None:
 
 def check_image_file(path: str | os.PathLike[str], name: str = "image") -> None:
     """What :func:`load_image` checks of a file before it decodes it: it exists, its header is readable
-    (:data:`READ_FORMATS`), its size is within :data:`MAX_INPUT_PIXELS`, and a JPEG is complete. The CLI checks every
-    input so before it loads a model or writes anything."""
+    (:data:`READ_FORMATS`), its size is within :data:`MAX_INPUT_PIXELS`, and a JPEG is complete."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{name}: {path} is a folder, not an image file")
     if not path.is_file():
         raise FileNotFoundError(f"{name}: {path} does not exist")
     size = header_size(path, name)

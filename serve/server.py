@@ -136,7 +136,7 @@ HTTP_WARNING = (
     "Triton's HTTP front end is on: in this Triton release a malformed HTTP request can stop the whole server (a "
     "declared tensor shape it allocates before checking, JSON nested ~200 000 deep) and a gzip body is inflated "
     "without a limit; serve HTTP only to trusted clients or behind a proxy that bounds bodies and refuses "
-    "Content-Encoding (gRPC, always on, refuses these requests)"
+    "Content-Encoding (gRPC, always on, refuses the first two)"
 )
 
 

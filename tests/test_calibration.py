@@ -333,3 +333,20 @@ def test_work_and_cache_folders_inside_the_bundle_or_the_output_are_refused_befo
         with pytest.raises(ValueError, match=message):
             calibrate_bundle(tiny_bundle, "demo:2", out, **options)
     assert not (tiny_bundle / "work").exists() and not out.exists()
+
+
+def test_calibration_images_inside_the_output_are_never_overwritten(tiny_bundle, tmp_path):
+    """calibrate --data out/calib --out out --overwrite deleted the calibration images (the data was not protected);
+    distill-vae and export --gate-data protect their data the same way (calibration.sources.data_path)."""
+    from mmgen_edge.calibration.sources import data_path
+    from mmgen_edge.runtime.fileio import OUTPUT_MARKER
+
+    out = tmp_path / "calout"
+    images = out / "calib"
+    images.mkdir(parents=True)
+    cv2.imwrite(str(images / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    (out / OUTPUT_MARKER).write_text("written by mmgen-edge; --overwrite may replace this directory\n")
+    with pytest.raises(ValueError, match="holds the input"):
+        calibrate_bundle(tiny_bundle, str(images), out, overwrite=True)
+    assert (images / "a.png").is_file()
+    assert data_path("demo:4") is None and data_path(str(images)) == images

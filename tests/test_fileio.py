@@ -361,3 +361,16 @@ def test_a_long_file_name_still_gets_a_temporary(tmp_path):
     with atomic_file(target) as tmp:
         tmp.write_bytes(b"png")
     assert target.read_bytes() == b"png"
+
+
+def test_an_output_a_killed_run_moved_aside_is_restored_before_the_next_run_judges_the_target(tmp_path):
+    """After SIGKILL between the renames, a later run without --overwrite replaced the restored output (exit 0), and
+    one failing early left the moved copy in place: restoring now comes first, so the output is judged as it was."""
+    out = tmp_path / "model"
+    with atomic_directory(out) as tmp:
+        (tmp / "model.safetensors").write_bytes(b"w")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    os.rename(out, tmp_path / f".model.old-{int(dead.stdout)}")
+    with pytest.raises(FileExistsError, match="already exists"):
+        check_output_directory(out, overwrite=False)
+    assert (out / "model.safetensors").read_bytes() == b"w" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]

@@ -101,10 +101,10 @@ def cmd_perceive(args: argparse.Namespace) -> int:
     summary = []
     stems = output_stems(args.images)
     check_outputs_spare_inputs(args.images, out, stems)
-    from mmgen_edge.sdk.images import check_image_file
+    from mmgen_edge.sdk.images import load_image
 
-    for path in args.images:  # every input, before the model loads or any output is written
-        check_image_file(path)
+    for path in args.images:  # every input decoded once before the model loads or any output is written (a
+        load_image(path)  # truncated PNG / TIFF is found only by decoding it)
     with _open_model(args) as model:
         for path, stem in tqdm(list(zip(args.images, stems)), desc="perceive", unit="image",
                                disable=args.json or not sys.stderr.isatty()):  # fmt: skip
