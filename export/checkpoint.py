@@ -149,6 +149,14 @@ def projector_shape(state_dict: Mapping[str, torch.Tensor]) -> tuple[int, int] |
     return shapes["projectors.0.0.weight"][0], shapes["projectors.0.4.weight"][0]
 
 
+def _integer_arg(args: Mapping[str, Any], key: str) -> int:
+    """``args[key]`` as an int: an integer (or an integral float, as argparse may store), never a truncated 32.9."""
+    value = args[key]
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+        raise CheckpointError(f"unsupported checkpoint args: args.{key} must be an integer, got {value!r}")
+    return int(value)
+
+
 def architecture_from_args(args: Mapping[str, Any], projector: tuple[int, int] | None) -> ModelConfig:
     """The model config from the training args and the REPA projector's (projector_dim, z_dim)."""
     missing = [k for k in REQUIRED_ARGS if k not in args]
@@ -161,17 +169,17 @@ def architecture_from_args(args: Mapping[str, Any], projector: tuple[int, int] |
         raise CheckpointError("unsupported checkpoint: args.cfg_prob = 0, so the model has no null label for guidance")
     projector_dim, z_dim = projector if projector is not None else (None, None)
     # mmgen-edge extension for our own checkpoints: explicit sizes override the preset named by args.model.
-    overrides: dict[str, object] = {k: int(args[k]) for k in CUSTOM_SIZE_ARGS if args.get(k) is not None}
+    overrides: dict[str, object] = {k: _integer_arg(args, k) for k in CUSTOM_SIZE_ARGS if args.get(k) is not None}
     # ... and the mask colours they were trained with (``ModelConfig.mask_palette``; the release paints at random).
     if args.get("mask_palette") is not None:
         overrides["mask_palette"] = args["mask_palette"]
     try:
         return preset(
             str(args["model"]),
-            resolution=int(args["resolution"]),
-            num_classes=int(args["num_classes"]),
+            resolution=_integer_arg(args, "resolution"),
+            num_classes=_integer_arg(args, "num_classes"),
             qk_norm=bool(args["qk_norm"]),
-            encoder_depth=int(args["encoder_depth"]),
+            encoder_depth=_integer_arg(args, "encoder_depth"),
             projector_dim=projector_dim,
             z_dim=z_dim,
             **overrides,

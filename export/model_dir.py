@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
@@ -141,7 +141,12 @@ def read_model_dir_config(model_dir: str | os.PathLike[str]) -> ModelDirConfig:
     path = model_dir / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{model_dir} is not a model directory: {CONFIG_FILE} is missing")
-    meta = ModelDirConfig.model_validate_json(path.read_text())
+    try:
+        meta = ModelDirConfig.model_validate_json(path.read_text())
+    except ValidationError as e:
+        from mmgen_edge.runtime.manifest import describe_validation_error
+
+        raise ValueError(f"{path} is not a valid model config: {describe_validation_error(e)}") from None
     if meta.format_version > FORMAT_VERSION:
         raise ValueError(
             f"{path} has format_version {meta.format_version}; this mmgen-edge ({__version__}) reads up to "

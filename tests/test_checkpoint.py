@@ -166,6 +166,11 @@ def test_absurd_declared_sizes_and_a_malformed_projector_are_refused_in_one_line
         with pytest.raises(CheckpointError) as info:
             import_checkpoint(tmp_path / "huge.pt", sha256="skip")
         assert named in str(info.value) and "\n" not in str(info.value), str(info.value)
+    for key, value in (("resolution", 32.9), ("num_classes", "12"), ("depth", True)):
+        hostile = {**raw, "args": argparse.Namespace(**{**vars(raw["args"]), key: value})}
+        torch.save(hostile, tmp_path / "typed.pt")
+        with pytest.raises(CheckpointError, match=f"args.{key} must be an integer, got {value!r}"):
+            import_checkpoint(tmp_path / "typed.pt", sha256="skip")
     for broken in ("missing", "scalar"):
         ema = dict(raw["ema"])
         if broken == "missing":
@@ -193,6 +198,11 @@ def test_a_damaged_model_directory_is_named_in_one_line(tiny_checkpoint, tmp_pat
     with pytest.raises(ValueError, match=r"config.json says fp32, but \d+ tensor\(s\) are stored otherwise"):
         load_model(model_dir)
     name = next(k for k in state if k.endswith("mlp.fc1.weight"))
+    config = (model_dir / "config.json").read_text()
+    (model_dir / "config.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"config.json is not a valid model config: value: Input should be an object"):
+        load_model(model_dir)
+    (model_dir / "config.json").write_text(config)
     save_file({**state, name: torch.zeros(3, 3)}, str(weights))
     with pytest.raises(CheckpointError) as info:
         load_model(model_dir)
