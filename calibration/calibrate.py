@@ -219,7 +219,7 @@ def _check_inputs(
         raise ValueError("--out must differ from the FP32 bundle")
     from .sources import data_path
 
-    images = data_path(data) if data is not None else None
+    images = data_path(data)
     check_output_directory(out, overwrite, protect=(bundle, *((images,) if images else ())))  # before any work
     missing = [g for g in graphs if g not in manifest.graphs]
     if missing:

@@ -61,8 +61,11 @@ def iter_calibration_images(spec: str, limit: int, demo_size: int = DEFAULT_DEMO
         yield _read_image(path)
 
 
-def data_path(spec: object) -> Path | None:
-    """The file or folder a data spec names (None for ``demo:N``): outputs must never hold it (``protect``)."""
+def data_path(spec: object | None) -> Path | None:
+    """The file or folder a data spec names (None for ``demo:N`` or no spec): outputs must never hold it
+    (``protect``)."""
+    if spec is None:
+        return None
     text = str(spec).strip()
     return None if not text or text.startswith(DEMO_PREFIX) else Path(text).expanduser()
 

@@ -193,10 +193,12 @@ def architecture_from_args(args: Mapping[str, Any], projector: tuple[int, int] |
         raise CheckpointError(f"unsupported checkpoint args: {detail}") from None
 
 
-def check_state_dict(config: ModelConfig, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Strict key/shape check against the architecture without allocating any weights."""
-    with torch.device("meta"):
-        model = MMGen(config)
+def check_state_dict(config: ModelConfig, state_dict: Mapping[str, torch.Tensor], model: MMGen | None = None) -> None:
+    """Strict key/shape check against the architecture without allocating any weights (``model``: the config's model
+    on the meta device when the caller has built it already)."""
+    if model is None:
+        with torch.device("meta"):
+            model = MMGen(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))

@@ -173,7 +173,9 @@ def load_model(
         raise ValueError(f"{weights} is not a readable safetensors file ({type(e).__name__}: {e})") from None
     from .checkpoint import check_state_dict  # (checkpoint imports this module)
 
-    check_state_dict(meta.model, state)  # names the first few mismatches in one line, allocating nothing
+    with torch.device("meta"):
+        model = MMGen(meta.model)
+    check_state_dict(meta.model, state, model)  # names the first few mismatches in one line, allocating nothing
     stored = meta.dtype.torch_dtype
     other = sorted(k for k, v in state.items() if v.dtype != stored)
     if other:  # an edited config.json (or weights swapped in): the recorded dtype is what provenance and hashes mean
@@ -181,8 +183,6 @@ def load_model(
             f"{weights}: config.json says {meta.dtype.value}, but {len(other)} tensor(s) are stored otherwise "
             f"({other[0]}: {state[other[0]].dtype}); convert the checkpoint again"
         )
-    with torch.device("meta"):
-        model = MMGen(meta.model)
     model.load_state_dict(state, strict=True, assign=True)
     target = dtype or meta.dtype.torch_dtype
     return model.to(device=device, dtype=target).eval()

@@ -294,8 +294,8 @@ def export_bundle(
     students = students or StudentOptions()
     from mmgen_edge.calibration.sources import data_path
 
-    gate_data = data_path(students.gate_data) if students.gate_data is not None else None
-    inputs_used = (model_dir, vae_dir, *(Path(d) for d in (students.encoder, students.decoder, gate_data) if d is not None))
+    students_and_data = (students.encoder, students.decoder, data_path(students.gate_data))
+    inputs_used = (model_dir, vae_dir, *(Path(d) for d in students_and_data if d is not None))
     check_output_directory(out, overwrite, protect=inputs_used)  # before any loading (again when writing)
     meta = read_model_dir_config(model_dir)
     if not (vae_dir / "config.json").is_file():

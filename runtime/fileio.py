@@ -95,6 +95,8 @@ def foreign_entries(directory: Path) -> list[str]:
         p.name for p in directory.iterdir()
         if p.name not in known and not (p.name in LATER_ENTRIES and _legacy_member(p))
     )  # fmt: skip
+
+
 def _json_object(path: Path) -> dict:
     """The JSON object in ``path`` (at most 1 MiB), or {} when it is missing, too large or not an object."""
     import json
@@ -189,7 +191,7 @@ def check_output_directory(
             f"{target} holds files mmgen-edge did not write ({', '.join(names)}, ...): overwriting replaces only "
             "directories this tool wrote; choose a new or empty output directory"
         )
-    foreign = foreign_entries(target) if (target / OUTPUT_MARKER).is_file() else []
+    foreign = foreign_entries(target)  # [] without a marker listing entries
     if foreign:
         raise FileExistsError(
             f"{target} was written by mmgen-edge but now also holds {', '.join(foreign[:5])}"
@@ -262,9 +264,8 @@ def atomic_directory(
     (:func:`readable_like_folder`: 0644 under the usual umask, whatever mode its writer gave it).
     """
     target = Path(target)
-    check_output_directory(target, overwrite, protect)
+    check_output_directory(target, overwrite, protect)  # removes (or restores) a killed run's temporaries first
     target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(target)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)

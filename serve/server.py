@@ -90,12 +90,17 @@ class ServerOptions:
     max_queue_size: int = 256  # requests waiting per model; Triton refuses more at once
     access_token: str | None = None  # for Triton's admin endpoints (random when None); see PROTECTED_ENDPOINTS
 
+    @property
+    def listening_ports(self) -> tuple[int, ...]:
+        """The ports Triton binds: HTTP (only with ``http``), gRPC, metrics."""
+        return (*((self.http_port,) if self.http else ()), self.grpc_port, self.metrics_port)
+
     def check(self) -> None:
         for name in ("http_port", "grpc_port", "metrics_port"):
             port = getattr(self, name)
             if not 0 < port < 65536:
                 raise ValueError(f"{name.replace('_', ' ')} must be in 1..65535, got {port}")
-        ports = [*([self.http_port] if self.http else []), self.grpc_port, self.metrics_port]
+        ports = list(self.listening_ports)
         if len(set(ports)) != len(ports):
             names = "the HTTP, gRPC and metrics ports" if self.http else "the gRPC and metrics ports"
             raise ValueError(f"{names} must differ, got {ports}")
@@ -266,7 +271,7 @@ class Server:
         from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy
 
         o = self.options
-        check_ports_free(o.host, (*((o.http_port,) if o.http else ()), o.grpc_port, o.metrics_port))
+        check_ports_free(o.host, o.listening_ports)
         for warning in (exposure_warning(o.host), HTTP_WARNING if o.http else None):
             if warning:
                 LOG.warning(warning)

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mmgen_edge.cli import (
-    backend_name, bounded_int, guidance_scale, scene_count, seed_value, step_count,
-    step_list,
+    backend_name, bounded_int, guidance_scale, scene_count, seed_value, step_count, step_list,
 )
 
 
